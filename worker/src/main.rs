@@ -1,0 +1,70 @@
+//! `omnigraph-worker`: the command line only; the library does the work.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use omnigraph_worker::serve::{self, Bind, Options};
+
+#[derive(Parser)]
+#[command(name = "omnigraph-worker", version, about = "Serves one typed property graph stored in Lance datasets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one graph over HTTP (loopback TCP by default, or a Unix socket).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The graph's id, as the gateway knows it.
+    #[arg(long)]
+    graph_id: String,
+    /// Where the graph lives: a local path.
+    #[arg(long)]
+    uri: String,
+    /// TCP address to listen on.
+    #[arg(long, conflicts_with = "socket", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Unix socket to listen on instead of TCP (the gateway uses this).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Create the graph from --schema; refuses a URI that is not empty.
+    #[arg(long, requires = "schema")]
+    init: bool,
+    /// The `.pg` schema file for --init.
+    #[arg(long, requires = "init")]
+    schema: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    // Read the key before any thread exists, then drop it from the environment.
+    let worker_key = serve::take_worker_key();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMNIGRAPH_LOG").unwrap_or_else(|_| "info,lance=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve(a) = Cli::parse().command;
+    omnigraph_worker::contract::GraphId::parse(&a.graph_id)?;
+    let init_schema = match &a.schema {
+        Some(p) => {
+            let src = std::fs::read_to_string(p).with_context(|| format!("read schema {}", p.display()))?;
+            omnigraph_worker::contract::GraphSchema::parse(&src).map_err(|e| anyhow::anyhow!(e.render(&p.display().to_string(), &src)))?;
+            Some(src)
+        }
+        None => None,
+    };
+    let bind = match a.socket {
+        Some(p) => Bind::Unix(p),
+        None => Bind::Tcp(a.listen),
+    };
+    let opts = Options { graph_id: a.graph_id, uri: a.uri, bind, init_schema };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve::run(opts, worker_key))?;
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Where a graph lives, and how each of its Lance datasets is opened.
+//!
+//! A graph URI is a local path (relative paths resolve against the current
+//! directory) or an object-store URL. For local paths every Lance write is
+//! fsynced (see [`FsyncLocalStore`]), because Lance's default local store does
+//! not sync and an acknowledged commit could otherwise vanish on power loss.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lance::dataset::builder::DatasetBuilder;
+use lance::dataset::{Dataset, WriteMode, WriteParams};
+use lance::io::{ObjectStoreParams, WrappingObjectStore};
+use object_store::list::PaginatedListStore;
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore as OsObjectStore;
+
+use super::StoreError;
+
+/// The file that holds the graph's `.pg` schema source, next to the datasets.
+pub const SCHEMA_FILE: &str = "_schema.pg";
+/// The commit log dataset.
+pub const COMMITS_TABLE: &str = "_commits";
+
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The URI the user gave, for messages.
+    pub display: String,
+    /// Absolute path when the graph is on the local file system.
+    pub local: Option<PathBuf>,
+    root: String,
+}
+
+impl Location {
+    pub fn parse(uri: &str) -> Result<Location, StoreError> {
+        if uri.trim().is_empty() {
+            return Err(StoreError::BadUri("the graph URI is empty".into()));
+        }
+        if let Some(rest) = uri.strip_prefix("file://") {
+            return Self::local(uri, Path::new(rest));
+        }
+        if uri.contains("://") {
+            return Ok(Location { display: uri.to_string(), local: None, root: uri.trim_end_matches('/').to_string() });
+        }
+        Self::local(uri, Path::new(uri))
+    }
+
+    fn local(display: &str, path: &Path) -> Result<Location, StoreError> {
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(|e| StoreError::Io(format!("current dir: {e}")))?.join(path)
+        };
+        let abs = normalize_lexically(&abs);
+        let root = abs.to_str().ok_or_else(|| StoreError::BadUri(format!("{display}: path is not UTF-8")))?.to_string();
+        Ok(Location { display: display.to_string(), local: Some(abs), root })
+    }
+
+    pub fn table_uri(&self, table: &str) -> String {
+        format!("{}/{}.lance", self.root, table)
+    }
+
+    fn store_params(&self) -> ObjectStoreParams {
+        let mut params = ObjectStoreParams::default();
+        if self.local.is_some() {
+            params.object_store_wrapper = Some(Arc::new(FsyncLocalStore));
+        }
+        params
+    }
+
+    pub fn write_params(&self, mode: WriteMode) -> WriteParams {
+        WriteParams { mode, store_params: Some(self.store_params()), ..WriteParams::default() }
+    }
+
+    pub async fn open(&self, table: &str, version: Option<u64>) -> Result<Dataset, StoreError> {
+        let mut b = DatasetBuilder::from_uri(self.table_uri(table)).with_store_params(self.store_params());
+        if let Some(v) = version {
+            b = b.with_version(v);
+        }
+        b.load().await.map_err(|e| StoreError::lance(format!("open {table}"), e))
+    }
+
+    /// True when the location holds nothing: a missing or empty directory.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        match &self.local {
+            Some(p) => match std::fs::read_dir(p) {
+                Ok(mut it) => Ok(it.next().is_none()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+                Err(e) => Err(StoreError::Io(format!("{}: {e}", p.display()))),
+            },
+            None => Err(StoreError::BadUri(format!(
+                "{}: only local paths are supported by this build (object-store URIs need the matching cargo feature)",
+                self.display
+            ))),
+        }
+    }
+}
+
+/// Resolves `.` and `..` without touching the file system, so two spellings
+/// of one path compare equal even before the directory exists.
+pub fn normalize_lexically(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Swaps Lance's local object store for one that fsyncs every written file
+/// and its directory. Lance builds its local store from `LocalFileSystem::new()`
+/// (rooted at `/`), so returning the same store with fsync on keeps every path
+/// meaning the same thing.
+#[derive(Debug)]
+struct FsyncLocalStore;
+
+impl WrappingObjectStore for FsyncLocalStore {
+    fn wrap(&self, _store_prefix: &str, _original: Arc<dyn OsObjectStore>) -> Arc<dyn OsObjectStore> {
+        Arc::new(LocalFileSystem::new().with_fsync(true))
+    }
+
+    fn wrap_paginated(&self, _store_prefix: &str, _original: Arc<dyn PaginatedListStore>) -> Option<Arc<dyn PaginatedListStore>> {
+        None
+    }
+}
