@@ -1,1 +1,213 @@
-pub fn placeholder() {}
+//! Helpers for the end-to-end tests: find the real binaries, start them on
+//! ephemeral ports in temp dirs, talk HTTP to them, and stop them cleanly.
+//!
+//! The binaries are the ones `make test` builds into `target/debug`
+//! (override with `OMNIGRAPH_BIN_DIR`).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("OMNIGRAPH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("debug"));
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A child process in its own process group, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// Spawns `cmd` in a new process group with stdout piped, and waits for a
+    /// stdout line containing `marker`; returns the process and that line.
+    pub fn spawn(mut cmd: Command, marker: &str, timeout: Duration) -> (Proc, String) {
+        cmd.stdout(Stdio::piped()).process_group(0);
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        let marker = marker.to_string();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("[child] {line}");
+                if !sent && line.contains(&marker) {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        let mut p = Proc { child };
+        match rx.recv_timeout(timeout) {
+            Ok(line) => (p, line),
+            Err(_) => {
+                let status = p.child.try_wait().ok().flatten();
+                panic!("process did not print {:?} within {timeout:?} (exit: {status:?})", "listening");
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout`; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        self.wait_for(timeout)
+    }
+
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe {
+                libc::killpg(self.pid(), libc::SIGTERM);
+            }
+            if self.wait_for(Duration::from_secs(10)).is_none() {
+                unsafe {
+                    libc::killpg(self.pid(), libc::SIGKILL);
+                }
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// A worker started with `omnigraph-worker serve` on an ephemeral loopback port.
+pub struct Worker {
+    pub proc: Proc,
+    pub base: String,
+}
+
+pub struct WorkerOpts<'a> {
+    pub graph_id: &'a str,
+    pub uri: &'a Path,
+    pub init_schema: Option<&'a Path>,
+    pub key: Option<&'a str>,
+}
+
+impl Worker {
+    pub fn start(o: WorkerOpts<'_>) -> Worker {
+        let mut cmd = Command::new(bin("omnigraph-worker"));
+        cmd.args(["serve", "--graph-id", o.graph_id, "--uri"]).arg(o.uri).args(["--listen", "127.0.0.1:0"]);
+        if let Some(s) = o.init_schema {
+            cmd.arg("--init").arg("--schema").arg(s);
+        }
+        cmd.env_remove("OMNIGRAPH_WORKER_KEY");
+        if let Some(k) = o.key {
+            cmd.env("OMNIGRAPH_WORKER_KEY", k);
+        }
+        let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(120));
+        let base = line.rsplit(' ').next().expect("address").trim().to_string();
+        Worker { proc, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+/// One HTTP response: status, headers we care about, and the body as JSON
+/// (or as a JSON string when it is not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into()
+}
+
+pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req.body(body.map(<[u8]>::to_vec).unwrap_or_default()).expect("request");
+    let mut resp = agent().run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+    let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Resp { status, body, headers }
+}
+
+pub fn get(url: &str) -> Resp {
+    call("GET", url, None, &[])
+}
+
+pub fn post(url: &str, body: &Value) -> Resp {
+    call("POST", url, Some(body.to_string().as_bytes()), &[])
+}
+
+pub fn post_with(url: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+    call("POST", url, Some(body.to_string().as_bytes()), headers)
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(&p, text).expect("write file");
+    p
+}
+
+pub const SOCIAL_SCHEMA: &str = "node Person { name: String @key  age: I64?  tags: [String]? }\nnode City { name: String @key country: String }\nedge Knows: Person -> Person { since: Date? }\nedge LivesIn: Person -> City\n";
+
+/// A small deterministic pseudo-random generator, so tests need no extra crate.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

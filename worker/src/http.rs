@@ -51,7 +51,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
+        if self.code == ErrorCode::Internal {
             tracing::error!(code = self.code.as_str(), error = %self.message, "request failed");
         }
         (status, Json(ErrorBody::new(self.code, self.message))).into_response()

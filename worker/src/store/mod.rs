@@ -63,7 +63,9 @@ impl StoreError {
 }
 
 /// The graph at one commit: its record, its in-memory state, and each table
-/// checked out at the version the commit pins.
+/// checked out at the version the commit pins (or at a later version with the
+/// same content, after a rollback restored it).
+#[derive(Clone)]
 pub struct Snapshot {
     pub commit: CommitRecord,
     pub data: GraphData,
@@ -195,19 +197,22 @@ impl Store {
             .find(|c| c.branch == crate::contract::BranchName::MAIN)
             .cloned()
             .ok_or_else(|| StoreError::Corrupt("the commit log has no commit on main".into()))?;
+        let mut restored = Vec::new();
         for name in table_names(&schema) {
             let pinned = *head.tables.get(name).ok_or_else(|| StoreError::Corrupt(format!("head commit does not pin table {name}")))?;
             let latest = loc.open(name, None).await?;
             let v = latest.version().version;
             if v > pinned {
                 tracing::warn!(table = name, latest = v, pinned, "table is ahead of the head commit (a change crashed before committing); restoring");
-                restore(&loc, name, pinned).await?;
+                restored.push((name.to_string(), restore(&loc, name, pinned).await?));
             } else if v < pinned {
                 return Err(StoreError::Corrupt(format!("table {name} is at version {v}, behind the head commit's {pinned}")));
             }
         }
         let schema = Arc::new(schema);
-        let snapshot = load_snapshot(&loc, &schema, head).await?;
+        let mut snapshot = load_snapshot(&loc, &schema, head).await?;
+        // The next write must build on the restored version, or Lance sees a conflict.
+        snapshot.datasets.extend(restored);
         Ok(Store {
             graph_id: graph_id.to_string(),
             loc,
@@ -274,13 +279,20 @@ impl Store {
         let snap = match self.commit_plan(&mut w, &base, plan, actor).await {
             Ok(s) => Arc::new(s),
             Err((e, touched)) => {
+                let mut repaired = Snapshot::clone(&base);
                 for name in touched {
                     let pinned = base.commit.tables.get(&name).copied().unwrap_or_default();
-                    if let Err(re) = restore(&self.loc, &name, pinned).await {
-                        tracing::error!(table = %name, error = %re, "rollback failed; refusing further writes");
-                        w.poisoned = true;
+                    match restore(&self.loc, &name, pinned).await {
+                        Ok(ds) => {
+                            repaired.datasets.insert(name, ds);
+                        }
+                        Err(re) => {
+                            tracing::error!(table = %name, error = %re, "rollback failed; refusing further writes");
+                            w.poisoned = true;
+                        }
                     }
                 }
+                self.head.store(Arc::new(repaired));
                 return Err(ApplyError::Store(e));
             }
         };
@@ -390,10 +402,12 @@ fn base_seq(log: &[CommitRecord]) -> i64 {
     log.last().map_or(0, |c| c.seq)
 }
 
-/// Makes `pinned` the latest version of `table` again (a new version with that content).
-async fn restore(loc: &Location, table: &str, pinned: u64) -> Result<(), StoreError> {
+/// Makes `pinned` the latest version of `table` again (a new version with
+/// that content) and returns the table at that new version.
+async fn restore(loc: &Location, table: &str, pinned: u64) -> Result<Arc<Dataset>, StoreError> {
     let mut ds = loc.open(table, Some(pinned)).await?;
-    ds.restore().await.map_err(|e| StoreError::lance(format!("restore {table} to v{pinned}"), e))
+    ds.restore().await.map_err(|e| StoreError::lance(format!("restore {table} to v{pinned}"), e))?;
+    Ok(Arc::new(loc.open(table, None).await?))
 }
 
 async fn load_snapshot(loc: &Location, schema: &GraphSchema, commit: CommitRecord) -> Result<Snapshot, StoreError> {

@@ -1,0 +1,37 @@
+# The two commands a fresh machine needs: `make run` and `make test`.
+# `deps` installs the build tools the dependencies need (FACTS.md): cmake for
+# Pingora's zlib-ng, protoc for Lance. It does nothing when they are present.
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BIN := target/debug
+
+.PHONY: deps build run test bench clean-data
+
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+run: build
+	scripts/run-sample.sh
+
+# The end-to-end tests drive the real binaries under target/debug, so build them first.
+test: deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-fail-fast
+
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench --bench worker_load
+
+clean-data:
+	rm -rf data .omnigraph
