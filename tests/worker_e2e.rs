@@ -52,7 +52,7 @@ fn change_read_traverse_restart_and_time_travel() {
     let tmp = tempfile::tempdir().unwrap();
     let schema = write_file(tmp.path(), "social.pg", SOCIAL_SCHEMA);
     let uri = tmp.path().join("graph");
-    let mut w = Worker::start(WorkerOpts { graph_id: "social", uri: &uri, init_schema: Some(&schema), key: None });
+    let mut w = Worker::start(WorkerOpts { profile: "debug", graph_id: "social", uri: &uri, init_schema: Some(&schema), key: None });
 
     // A 1,000-op change: 200 people and 800 distinct Knows edges.
     let mut rng = Lcg(7);
@@ -143,7 +143,7 @@ fn change_read_traverse_restart_and_time_travel() {
     // Restart: SIGTERM exits cleanly, and the same data comes back.
     let status = w.proc.terminate(Duration::from_secs(20)).expect("worker exits on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
-    let w = Worker::start(WorkerOpts { graph_id: "social", uri: &uri, init_schema: None, key: None });
+    let w = Worker::start(WorkerOpts { profile: "debug", graph_id: "social", uri: &uri, init_schema: None, key: None });
     assert_eq!(snapshot(&w), snap2);
     let r = post(&w.url("/read"), &q);
     let mut adj2 = adj.clone();
@@ -171,7 +171,7 @@ fn change_read_traverse_restart_and_time_travel() {
 fn every_invalid_op_is_rejected_with_its_index_and_field() {
     let tmp = tempfile::tempdir().unwrap();
     let schema = write_file(tmp.path(), "s.pg", SOCIAL_SCHEMA);
-    let w = Worker::start(WorkerOpts { graph_id: "v", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: None });
+    let w = Worker::start(WorkerOpts { profile: "debug", graph_id: "v", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: None });
     let r = post(&w.url("/change"), &json!({"ops": [
         {"upsert": {"type": "Person", "key": "a", "props": {}}},
         {"upsert": {"type": "City", "key": "Oslo", "props": {"country": "NO"}}}]}));
@@ -221,7 +221,7 @@ fn every_invalid_op_is_rejected_with_its_index_and_field() {
 fn queries_filter_order_page_and_resist_injection() {
     let tmp = tempfile::tempdir().unwrap();
     let schema = write_file(tmp.path(), "s.pg", SOCIAL_SCHEMA);
-    let w = Worker::start(WorkerOpts { graph_id: "q", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: None });
+    let w = Worker::start(WorkerOpts { profile: "debug", graph_id: "q", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: None });
     let mut ops: Vec<Value> = (0..30).map(|i| json!({"upsert": {"type": "Person", "key": format!("u{i:02}"), "props": {"age": i, "tags": ["t"]}}})).collect();
     ops.push(json!({"upsert": {"type": "Person", "key": "x' OR 1=1 --", "props": {}}}));
     ops.push(json!({"upsert": {"type": "Person", "key": "50%_off", "props": {"age": 5}}}));
@@ -289,7 +289,7 @@ fn queries_filter_order_page_and_resist_injection() {
 fn routes_branches_and_errors_follow_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let schema = write_file(tmp.path(), "s.pg", SOCIAL_SCHEMA);
-    let w = Worker::start(WorkerOpts { graph_id: "r", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: None });
+    let w = Worker::start(WorkerOpts { profile: "debug", graph_id: "r", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: None });
     let h = get(&w.url("/healthz"));
     assert_eq!((h.status, &h.body["status"], &h.body["graph_id"]), (200, &json!("ok"), &json!("r")));
     assert!(h.body["version"].is_string());
@@ -328,7 +328,7 @@ fn routes_branches_and_errors_follow_the_contract() {
 fn actor_is_trusted_only_with_the_worker_key() {
     let tmp = tempfile::tempdir().unwrap();
     let schema = write_file(tmp.path(), "s.pg", SOCIAL_SCHEMA);
-    let w = Worker::start(WorkerOpts { graph_id: "a", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: Some("k-123") });
+    let w = Worker::start(WorkerOpts { profile: "debug", graph_id: "a", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: Some("k-123") });
     let op = |k: &str| json!({"ops": [{"upsert": {"type": "Person", "key": k, "props": {}}}]});
     let r = post_with(&w.url("/change"), &op("a"), &[("x-omnigraph-worker-key", "k-123"), ("x-omnigraph-actor", "alice")]);
     assert_eq!(r.body["actor_id"], "alice");
@@ -342,7 +342,7 @@ fn actor_is_trusted_only_with_the_worker_key() {
     drop(w);
 
     // A worker started without a key trusts no actor header at all.
-    let w = Worker::start(WorkerOpts { graph_id: "a", uri: &tmp.path().join("g"), init_schema: None, key: None });
+    let w = Worker::start(WorkerOpts { profile: "debug", graph_id: "a", uri: &tmp.path().join("g"), init_schema: None, key: None });
     let r = post_with(&w.url("/change"), &op("d"), &[("x-omnigraph-worker-key", ""), ("x-omnigraph-actor", "alice")]);
     assert_eq!(r.body["actor_id"], "local");
 }

@@ -14,9 +14,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub fn bin(name: &str) -> PathBuf {
+    bin_in("debug", name)
+}
+
+/// A binary from `target/<profile>` (or `OMNIGRAPH_BIN_DIR`).
+pub fn bin_in(profile: &str, name: &str) -> PathBuf {
     let dir = std::env::var_os("OMNIGRAPH_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("debug"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(profile));
     let p = dir.join(name);
     assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", p.display());
     p
@@ -112,6 +117,8 @@ pub struct Worker {
 }
 
 pub struct WorkerOpts<'a> {
+    /// `debug` for tests, `release` for benchmarks.
+    pub profile: &'a str,
     pub graph_id: &'a str,
     pub uri: &'a Path,
     pub init_schema: Option<&'a Path>,
@@ -120,7 +127,7 @@ pub struct WorkerOpts<'a> {
 
 impl Worker {
     pub fn start(o: WorkerOpts<'_>) -> Worker {
-        let mut cmd = Command::new(bin("omnigraph-worker"));
+        let mut cmd = Command::new(bin_in(o.profile, "omnigraph-worker"));
         cmd.args(["serve", "--graph-id", o.graph_id, "--uri"]).arg(o.uri).args(["--listen", "127.0.0.1:0"]);
         if let Some(s) = o.init_schema {
             cmd.arg("--init").arg("--schema").arg(s);
@@ -154,8 +161,10 @@ impl Resp {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into()
+/// One keep-alive agent per process, so a benchmark measures requests, not TCP handshakes.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into())
 }
 
 pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
@@ -210,4 +219,11 @@ impl Lcg {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// The p-th percentile (0-100) of `samples`, which it sorts.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    samples[i.min(samples.len() - 1)]
 }

@@ -1,0 +1,172 @@
+//! The gateway's shared state, built once from `omnigraph.yaml` at start-up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use cedar_policy::Policy;
+use omnigraph_worker::contract::{AuthSource, BranchName, GraphId, ResolvedActor};
+
+use crate::authn::{Authenticator, JwtVerifier, StaticTokens};
+use crate::authz::{ActionSets, Engine, BUILTIN_SCHEMA};
+use crate::config::{GraphSection, Loaded};
+use crate::metrics::Metrics;
+use crate::registry::{GraphEntry, Registry, Status, WorkerState};
+use crate::supervisor::{socket_path, Supervisor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Policy(#[from] crate::authz::PolicyError),
+    #[error("{0}")]
+    Auth(String),
+    #[error("graph {0:?}: {1}")]
+    Graph(String, String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct AppState {
+    pub config: Loaded,
+    pub engine: Engine,
+    pub server_policies: ArcSwap<Vec<Policy>>,
+    /// Server policies alone, sliced by action: decides server actions.
+    pub server_sets: ArcSwap<ActionSets>,
+    pub authn: Authenticator,
+    /// `--insecure-no-auth`: every request is the actor `anonymous`.
+    pub insecure: Option<Arc<ResolvedActor>>,
+    pub registry: Registry,
+    pub supervisor: Arc<Supervisor>,
+    pub metrics: Arc<Metrics>,
+    pub runtime_dir: PathBuf,
+}
+
+/// The worker binary: `OMNIGRAPH_WORKER_BIN`, else `server.worker_bin`, else
+/// the `omnigraph-worker` next to this executable.
+fn worker_bin(cfg: &Loaded) -> Result<PathBuf, StartupError> {
+    if let Some(p) = std::env::var_os("OMNIGRAPH_WORKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = &cfg.config.server.worker_bin {
+        return Ok(cfg.resolve(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| StartupError::Other(format!("cannot find my own executable: {e}")))?;
+    Ok(exe.with_file_name("omnigraph-worker"))
+}
+
+pub fn load_engine(cfg: &Loaded) -> Result<Engine, StartupError> {
+    match &cfg.config.server.cedar_schema {
+        Some(f) => {
+            let p = cfg.resolve(&f.file);
+            let src = std::fs::read_to_string(&p).map_err(|e| StartupError::Other(format!("cannot read {}: {e}", p.display())))?;
+            Ok(Engine::new(&f.file, &src)?)
+        }
+        None => Ok(Engine::new("omnigraph.cedarschema", BUILTIN_SCHEMA)?),
+    }
+}
+
+pub fn load_authn(cfg: &Loaded) -> Result<Authenticator, StartupError> {
+    let statics = match &cfg.config.auth.static_tokens {
+        Some(f) => StaticTokens::load(&cfg.resolve(&f.file)).map_err(|e| StartupError::Auth(e.to_string()))?,
+        None => StaticTokens::default(),
+    };
+    let mut jwts = Vec::new();
+    for j in &cfg.config.auth.jwt {
+        jwts.push(JwtVerifier::new(j, cfg.resolve(&j.jwks.file)).map_err(|e| StartupError::Auth(e.to_string()))?);
+    }
+    Ok(Authenticator::new(statics, jwts))
+}
+
+/// Loads and validates every policy file the config names: the server file
+/// and one per graph. Returns the server policies and each graph's.
+pub fn load_policies(engine: &Engine, cfg: &Loaded) -> Result<(Vec<Policy>, Vec<(String, Vec<Policy>)>), StartupError> {
+    let server = engine.parse_path(&cfg.resolve(&cfg.config.server.policy.file))?;
+    engine.slice(&server)?;
+    let mut graphs = Vec::new();
+    for (id, g) in &cfg.config.graphs {
+        let own = match &g.policy {
+            Some(f) => engine.parse_path(&cfg.resolve(&f.file))?,
+            None => Vec::new(),
+        };
+        engine.slice(server.iter().chain(&own))?;
+        graphs.push((id.clone(), own));
+    }
+    Ok((server, graphs))
+}
+
+impl AppState {
+    pub fn build(config: Loaded, insecure_no_auth: bool) -> Result<AppState, StartupError> {
+        let engine = load_engine(&config)?;
+        let authn = load_authn(&config)?;
+        let insecure = if authn.is_configured() {
+            None
+        } else if insecure_no_auth {
+            tracing::warn!("!!! --insecure-no-auth: no authentication is configured; every request runs as the actor \"anonymous\" (Cedar still decides) !!!");
+            Some(Arc::new(ResolvedActor { actor_id: Arc::from("anonymous"), tenant_id: None, groups: Vec::new(), scopes: Vec::new(), source: AuthSource::Static }))
+        } else {
+            return Err(StartupError::Auth(
+                "no authentication is configured (auth.static_tokens or auth.jwt); refusing to start. Pass --insecure-no-auth to run without it".into(),
+            ));
+        };
+        let (server, graph_policies) = load_policies(&engine, &config)?;
+        let server_sets = engine.slice(&server)?;
+        let runtime_dir = config.resolve(&config.config.server.runtime_dir);
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartupError::Other(format!("metrics: {e}")))?);
+        let supervisor = Arc::new(Supervisor::new(worker_bin(&config)?, config.config.server.start_concurrency, metrics.clone()));
+        let state = AppState {
+            engine,
+            server_policies: ArcSwap::from_pointee(server),
+            server_sets: ArcSwap::from_pointee(server_sets),
+            authn,
+            insecure,
+            registry: Registry::default(),
+            supervisor,
+            metrics,
+            runtime_dir,
+            config,
+        };
+        for (id, own) in graph_policies {
+            let section = state.config.config.graphs.get(&id).cloned().ok_or_else(|| StartupError::Graph(id.clone(), "vanished".into()))?;
+            let entry = state.graph_entry(&id, &section, &own)?;
+            state.registry.insert(Arc::new(entry));
+        }
+        Ok(state)
+    }
+
+    /// Builds a registry entry for a graph section (its policies already parsed).
+    pub fn graph_entry(&self, id: &str, g: &GraphSection, own: &[Policy]) -> Result<GraphEntry, StartupError> {
+        let gid = GraphId::parse(id).map_err(|e| StartupError::Graph(id.into(), e.to_string()))?;
+        let protected = g
+            .protected_branches
+            .iter()
+            .map(|b| BranchName::parse(b).map_err(|e| StartupError::Graph(id.into(), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sets = self.engine.slice(self.server_policies.load().iter().chain(own))?;
+        let socket = socket_path(&self.runtime_dir, id).map_err(|e| StartupError::Graph(id.into(), e))?;
+        let resolved_uri = if g.uri.contains("://") { g.uri.clone() } else { self.config.resolve(&g.uri).display().to_string() };
+        Ok(GraphEntry {
+            id: gid,
+            uri: g.uri.clone(),
+            resolved_uri,
+            tenant: g.tenant.clone(),
+            protected_branches: protected,
+            policy_file: g.policy.as_ref().map(|f| self.config.resolve(&f.file)),
+            schema_file: g.schema.as_ref().map(|f| self.config.resolve(&f.file)),
+            socket,
+            policies: ArcSwap::from_pointee(sets),
+            state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0 }),
+        })
+    }
+
+    /// Creates the runtime dir with mode 0700 (sockets live there).
+    pub fn prepare_runtime_dir(&self) -> Result<(), StartupError> {
+        use std::os::unix::fs::PermissionsExt;
+        let d: &Path = &self.runtime_dir;
+        std::fs::create_dir_all(d).map_err(|e| StartupError::Other(format!("cannot create runtime dir {}: {e}", d.display())))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StartupError::Other(format!("cannot set mode 0700 on {}: {e}", d.display())))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! The decision log: one JSON line on stdout per authorization decision.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::authz::Decision;
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    actor: &'a str,
+    action: &'a str,
+    resource: &'a str,
+    decision: &'a str,
+    policies: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    errors: &'a [String],
+    latency_us: f64,
+    route: &'a str,
+}
+
+pub fn log_decision(actor: &str, action: &str, resource: &str, route: &str, d: &Decision) {
+    let line = Line {
+        ts: chrono_like_now(),
+        actor,
+        action,
+        resource,
+        decision: if d.allowed { "allow" } else { "deny" },
+        policies: &d.policies,
+        errors: &d.errors,
+        latency_us: d.elapsed.as_secs_f64() * 1e6,
+        route,
+    };
+    if let Ok(mut s) = serde_json::to_vec(&line) {
+        s.push(b'\n');
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&s);
+        let _ = out.flush();
+    }
+}
+
+/// Seconds since the Unix epoch with millisecond precision, as a string
+/// (no date crate needed for a log line).
+fn chrono_like_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}

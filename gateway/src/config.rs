@@ -1,0 +1,280 @@
+//! `omnigraph.yaml`: the one file that shows the whole pipeline, from the
+//! listener through authentication (`auth`) and authorization (`policy`) to
+//! the graphs. Relative paths resolve against the file's own folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub graphs: BTreeMap<String, GraphSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub bind: String,
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: String,
+    pub policy: FileRef,
+    /// The Cedar schema; the built-in `policies/omnigraph.cedarschema` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cedar_schema: Option<FileRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_bin: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub metrics_public: bool,
+    /// Seconds SIGTERM waits for requests in flight.
+    #[serde(default = "default_grace_s")]
+    pub shutdown_grace_s: u64,
+    /// How many workers start at once at boot.
+    #[serde(default = "default_start_concurrency")]
+    pub start_concurrency: usize,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn default_runtime_dir() -> String {
+    ".omnigraph/run".into()
+}
+
+fn default_grace_s() -> u64 {
+    10
+}
+
+fn default_start_concurrency() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_tokens: Option<FileRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt: Vec<JwtIssuer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub jwks: JwksSource,
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u64,
+    #[serde(default)]
+    pub claims: ClaimMap,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwksSource {
+    pub file: String,
+    /// At most one re-read of the file per this many seconds, on an unknown `kid`.
+    #[serde(default = "default_refresh")]
+    pub refresh_s: u64,
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMap {
+    #[serde(default = "claim_sub")]
+    pub actor: String,
+    #[serde(default = "claim_tid")]
+    pub tenant: String,
+    #[serde(default = "claim_groups")]
+    pub groups: String,
+    #[serde(default = "claim_scope")]
+    pub scopes: String,
+}
+
+fn claim_sub() -> String {
+    "sub".into()
+}
+fn claim_tid() -> String {
+    "tid".into()
+}
+fn claim_groups() -> String {
+    "groups".into()
+}
+fn claim_scope() -> String {
+    "scope".into()
+}
+
+impl Default for ClaimMap {
+    fn default() -> Self {
+        ClaimMap { actor: claim_sub(), tenant: claim_tid(), groups: claim_groups(), scopes: claim_scope() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSection {
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protected_branches: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<FileRef>,
+    /// Used to initialise the graph when its URI is empty at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<FileRef>,
+}
+
+/// A loaded config: the parsed file plus where it lives.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    pub config: Config,
+    /// The exact bytes read, for drift detection.
+    pub bytes: Vec<u8>,
+}
+
+impl Loaded {
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let path = absolute(path)?;
+        let bytes = std::fs::read(&path).map_err(|e| ConfigError::Read { path: path.display().to_string(), source: e })?;
+        let config = parse(&path, &bytes)?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        Ok(Loaded { path, dir, config, bytes })
+    }
+
+    /// A path from the config, resolved against the config's folder.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        resolve_in(&self.dir, p)
+    }
+}
+
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+    serde_yaml_ng::from_slice(bytes).map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+}
+
+pub fn resolve_in(dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| ConfigError::Read { path: ".".into(), source: e })?;
+    Ok(cwd.join(p))
+}
+
+/// A graph URI as a comparable key: local paths made absolute and lexically
+/// normalised (so `data/a`, `./data/a` and `data/x/../a` collide), URLs as given
+/// minus a trailing slash.
+pub fn canonical_uri(dir: &Path, uri: &str) -> String {
+    if uri.contains("://") && !uri.starts_with("file://") {
+        return uri.trim_end_matches('/').to_string();
+    }
+    let raw = uri.strip_prefix("file://").unwrap_or(uri);
+    let p = omnigraph_worker_path_normalize(&resolve_in(dir, raw));
+    // Resolve symlinks of the part that exists, so two spellings through a link collide too.
+    let p = std::fs::canonicalize(&p).unwrap_or(p);
+    p.display().to_string().trim_end_matches('/').to_string()
+}
+
+fn omnigraph_worker_path_normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_example() {
+        let y = r#"
+server:
+  bind: 127.0.0.1:8080
+  runtime_dir: .omnigraph/run
+  policy: { file: policies/server.cedar }
+auth:
+  static_tokens: { file: config/tokens.yaml }
+  jwt:
+    - issuer: https://idp.example.com
+      audiences: [omnigraph]
+      algorithms: [RS256, ES256]
+      jwks: { file: config/jwks.json }
+      leeway_s: 30
+      claims: { actor: sub, tenant: tid, groups: groups, scopes: scope }
+graphs:
+  alpha:
+    uri: data/alpha
+    tenant: acme
+    protected_branches: [main]
+    policy: { file: policies/alpha.cedar }
+"#;
+        let c = parse(Path::new("x.yaml"), y.as_bytes()).unwrap();
+        assert_eq!(c.graphs["alpha"].tenant.as_deref(), Some("acme"));
+        assert_eq!(c.auth.jwt[0].claims.tenant, "tid");
+        assert_eq!(c.server.shutdown_grace_s, 10);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = parse(Path::new("x.yaml"), b"server: {bind: a, policy: {file: p}, bnid: 3}\n").unwrap_err();
+        assert!(e.to_string().contains("bnid"), "{e}");
+    }
+
+    #[test]
+    fn uri_spellings_collide() {
+        let d = Path::new("/srv/og");
+        assert_eq!(canonical_uri(d, "data/a"), canonical_uri(d, "./data/x/../a/"));
+        assert_eq!(canonical_uri(d, "data/a"), canonical_uri(d, "/srv/og/data/a"));
+        assert_eq!(canonical_uri(d, "s3://b/a/"), "s3://b/a");
+    }
+}

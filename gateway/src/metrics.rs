@@ -1,0 +1,48 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route label, status and authorization decision.
+    pub requests: IntCounterVec,
+    pub decision_seconds: Histogram,
+    pub upstream_seconds: Histogram,
+    pub worker_restarts: IntCounterVec,
+    /// Errors inside authorization (each one was a deny).
+    pub authz_errors: IntCounter,
+    pub authn_failures: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(Opts::new("omnigraph_requests_total", "Requests by route, status and decision"), &["route", "status", "decision"])?;
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new("omnigraph_decision_seconds", "Cedar decision latency")
+                .buckets(vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2]),
+        )?;
+        let upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new("omnigraph_upstream_seconds", "Time from forwarding to the worker until the response is logged")
+                .buckets(vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.0, 10.0]),
+        )?;
+        let worker_restarts = IntCounterVec::new(Opts::new("omnigraph_worker_restarts_total", "Worker restarts after a crash"), &["graph"])?;
+        let authz_errors = IntCounter::new("omnigraph_authz_errors_total", "Errors inside authorization, each counted as a deny")?;
+        let authn_failures = IntCounter::new("omnigraph_authn_failures_total", "Requests rejected with 401")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(decision_seconds.clone()))?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        registry.register(Box::new(worker_restarts.clone()))?;
+        registry.register(Box::new(authz_errors.clone()))?;
+        registry.register(Box::new(authn_failures.clone()))?;
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures })
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,39 @@
+//! Writing the gateway's own responses (management routes and errors).
+
+use bytes::Bytes;
+use omnigraph_worker::contract::{ErrorBody, ErrorCode};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// Writes a complete response. When the request had a body we did not read,
+/// the connection is not reused, so leftover bytes never become a request.
+pub async fn send(session: &mut Session, status: u16, content_type: &str, body: Bytes, headers: &[(&'static str, String)]) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    h.insert_header("content-type", content_type)?;
+    h.insert_header("content-length", body.len().to_string())?;
+    for (k, v) in headers {
+        h.insert_header(*k, v.as_str())?;
+    }
+    if !session.is_body_empty() && !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+pub async fn json(session: &mut Session, status: u16, value: &serde_json::Value) -> Result<()> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    send(session, status, "application/json", Bytes::from(body), &[]).await
+}
+
+pub async fn error(session: &mut Session, code: ErrorCode, message: impl Into<String>, headers: &[(&'static str, String)]) -> Result<()> {
+    let body = ErrorBody::new(code, message).to_json_bytes();
+    send(session, code.status(), "application/json", Bytes::from(body), headers).await
+}
+
+pub async fn error_with_details(session: &mut Session, code: ErrorCode, message: impl Into<String>, details: serde_json::Value) -> Result<()> {
+    let mut e = ErrorBody::new(code, message);
+    e.details = Some(details);
+    send(session, code.status(), "application/json", Bytes::from(e.to_json_bytes()), &[]).await
+}

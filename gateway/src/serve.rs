@@ -1,0 +1,58 @@
+//! `omnigraph-gateway serve`: build the state, start Pingora with the proxy
+//! and the worker supervisor, and on shutdown stop every worker after the
+//! requests in flight have drained.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::app::{AppState, StartupError};
+use crate::config::Loaded;
+use crate::proxy::Gateway;
+
+/// Starts one supervision task per graph, inside Pingora's runtime (so no
+/// thread is created before Pingora may fork).
+struct SupervisorService {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for SupervisorService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        for entry in self.state.registry.list() {
+            tokio::spawn(self.state.supervisor.clone().supervise(entry));
+        }
+        let _ = shutdown.changed().await;
+        self.state.supervisor.begin_shutdown();
+    }
+}
+
+pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
+    let bind = config.config.server.bind.clone();
+    let grace = config.config.server.shutdown_grace_s;
+    let state = Arc::new(AppState::build(config, insecure_no_auth)?);
+    state.prepare_runtime_dir()?;
+    let conf = ServerConf {
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace),
+        pid_file: state.runtime_dir.join("gateway.pid").display().to_string(),
+        upgrade_sock: state.runtime_dir.join("upgrade.sock").display().to_string(),
+        threads: 2,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Gateway { state: state.clone() });
+    proxy.add_tcp(&bind);
+    server.add_service(proxy);
+    server.add_service(background_service("supervisor", SupervisorService { state: state.clone() }));
+    tracing::info!(%bind, graphs = state.registry.list().len(), "omnigraph-gateway listening");
+    println!("omnigraph-gateway listening on http://{bind}");
+    server.run(RunArgs::default());
+    tracing::info!("requests drained; stopping workers");
+    state.supervisor.stop_all_blocking(&state.registry.list());
+    Ok(())
+}

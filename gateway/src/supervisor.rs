@@ -1,0 +1,289 @@
+//! One `omnigraph-worker` process per graph: spawned on a Unix socket in the
+//! runtime dir, restarted with exponential backoff when it dies, and never
+//! left behind.
+//!
+//! Each worker is spawned from its own long-lived thread that then blocks in
+//! `wait()`: `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
+//! exits (FACTS.md), so the thread must outlive the child. Each worker runs in
+//! its own process group, so a stop reaches anything it started too.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use omnigraph_worker::contract::headers::WORKER_KEY_ENV;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::registry::{GraphEntry, Status};
+
+/// `sun_path` holds 107 bytes plus the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that stayed up this long starts the next backoff from the beginning.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Supervisor {
+    pub worker_bin: PathBuf,
+    shutting_down: AtomicBool,
+    start_permits: Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+/// A started worker: its pid (also its process group) and its exit.
+struct Running {
+    pid: i32,
+    exited: oneshot::Receiver<String>,
+}
+
+/// The socket path for a graph, refusing one Linux cannot bind.
+pub fn socket_path(runtime_dir: &Path, graph_id: &str) -> Result<PathBuf, String> {
+    let p = runtime_dir.join(format!("{graph_id}.sock"));
+    let len = p.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "socket path {} is {len} bytes, over Linux's limit of {MAX_SOCKET_PATH}; set server.runtime_dir to a shorter folder",
+            p.display()
+        ));
+    }
+    Ok(p)
+}
+
+/// True when a local graph URI holds nothing yet (missing or empty folder).
+pub fn uri_is_empty(uri: &str) -> bool {
+    if uri.contains("://") && !uri.starts_with("file://") {
+        return false;
+    }
+    let p = Path::new(uri.strip_prefix("file://").unwrap_or(uri));
+    match std::fs::read_dir(p) {
+        Ok(mut it) => it.next().is_none(),
+        Err(_) => !p.exists(),
+    }
+}
+
+fn random_key() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Supervisor {
+    pub fn new(worker_bin: PathBuf, start_concurrency: usize, metrics: Arc<Metrics>) -> Supervisor {
+        Supervisor { worker_bin, shutting_down: AtomicBool::new(false), start_permits: Semaphore::new(start_concurrency.max(1)), metrics }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Supervises `entry` until shutdown or until the entry is stopped.
+    pub async fn supervise(self: Arc<Self>, entry: Arc<GraphEntry>) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            if self.is_shutting_down() || entry.status() == Status::Stopping {
+                return;
+            }
+            let started = Instant::now();
+            let result = {
+                let _permit = self.start_permits.acquire().await;
+                self.start(&entry).await
+            };
+            match result {
+                Ok(running) => {
+                    entry.set_state(|s| {
+                        s.status = Status::Up;
+                        s.pid = Some(running.pid);
+                        s.error = None;
+                    });
+                    tracing::info!(graph = %entry.id, pid = running.pid, "worker is up");
+                    let how = running.exited.await.unwrap_or_else(|_| "unknown".into());
+                    if self.is_shutting_down() || entry.status() == Status::Stopping {
+                        return;
+                    }
+                    tracing::warn!(graph = %entry.id, exit = %how, "worker exited; restarting with backoff");
+                    self.metrics.worker_restarts.with_label_values(&[entry.id.as_str()]).inc();
+                    entry.set_state(|s| {
+                        s.status = Status::Down;
+                        s.pid = None;
+                        s.restarts += 1;
+                        s.error = Some(format!("worker exited: {how}"));
+                    });
+                    if started.elapsed() > STABLE_AFTER {
+                        backoff = BACKOFF_START;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(graph = %entry.id, error = %e, retry_in = ?backoff, "worker failed to start");
+                    entry.set_state(|s| {
+                        s.status = Status::Failed;
+                        s.pid = None;
+                        s.error = Some(e);
+                    });
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn start(&self, entry: &GraphEntry) -> Result<Running, String> {
+        let init_schema = if uri_is_empty(&entry.resolved_uri) {
+            match &entry.schema_file {
+                Some(s) => {
+                    tracing::info!(graph = %entry.id, uri = %entry.uri, schema = %s.display(), "the graph's URI is empty: initialising it from its schema");
+                    Some(s.clone())
+                }
+                None => return Err(format!("the graph's URI {} is empty and the graph has no schema to initialise it with", entry.uri)),
+            }
+        } else {
+            None
+        };
+        let key = random_key();
+        let mut cmd = Command::new(&self.worker_bin);
+        cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri, "--socket"]).arg(&entry.socket);
+        if let Some(s) = &init_schema {
+            cmd.arg("--init").arg("--schema").arg(s);
+        }
+        cmd.env(WORKER_KEY_ENV, &key).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        let parent = std::process::id() as i32;
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died between fork and prctl.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<i32, String>>();
+        let (exit_tx, exit_rx) = oneshot::channel::<String>();
+        let graph = entry.id.to_string();
+        std::thread::Builder::new()
+            .name(format!("worker-{graph}"))
+            .spawn(move || run_child(cmd, graph, ready_tx, exit_tx))
+            .map_err(|e| format!("cannot start a supervisor thread: {e}"))?;
+        let pid = match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
+            Ok(Ok(Ok(pid))) => pid,
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(_)) => return Err("the worker thread ended before the worker was ready".into()),
+            Err(_) => return Err(format!("the worker was not ready within {READY_TIMEOUT:?}")),
+        };
+        entry.set_state(|s| s.key = Some(Arc::from(key.as_str())));
+        Ok(Running { pid, exited: exit_rx })
+    }
+
+    /// Stops one graph's worker: SIGTERM to its process group, then SIGKILL.
+    pub async fn stop(&self, entry: &GraphEntry) {
+        entry.set_state(|s| s.status = Status::Stopping);
+        if let Some(pid) = entry.state.load().pid {
+            stop_group(pid).await;
+        }
+    }
+
+    /// Stops every worker (gateway shutdown), after requests have drained.
+    pub fn stop_all_blocking(&self, entries: &[Arc<GraphEntry>]) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let pids: Vec<i32> = entries.iter().filter_map(|e| e.state.load().pid).collect();
+        for pid in &pids {
+            // SAFETY: plain syscall on a process group we created.
+            unsafe {
+                libc::killpg(*pid, libc::SIGTERM);
+            }
+        }
+        let end = Instant::now() + STOP_TIMEOUT;
+        for pid in pids {
+            while alive(pid) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                unsafe {
+                    libc::killpg(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // kill(pid, 0) succeeds while the process (or a zombie not yet reaped) exists;
+    // the supervisor thread reaps it promptly.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+async fn stop_group(pid: i32) {
+    unsafe {
+        libc::killpg(pid, libc::SIGTERM);
+    }
+    let end = Instant::now() + STOP_TIMEOUT;
+    while alive(pid) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if alive(pid) {
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Runs on the worker's own thread: spawn, forward output into our log,
+/// report readiness (the worker's "listening on" line) and exit.
+fn run_child(mut cmd: Command, graph: String, ready: oneshot::Sender<Result<i32, String>>, exited: oneshot::Sender<String>) {
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot run {:?}: {e}", cmd.get_program())));
+            return;
+        }
+    };
+    let pid = child.id() as i32;
+    let stderr_tail = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<String>::new()));
+    if let Some(err) = child.stderr.take() {
+        let (graph, tail) = (graph.clone(), stderr_tail.clone());
+        let _ = std::thread::Builder::new().name(format!("worker-{graph}-err")).spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                tracing::info!(target: "omnigraph::worker", graph = %graph, "{line}");
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() >= 5 {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            }
+        });
+    }
+    let mut ready = Some(ready);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(pid));
+                }
+            }
+            tracing::info!(target: "omnigraph::worker", graph = %graph, "{line}");
+        }
+    }
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    if let Some(r) = ready.take() {
+        // Give the stderr thread a moment to collect the reason.
+        std::thread::sleep(Duration::from_millis(50));
+        let tail = stderr_tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | ")).unwrap_or_default();
+        let _ = r.send(Err(format!("the worker exited before it was ready ({status}): {tail}")));
+    }
+    let _ = exited.send(status);
+}
