@@ -35,6 +35,8 @@ pub fn free_port() -> u16 {
 /// A child process in its own process group, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Proc {
     pub child: Child,
+    /// Every stdout line so far.
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -46,17 +48,22 @@ impl Proc {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         let marker = marker.to_string();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 println!("[child] {line}");
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line.clone());
+                }
                 if !sent && line.contains(&marker) {
                     let _ = tx.send(line);
                     sent = true;
                 }
             }
         });
-        let mut p = Proc { child };
+        let mut p = Proc { child, stdout: lines };
         match rx.recv_timeout(timeout) {
             Ok(line) => (p, line),
             Err(_) => {
@@ -168,6 +175,11 @@ fn agent() -> &'static ureq::Agent {
 }
 
 pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+    try_call(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Like [`call`], but a transport error (say, nothing listening yet) is an `Err`.
+pub fn try_call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Result<Resp, String> {
     let mut req = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -176,12 +188,12 @@ pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str
         req = req.header("content-type", "application/json");
     }
     let req = req.body(body.map(<[u8]>::to_vec).unwrap_or_default()).expect("request");
-    let mut resp = agent().run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut resp = agent().run(req).map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Resp { status, body, headers }
+    Ok(Resp { status, body, headers })
 }
 
 pub fn get(url: &str) -> Resp {
@@ -226,4 +238,119 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let i = ((samples.len() as f64 - 1.0) * p / 100.0).round() as usize;
     samples[i.min(samples.len() - 1)]
+}
+
+/// A gateway started with `omnigraph-gateway serve --config` and waited on
+/// until `/readyz` answers 200.
+pub struct Gateway {
+    pub proc: Proc,
+    pub base: String,
+}
+
+impl Gateway {
+    pub fn start(config: &Path) -> Gateway {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &Path, extra: &[&str]) -> Gateway {
+        let mut cmd = Command::new(bin("omnigraph-gateway"));
+        cmd.arg("serve").arg("--config").arg(config).args(extra);
+        cmd.env_remove("OMNIGRAPH_WORKER_BIN");
+        let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(60));
+        let base = line.rsplit(' ').next().expect("address").trim().to_string();
+        let g = Gateway { proc, base };
+        g.wait_ready(Duration::from_secs(120));
+        g
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            if try_call("GET", &self.url("/readyz"), None, &[]).is_ok_and(|r| r.status == 200) {
+                return;
+            }
+            assert!(Instant::now() < end, "gateway not ready within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+}
+
+pub fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+/// Sends `raw` bytes as one HTTP/1.1 request and returns (status, body):
+/// for paths an HTTP client library would normalise.
+pub fn raw_request(addr: &str, raw: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    s.write_all(raw.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Processes whose parent is `pid`, with their command lines.
+pub fn children_of(pid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // The ppid is the second field after the ")" that closes the command name.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|x| x.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+            out.push((p, cmd));
+        }
+    }
+    out
+}
+
+/// Processes whose command line contains `needle` (zombies excluded).
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(true) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+        if cmd.contains(needle) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// The SHA-256 hex of a token, as the static tokens file wants it.
+pub fn sha256_hex(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }

@@ -57,7 +57,9 @@ fn family_of(alg: Algorithm) -> Option<Family> {
 
 pub struct JwtVerifier {
     issuer: String,
-    validation: Validation,
+    /// One validation per allowed algorithm: jsonwebtoken refuses a
+    /// validation whose algorithms span key families.
+    validations: Vec<(Algorithm, Validation)>,
     claims: ClaimMap,
     jwks_file: PathBuf,
     keys: ArcSwap<Vec<Key>>,
@@ -95,18 +97,23 @@ impl JwtVerifier {
         if algorithms.is_empty() {
             return Err(JwksError::Algorithm(cfg.issuer.clone(), String::new()));
         }
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = cfg.leeway_s;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&cfg.issuer]);
-        validation.set_audience(&cfg.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let validations = algorithms
+            .into_iter()
+            .map(|alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = cfg.leeway_s;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_issuer(&[&cfg.issuer]);
+                v.set_audience(&cfg.audiences);
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
+                (alg, v)
+            })
+            .collect();
         let keys = load_keys(&jwks_file)?;
         Ok(JwtVerifier {
             issuer: cfg.issuer.clone(),
-            validation,
+            validations,
             claims: cfg.claims.clone(),
             jwks_file,
             keys: ArcSwap::from_pointee(keys),
@@ -153,9 +160,9 @@ impl JwtVerifier {
     }
 
     pub fn verify(&self, token: &str, header: &Header) -> Result<(ResolvedActor, u64), AuthnError> {
-        if !self.validation.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(AuthnError::Jwt(format!("algorithm {:?} is not allowed for {}", header.alg, self.issuer)));
-        }
+        };
         let mut keys = self.keys.load_full();
         if self.pick(&keys, header).is_none() && header.kid.is_some() && self.refresh() {
             keys = self.keys.load_full();
@@ -163,7 +170,7 @@ impl JwtVerifier {
         let key = self
             .pick(&keys, header)
             .ok_or_else(|| AuthnError::Jwt(format!("no key for kid {:?} at {}", header.kid, self.issuer)))?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation).map_err(|e| AuthnError::Jwt(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(|e| AuthnError::Jwt(e.to_string()))?;
         let c = data.claims;
         let exp = c.get("exp").and_then(Value::as_u64).ok_or_else(|| AuthnError::Jwt("exp is not a number".into()))?;
         let actor_id = c.get(&self.claims.actor).and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(|| AuthnError::Jwt(format!("claim {:?} is missing", self.claims.actor)))?;
@@ -184,5 +191,52 @@ fn string_list(v: Option<&Value>) -> Vec<Arc<str>> {
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(Arc::from).collect(),
         Some(Value::String(s)) => s.split_whitespace().map(Arc::from).collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JwksSource;
+    use serde_json::json;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+
+    fn verifier() -> JwtVerifier {
+        let cfg = JwtIssuer {
+            issuer: "https://idp.test".into(),
+            audiences: vec!["omnigraph".into()],
+            algorithms: vec!["RS256".into(), "HS256".into()],
+            jwks: JwksSource { file: "jwks.json".into(), refresh_s: 300 },
+            leeway_s: 5,
+            claims: ClaimMap::default(),
+        };
+        JwtVerifier::new(&cfg, PathBuf::from(FIXTURES).join("jwks.json")).unwrap()
+    }
+
+    fn token(alg: Algorithm, kid: &str, claims: serde_json::Value) -> String {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        let key = match alg {
+            Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(format!("{FIXTURES}/jwt-rsa.pem")).unwrap()).unwrap(),
+            _ => jsonwebtoken::EncodingKey::from_secret(&std::fs::read(format!("{FIXTURES}/hs-secret.txt")).unwrap()),
+        };
+        jsonwebtoken::encode(&h, &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn verifies_and_maps_claims() {
+        let v = verifier();
+        let exp = super::super::now_unix() + 600;
+        for (alg, kid) in [(Algorithm::RS256, "rsa-1"), (Algorithm::HS256, "hs-1")] {
+            let t = token(alg, kid, json!({"sub": "jane", "iss": "https://idp.test", "aud": "omnigraph", "exp": exp, "tid": "acme", "groups": ["admins"], "scope": "graph:read graph:write"}));
+            let header = jsonwebtoken::decode_header(&t).unwrap();
+            let (actor, got_exp) = v.verify(&t, &header).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(&*actor.actor_id, "jane");
+            assert_eq!(actor.tenant_id.as_deref(), Some("acme"));
+            assert_eq!(actor.groups.len(), 1);
+            assert_eq!(actor.scopes.len(), 2);
+            assert_eq!(got_exp, exp);
+        }
     }
 }
