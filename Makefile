@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := target/debug
 
-.PHONY: deps build run test bench clean-data
+.PHONY: deps build run run-worker test bench clean-data
 
 deps:
 	@missing=""; \
@@ -23,6 +23,9 @@ build: deps
 
 run: build
 	scripts/run-sample.sh
+
+run-worker: build
+	scripts/run-worker.sh
 
 # The end-to-end tests drive the real binaries under target/debug, so build them first.
 test: deps

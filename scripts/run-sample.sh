@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# Serves the sample graph (config/social.pg) with a worker on 127.0.0.1:8090.
-# On first run it creates data/social and loads config/seed.json.
+# `make run`: the gateway on 127.0.0.1:8080 with config/omnigraph.yaml, serving
+# the sample graph "social" (created from config/social.pg on first start and
+# seeded with config/seed.json through the gateway, as the dev admin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
-ADDR=${ADDR:-127.0.0.1:8090}
-args=(serve --graph-id social --uri data/social --listen "$ADDR")
+ADDR=127.0.0.1:8080
 fresh=0
-if [ ! -d data/social/_commits.lance ]; then
-  args+=(--init --schema config/social.pg)
-  fresh=1
-fi
-"$BIN/omnigraph-worker" "${args[@]}" &
+[ -d data/social/_commits.lance ] || fresh=1
+"$BIN/omnigraph-gateway" serve --config config/omnigraph.yaml &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
-for _ in $(seq 1 100); do
-  curl -fsS "http://$ADDR/healthz" >/dev/null 2>&1 && break
+for _ in $(seq 1 600); do
+  curl -fsS "http://$ADDR/readyz" >/dev/null 2>&1 && break
+  kill -0 $pid 2>/dev/null || { echo "the gateway exited"; exit 1; }
   sleep 0.1
 done
 if [ "$fresh" = 1 ]; then
-  curl -fsS -X POST "http://$ADDR/change" -H 'content-type: application/json' --data @config/seed.json >/dev/null
-  echo "seeded data/social from config/seed.json"
+  curl -fsS -X POST "http://$ADDR/graphs/social/change" -H 'authorization: Bearer dev-admin-token' \
+    -H 'content-type: application/json' --data @config/seed.json >/dev/null
+  echo "seeded the graph 'social' from config/seed.json"
 fi
-echo "try: curl -s -X POST http://$ADDR/read -d '{\"match\":{\"type\":\"Person\",\"key\":\"alice\"},\"traverse\":[{\"edge\":\"Knows\",\"max_hops\":2}]}'"
+cat <<MSG
+
+omnigraph-gateway is serving on http://$ADDR (dev tokens: see config/tokens.yaml). Try:
+  curl -s -X POST http://$ADDR/graphs/social/read -H 'authorization: Bearer dev-reader-token' \\
+       -d '{"match":{"type":"Person","key":"alice"},"traverse":[{"edge":"Knows","max_hops":2}]}'
+MSG
 wait $pid

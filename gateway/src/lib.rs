@@ -7,6 +7,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod config;
+pub mod drain;
 pub mod explain;
 pub mod metrics;
 pub mod proxy;

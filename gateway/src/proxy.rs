@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::authn::AuthnError;
 use crate::authz::{Decision, RequestContext, Resource};
+use crate::drain::{Drain, InFlight};
 use crate::registry::{GraphEntry, Status};
 use crate::respond;
 use crate::route::{self, Action, Route, RouteError};
@@ -28,10 +29,12 @@ const RETRY_AFTER_S: &str = "1";
 
 pub struct Gateway {
     pub state: Arc<AppState>,
+    pub drain: Arc<Drain>,
 }
 
 /// Per-request state, filled phase by phase; `logging` reads it once.
 pub struct Ctx {
+    _in_flight: InFlight,
     start: Instant,
     route: &'static str,
     decision: &'static str,
@@ -65,6 +68,11 @@ impl Gateway {
         };
         ctx.route = route.label();
         let st = &self.state;
+        if self.drain.is_draining() {
+            session.set_keepalive(None);
+            let hdr = [("retry-after", RETRY_AFTER_S.to_string()), ("connection", "close".to_string())];
+            return self.reply_err(session, ErrorCode::WorkerUnavailable, "the gateway is shutting down", &hdr).await;
+        }
         match &route {
             Route::Healthz => return self.reply(session, 200, &json!({"status": "ok"})).await,
             Route::Readyz => {
@@ -203,7 +211,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), route: "unrouted", decision: "none", actor: None, upstream: None }
+        Ctx { _in_flight: self.drain.enter(), start: Instant::now(), route: "unrouted", decision: "none", actor: None, upstream: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

@@ -11,6 +11,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::app::{AppState, StartupError};
 use crate::config::Loaded;
+use crate::drain::{Drain, DrainingShutdown};
 use crate::proxy::Gateway;
 
 /// Starts one supervision task per graph, inside Pingora's runtime (so no
@@ -35,9 +36,11 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     let grace = config.config.server.shutdown_grace_s;
     let state = Arc::new(AppState::build(config, insecure_no_auth)?);
     state.prepare_runtime_dir()?;
+    let drain = Arc::new(Drain::default());
+    // Draining happens before Pingora's own shutdown starts (see drain.rs).
     let conf = ServerConf {
-        grace_period_seconds: Some(grace),
-        graceful_shutdown_timeout_seconds: Some(grace),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         pid_file: state.runtime_dir.join("gateway.pid").display().to_string(),
         upgrade_sock: state.runtime_dir.join("upgrade.sock").display().to_string(),
         threads: 2,
@@ -45,13 +48,13 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Gateway { state: state.clone() });
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Gateway { state: state.clone(), drain: drain.clone() });
     proxy.add_tcp(&bind);
     server.add_service(proxy);
     server.add_service(background_service("supervisor", SupervisorService { state: state.clone() }));
     tracing::info!(%bind, graphs = state.registry.list().len(), "omnigraph-gateway listening");
     println!("omnigraph-gateway listening on http://{bind}");
-    server.run(RunArgs::default());
+    server.run(RunArgs { shutdown_signal: Box::new(DrainingShutdown { drain, grace: std::time::Duration::from_secs(grace) }) });
     tracing::info!("requests drained; stopping workers");
     state.supervisor.stop_all_blocking(&state.registry.list());
     Ok(())

@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMNIGRAPH_LOG").unwrap_or_else(|_| "info,lance=warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let Command::Serve(a) = Cli::parse().command;
     omnigraph_worker::contract::GraphId::parse(&a.graph_id)?;
