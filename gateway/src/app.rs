@@ -10,6 +10,7 @@ use omnigraph_worker::contract::{AuthSource, BranchName, GraphId, ResolvedActor}
 use crate::authn::{Authenticator, JwtVerifier, StaticTokens};
 use crate::authz::{ActionSets, Engine, BUILTIN_SCHEMA};
 use crate::config::{GraphSection, Loaded};
+use crate::config_store::ConfigStore;
 use crate::metrics::Metrics;
 use crate::registry::{GraphEntry, Registry, Status, WorkerState};
 use crate::supervisor::{socket_path, Supervisor};
@@ -30,6 +31,8 @@ pub enum StartupError {
 
 pub struct AppState {
     pub config: Loaded,
+    /// The only writer of the config file at run time.
+    pub config_store: Arc<ConfigStore>,
     pub engine: Engine,
     pub server_policies: ArcSwap<Vec<Policy>>,
     /// Server policies alone, sliced by action: decides server actions.
@@ -116,6 +119,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError::Other(format!("metrics: {e}")))?);
         let supervisor = Arc::new(Supervisor::new(worker_bin(&config)?, config.config.server.start_concurrency, metrics.clone()));
         let state = AppState {
+            config_store: Arc::new(ConfigStore::new(&config.path, &config.bytes)),
             engine,
             server_policies: ArcSwap::from_pointee(server),
             server_sets: ArcSwap::from_pointee(server_sets),
@@ -144,12 +148,18 @@ impl AppState {
             .map(|b| BranchName::parse(b).map_err(|e| StartupError::Graph(id.into(), e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let sets = self.engine.slice(self.server_policies.load().iter().chain(own))?;
-        let socket = socket_path(&self.runtime_dir, id).map_err(|e| StartupError::Graph(id.into(), e))?;
-        let resolved_uri = if g.uri.contains("://") { g.uri.clone() } else { self.config.resolve(&g.uri).display().to_string() };
+        let socket = socket_path(&crate::config::normalize(&self.runtime_dir), id).map_err(|e| StartupError::Graph(id.into(), e))?;
+        let resolved_uri = if g.uri.contains("://") && !g.uri.starts_with("file://") {
+            g.uri.clone()
+        } else {
+            crate::config::normalize(&self.config.resolve(g.uri.strip_prefix("file://").unwrap_or(&g.uri))).display().to_string()
+        };
+        let canonical_uri = crate::config::canonical_uri(&self.config.dir, &g.uri);
         Ok(GraphEntry {
             id: gid,
             uri: g.uri.clone(),
             resolved_uri,
+            canonical_uri,
             tenant: g.tenant.clone(),
             protected_branches: protected,
             policy_file: g.policy.as_ref().map(|f| self.config.resolve(&f.file)),

@@ -107,6 +107,15 @@ impl ActionSets {
     pub fn get(&self, action: Action) -> &PolicySet {
         &self.sets[action as usize]
     }
+
+    /// Every policy in every action's set: the unsliced baseline that slicing
+    /// is measured and tested against.
+    pub fn unsliced<'p>(policies: impl IntoIterator<Item = &'p Policy>) -> Result<ActionSets, PolicyError> {
+        let all: Vec<Policy> = policies.into_iter().cloned().collect();
+        let policy_count = all.len();
+        let set = PolicySet::from_policies(all).map_err(|e| PolicyError::at("policies", "", None, e.to_string()))?;
+        Ok(ActionSets { sets: Action::ALL.iter().map(|_| set.clone()).collect(), policy_count })
+    }
 }
 
 pub struct Engine {
@@ -374,9 +383,8 @@ mod tests {
                 src.push_str(&format!("{effect} ({principal}, {action}, resource){cond};\n"));
             }
             let policies = e.parse_file("r.cedar", &src).unwrap();
-            let full = PolicySet::from_policies(policies.iter().cloned()).unwrap();
             let sliced = e.slice(&policies).unwrap();
-            let full_sets = ActionSets { sets: Action::ALL.iter().map(|_| full.clone()).collect(), policy_count: 0 };
+            let full_sets = ActionSets::unsliced(&policies).unwrap();
             for _ in 0..30 {
                 let a = actions[rnd(actions.len())];
                 let who = actor(["u1", "u2"][rnd(2)], &groups[..rnd(4)], if rnd(2) == 0 { Some("t") } else { None });

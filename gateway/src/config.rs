@@ -211,13 +211,14 @@ pub fn canonical_uri(dir: &Path, uri: &str) -> String {
         return uri.trim_end_matches('/').to_string();
     }
     let raw = uri.strip_prefix("file://").unwrap_or(uri);
-    let p = omnigraph_worker_path_normalize(&resolve_in(dir, raw));
+    let p = normalize(&resolve_in(dir, raw));
     // Resolve symlinks of the part that exists, so two spellings through a link collide too.
     let p = std::fs::canonicalize(&p).unwrap_or(p);
     p.display().to_string().trim_end_matches('/').to_string()
 }
 
-fn omnigraph_worker_path_normalize(p: &Path) -> PathBuf {
+/// Resolves `.` and `..` lexically (the path need not exist).
+pub fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

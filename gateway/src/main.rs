@@ -22,6 +22,17 @@ enum Command {
         /// Start even though no authentication is configured (every caller is "anonymous").
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Listen here instead of `server.bind`.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Put worker sockets here instead of `server.runtime_dir`.
+        #[arg(long)]
+        runtime_dir: Option<String>,
+    },
+    /// Graphs on a running gateway (over HTTP), and orphaned creates (on disk).
+    Graphs {
+        #[command(subcommand)]
+        command: omnigraph_gateway::cli_graphs::GraphsCommand,
     },
     /// Static tokens.
     Token {
@@ -91,11 +102,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, insecure_no_auth } => {
-            let loaded = Loaded::load(&config)?;
+        Command::Serve { config, insecure_no_auth, bind, runtime_dir } => {
+            let mut loaded = Loaded::load(&config)?;
+            if let Some(b) = bind {
+                loaded.config.server.bind = b;
+            }
+            if let Some(r) = runtime_dir {
+                loaded.config.server.runtime_dir = r;
+            }
             omnigraph_gateway::serve::run(loaded, insecure_no_auth)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Graphs { command } => omnigraph_gateway::cli_graphs::run(command),
         Command::Token { command: TokenCommand::New { actor } } => {
             let (token, entry) = omnigraph_gateway::authn::static_tokens::new_token(&actor);
             println!("token (shown once, store it now): {token}\n\nadd this entry under `tokens:` in your static tokens file:\n{entry}");

@@ -22,6 +22,7 @@ use crate::authz::{Decision, RequestContext, Resource};
 use crate::drain::{Drain, InFlight};
 use crate::registry::{GraphEntry, Status};
 use crate::respond;
+use crate::lifecycle;
 use crate::route::{self, Action, Route, RouteError};
 
 /// How long a client should wait before retrying a graph whose worker is down.
@@ -155,9 +156,24 @@ impl Gateway {
                 ctx.upstream = Some(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: p.worker_path, key, sent: None });
                 Ok(false)
             }
-            Route::CreateGraph | Route::DeleteGraph { .. } | Route::ReloadPolicies => {
-                self.reply_err(session, ErrorCode::NotImplemented, "not implemented in this gateway version", &[]).await
+            Route::CreateGraph => {
+                let body = match read_body(session, lifecycle::CREATE_BODY_LIMIT).await? {
+                    Some(b) => b,
+                    None => {
+                        let msg = format!("the request body is larger than {} bytes", lifecycle::CREATE_BODY_LIMIT);
+                        return self.reply_err(session, ErrorCode::PayloadTooLarge, msg, &[]).await;
+                    }
+                };
+                match lifecycle::create(&self.state, &body).await {
+                    Ok(v) => self.reply(session, 201, &v).await,
+                    Err(e) => self.reply_err(session, e.code(), e.to_string(), &[]).await,
+                }
             }
+            Route::DeleteGraph { graph, purge } => match lifecycle::delete(&self.state, &graph, purge).await {
+                Ok(v) => self.reply(session, 200, &v).await,
+                Err(e) => self.reply_err(session, e.code(), e.to_string(), &[]).await,
+            },
+            Route::ReloadPolicies => self.reply_err(session, ErrorCode::NotImplemented, "not implemented in this gateway version", &[]).await,
             Route::Healthz | Route::Readyz | Route::OpenApi => Ok(true),
         }
     }
@@ -204,6 +220,19 @@ impl Gateway {
         respond::error(session, code, msg, headers).await?;
         Ok(true)
     }
+}
+
+/// Reads the whole request body, or `None` once it passes `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            session.set_keepalive(None);
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 #[async_trait]

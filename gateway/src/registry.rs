@@ -55,6 +55,8 @@ pub struct GraphEntry {
     pub uri: String,
     /// The URI resolved against the config folder (absolute for local paths).
     pub resolved_uri: String,
+    /// The URI as a comparable key (see `config::canonical_uri`).
+    pub canonical_uri: String,
     pub tenant: Option<String>,
     pub protected_branches: Vec<BranchName>,
     pub policy_file: Option<PathBuf>,
@@ -84,6 +86,30 @@ impl GraphEntry {
 #[derive(Default)]
 pub struct Registry {
     graphs: DashMap<GraphId, Arc<GraphEntry>>,
+    /// Ids and canonical URIs of graphs being created, not yet published.
+    pending: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A graph id and URI held for one `POST /graphs`; released on drop.
+pub struct Reservation<'a> {
+    registry: &'a Registry,
+    keys: [String; 2],
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.registry.pending.lock() {
+            for k in &self.keys {
+                p.remove(k);
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReserveError {
+    Id,
+    Uri,
 }
 
 impl Registry {
@@ -104,6 +130,22 @@ impl Registry {
         let mut v: Vec<_> = self.graphs.iter().map(|e| e.value().clone()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// Reserves `id` and `canonical_uri` against published graphs and other
+    /// creations in flight. Exactly one of many concurrent callers wins.
+    pub fn reserve(&self, id: &GraphId, canonical_uri: &str) -> Result<Reservation<'_>, ReserveError> {
+        let mut pending = self.pending.lock().map_err(|_| ReserveError::Id)?;
+        let (kid, kuri) = (format!("id:{id}"), format!("uri:{canonical_uri}"));
+        if self.graphs.contains_key(id) || pending.contains(&kid) {
+            return Err(ReserveError::Id);
+        }
+        if self.graphs.iter().any(|e| e.canonical_uri == canonical_uri) || pending.contains(&kuri) {
+            return Err(ReserveError::Uri);
+        }
+        pending.insert(kid.clone());
+        pending.insert(kuri.clone());
+        Ok(Reservation { registry: self, keys: [kid, kuri] })
     }
 
     /// Ready when every graph is up or has definitively failed.

@@ -24,7 +24,7 @@ struct SupervisorService {
 impl BackgroundService for SupervisorService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         for entry in self.state.registry.list() {
-            tokio::spawn(self.state.supervisor.clone().supervise(entry));
+            tokio::spawn(self.state.supervisor.clone().supervise(entry, None));
         }
         let _ = shutdown.changed().await;
         self.state.supervisor.begin_shutdown();

@@ -38,8 +38,8 @@ pub struct Supervisor {
 }
 
 /// A started worker: its pid (also its process group) and its exit.
-struct Running {
-    pid: i32,
+pub struct Running {
+    pub pid: i32,
     exited: oneshot::Receiver<String>,
 }
 
@@ -85,16 +85,20 @@ impl Supervisor {
     }
 
     /// Supervises `entry` until shutdown or until the entry is stopped.
-    pub async fn supervise(self: Arc<Self>, entry: Arc<GraphEntry>) {
+    /// `first` adopts a worker that is already running (`POST /graphs`).
+    pub async fn supervise(self: Arc<Self>, entry: Arc<GraphEntry>, mut first: Option<Running>) {
         let mut backoff = BACKOFF_START;
         loop {
             if self.is_shutting_down() || entry.status() == Status::Stopping {
                 return;
             }
             let started = Instant::now();
-            let result = {
-                let _permit = self.start_permits.acquire().await;
-                self.start(&entry).await
+            let result = match first.take() {
+                Some(running) => Ok(running),
+                None => {
+                    let _permit = self.start_permits.acquire().await;
+                    self.start(&entry).await
+                }
             };
             match result {
                 Ok(running) => {
@@ -134,7 +138,9 @@ impl Supervisor {
         }
     }
 
-    async fn start(&self, entry: &GraphEntry) -> Result<Running, String> {
+    /// Starts the worker once (initialising an empty URI from the entry's
+    /// schema) and waits until it is ready.
+    pub async fn start(&self, entry: &GraphEntry) -> Result<Running, String> {
         let init_schema = if uri_is_empty(&entry.resolved_uri) {
             match &entry.schema_file {
                 Some(s) => {
@@ -184,34 +190,19 @@ impl Supervisor {
         Ok(Running { pid, exited: exit_rx })
     }
 
-    /// Stops one graph's worker: SIGTERM to its process group, then SIGKILL.
-    pub async fn stop(&self, entry: &GraphEntry) {
-        entry.set_state(|s| s.status = Status::Stopping);
-        if let Some(pid) = entry.state.load().pid {
-            stop_group(pid).await;
-        }
-    }
-
     /// Stops every worker (gateway shutdown), after requests have drained.
     pub fn stop_all_blocking(&self, entries: &[Arc<GraphEntry>]) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let pids: Vec<i32> = entries.iter().filter_map(|e| e.state.load().pid).collect();
+        // Signal all first, so they drain in parallel, then wait for each.
         for pid in &pids {
             // SAFETY: plain syscall on a process group we created.
             unsafe {
                 libc::killpg(*pid, libc::SIGTERM);
             }
         }
-        let end = Instant::now() + STOP_TIMEOUT;
         for pid in pids {
-            while alive(pid) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if alive(pid) {
-                unsafe {
-                    libc::killpg(pid, libc::SIGKILL);
-                }
-            }
+            stop_group_blocking(pid);
         }
     }
 
@@ -220,25 +211,26 @@ impl Supervisor {
     }
 }
 
-fn alive(pid: i32) -> bool {
-    // kill(pid, 0) succeeds while the process (or a zombie not yet reaped) exists;
-    // the supervisor thread reaps it promptly.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-async fn stop_group(pid: i32) {
+/// Stops a worker's process group from a blocking context: SIGTERM, then SIGKILL.
+pub fn stop_group_blocking(pid: i32) {
     unsafe {
         libc::killpg(pid, libc::SIGTERM);
     }
     let end = Instant::now() + STOP_TIMEOUT;
     while alive(pid) && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::thread::sleep(Duration::from_millis(20));
     }
     if alive(pid) {
         unsafe {
             libc::killpg(pid, libc::SIGKILL);
         }
     }
+}
+
+fn alive(pid: i32) -> bool {
+    // kill(pid, 0) succeeds while the process (or a zombie not yet reaped) exists;
+    // the supervisor thread reaps it promptly.
+    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 /// Runs on the worker's own thread: spawn, forward output into our log,

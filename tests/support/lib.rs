@@ -253,7 +253,12 @@ impl Gateway {
     }
 
     pub fn start_with(config: &Path, extra: &[&str]) -> Gateway {
-        let mut cmd = Command::new(bin("omnigraph-gateway"));
+        Self::start_in("debug", config, extra)
+    }
+
+    /// Starts the gateway from `target/<profile>`; its workers come from the same folder.
+    pub fn start_in(profile: &str, config: &Path, extra: &[&str]) -> Gateway {
+        let mut cmd = Command::new(bin_in(profile, "omnigraph-gateway"));
         cmd.arg("serve").arg("--config").arg(config).args(extra);
         cmd.env_remove("OMNIGRAPH_WORKER_BIN");
         let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(60));

@@ -1,0 +1,161 @@
+//! The one writer of `omnigraph.yaml` at run time: every change is a
+//! read-modify-write in one critical section.
+//!
+//! The section holds an in-process mutex and an exclusive `flock` on a
+//! separate `<file>.lock` that is never renamed (locking the file itself would
+//! lock an inode the rename replaces, so two writers could both "hold" it).
+//! Inside: read the bytes, compare their SHA-256 with the baseline (a
+//! mismatch is a hand edit or another process: `Drift`, and nothing is
+//! written), parse, let the caller modify the parsed config (it re-checks
+//! duplicates against what is on disk), then write a temp file in the same
+//! folder, fsync it, rename it over the config, fsync the folder and move the
+//! baseline.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, Config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError<E> {
+    #[error("{}", drift_message(.0))]
+    Drift(String),
+    #[error("config I/O: {0}")]
+    Io(String),
+    /// The caller's modification refused the change; nothing was written.
+    #[error("{0}")]
+    Rejected(E),
+}
+
+pub fn drift_message(path: &str) -> String {
+    format!("{path} changed on disk since the gateway read it (a hand edit or another process); not overwriting it. Restart the gateway to pick the edit up")
+}
+
+pub struct ConfigStore {
+    path: PathBuf,
+    lock_path: PathBuf,
+    baseline: Mutex<[u8; 32]>,
+    /// Serialises writers inside this process; the flock covers other processes.
+    section: Mutex<()>,
+}
+
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl ConfigStore {
+    pub fn new(path: &Path, loaded_bytes: &[u8]) -> ConfigStore {
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        ConfigStore { path: path.to_path_buf(), lock_path: PathBuf::from(lock), baseline: Mutex::new(digest(loaded_bytes)), section: Mutex::new(()) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `modify` on the config as it is on disk and writes the result
+    /// atomically. Blocking: call it from a blocking thread.
+    pub fn rewrite<R, E>(&self, modify: impl FnOnce(&mut Config) -> Result<R, E>) -> Result<R, RewriteError<E>> {
+        let io = |what: &str, e: std::io::Error| RewriteError::Io(format!("{what}: {e}"));
+        let _in_process = self.section.lock().map_err(|_| RewriteError::Io("config mutex poisoned".into()))?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&self.lock_path).map_err(|e| io("open lock file", e))?;
+        lock.lock().map_err(|e| io("flock", e))?;
+        let bytes = std::fs::read(&self.path).map_err(|e| io("read config", e))?;
+        let mut baseline = self.baseline.lock().map_err(|_| RewriteError::Io("baseline mutex poisoned".into()))?;
+        if digest(&bytes) != *baseline {
+            return Err(RewriteError::Drift(self.path.display().to_string()));
+        }
+        let mut cfg = config::parse(&self.path, &bytes).map_err(|e| RewriteError::Io(e.to_string()))?;
+        let out = modify(&mut cfg).map_err(RewriteError::Rejected)?;
+        let text = serde_yaml_ng::to_string(&cfg).map_err(|e| RewriteError::Io(format!("serialise: {e}")))?;
+        let new_bytes = format!("# Rewritten by omnigraph-gateway (POST/DELETE /graphs). Edit by hand only while the gateway is stopped.\n{text}");
+        write_atomically(&self.path, new_bytes.as_bytes()).map_err(|e| io("write config", e))?;
+        *baseline = digest(new_bytes.as_bytes());
+        drop(lock);
+        Ok(out)
+    }
+}
+
+/// Temp file in the same folder, fsync, rename, fsync the folder.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = "server:\n  bind: 127.0.0.1:1\n  policy: { file: p.cedar }\ngraphs: {}\n";
+
+    fn section(uri: &str) -> crate::config::GraphSection {
+        crate::config::GraphSection { uri: uri.into(), tenant: None, protected_branches: vec![], policy: None, schema: None }
+    }
+
+    #[test]
+    fn read_modify_write_keeps_every_concurrent_insert() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("omnigraph.yaml");
+        std::fs::write(&p, CFG).unwrap();
+        let store = std::sync::Arc::new(ConfigStore::new(&p, CFG.as_bytes()));
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let s = store.clone();
+                std::thread::spawn(move || s.rewrite(|c| {
+                    c.graphs.insert(format!("g{i}"), section(&format!("data/g{i}")));
+                    Ok::<_, ()>(())
+                }))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let cfg = crate::config::parse(&p, &std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(cfg.graphs.len(), 16);
+        assert!(dir.path().join("omnigraph.yaml.lock").exists());
+    }
+
+    #[test]
+    fn a_hand_edit_is_drift_and_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("omnigraph.yaml");
+        std::fs::write(&p, CFG).unwrap();
+        let store = ConfigStore::new(&p, CFG.as_bytes());
+        let edited = format!("{CFG}# hand edit\n");
+        std::fs::write(&p, &edited).unwrap();
+        let r = store.rewrite(|c| {
+            c.graphs.insert("x".into(), section("data/x"));
+            Ok::<_, ()>(())
+        });
+        assert!(matches!(r, Err(RewriteError::Drift(_))));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), edited);
+    }
+
+    #[test]
+    fn a_rejected_change_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("omnigraph.yaml");
+        std::fs::write(&p, CFG).unwrap();
+        let store = ConfigStore::new(&p, CFG.as_bytes());
+        let r = store.rewrite(|_| Err::<(), _>("duplicate"));
+        assert!(matches!(r, Err(RewriteError::Rejected("duplicate"))));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), CFG);
+    }
+}
