@@ -2,6 +2,7 @@
 # `deps` installs the build tools the dependencies need (FACTS.md): cmake for
 # Pingora's zlib-ng, protoc for Lance. It does nothing when they are present.
 
+SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := target/debug
@@ -30,7 +31,9 @@ run-worker: build
 # The end-to-end tests drive the real binaries under target/debug, so build them first.
 test: deps
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
+	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
+	     END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
 
 bench: deps
 	$(CARGO) build --release --workspace --bins

@@ -218,19 +218,7 @@ pub fn canonical_uri(dir: &Path, uri: &str) -> String {
 }
 
 /// Resolves `.` and `..` lexically (the path need not exist).
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
+pub use omnigraph_worker::contract::paths::normalize_lexically as normalize;
 
 #[cfg(test)]
 mod tests {

@@ -223,6 +223,20 @@ impl Working<'_> {
     }
 }
 
+/// Touched rows that existed before are removed; those that exist after are (re)written.
+fn table_write<K: Clone>(touched: BTreeSet<K>, existed: impl Fn(&K) -> bool, exists: impl Fn(&K) -> bool) -> TableWrite<K> {
+    let mut tw = TableWrite::default();
+    for k in touched {
+        if existed(&k) {
+            tw.remove.push(k.clone());
+        }
+        if exists(&k) {
+            tw.put.push(k);
+        }
+    }
+    tw
+}
+
 /// Validates `ops` against `base` and returns the plan and the affected counts.
 pub fn plan(schema: &GraphSchema, base: &Snapshot, ops: Vec<Value>) -> Result<(Plan, Affected), ChangeError> {
     let mut w = Working { schema, data: base.data.clone(), nodes: BTreeMap::new(), edges: BTreeMap::new() };
@@ -233,31 +247,13 @@ pub fn plan(schema: &GraphSchema, base: &Snapshot, ops: Vec<Value>) -> Result<(P
     let affected = Affected { nodes: w.nodes.values().map(BTreeSet::len).sum(), edges: w.edges.values().map(BTreeSet::len).sum() };
     let mut plan = Plan { data: GraphData::default(), nodes: BTreeMap::new(), edges: BTreeMap::new() };
     for (ty, keys) in w.nodes {
-        let before = base.data.nodes.get(&ty);
-        let after = w.data.nodes.get(&ty);
-        let mut tw = TableWrite::default();
-        for k in keys {
-            if before.is_some_and(|t| t.rows.contains_key(&k)) {
-                tw.remove.push(k.clone());
-            }
-            if after.is_some_and(|t| t.rows.contains_key(&k)) {
-                tw.put.push(k);
-            }
-        }
+        let (before, after) = (base.data.nodes.get(&ty), w.data.nodes.get(&ty));
+        let tw = table_write(keys, |k| before.is_some_and(|t| t.rows.contains_key(k)), |k| after.is_some_and(|t| t.rows.contains_key(k)));
         plan.nodes.insert(ty, tw);
     }
     for (ty, pairs) in w.edges {
-        let before = base.data.edges.get(&ty);
-        let after = w.data.edges.get(&ty);
-        let mut tw = TableWrite::default();
-        for pair in pairs {
-            if before.is_some_and(|t| t.rows.contains_key(&pair)) {
-                tw.remove.push(pair.clone());
-            }
-            if after.is_some_and(|t| t.rows.contains_key(&pair)) {
-                tw.put.push(pair);
-            }
-        }
+        let (before, after) = (base.data.edges.get(&ty), w.data.edges.get(&ty));
+        let tw = table_write(pairs, |p| before.is_some_and(|t| t.rows.contains_key(p)), |p| after.is_some_and(|t| t.rows.contains_key(p)));
         plan.edges.insert(ty, tw);
     }
     plan.data = w.data;

@@ -8,6 +8,7 @@ pub mod actor;
 pub mod error;
 pub mod headers;
 pub mod ids;
+pub mod paths;
 pub mod schema;
 
 pub use actor::{AuthSource, ResolvedActor, Scope};

@@ -16,6 +16,7 @@ use object_store::local::LocalFileSystem;
 use object_store::ObjectStore as OsObjectStore;
 
 use super::StoreError;
+use crate::contract::paths::normalize_lexically;
 
 /// The file that holds the graph's `.pg` schema source, next to the datasets.
 pub const SCHEMA_FILE: &str = "_schema.pg";
@@ -94,22 +95,6 @@ impl Location {
             ))),
         }
     }
-}
-
-/// Resolves `.` and `..` without touching the file system, so two spellings
-/// of one path compare equal even before the directory exists.
-pub fn normalize_lexically(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// Swaps Lance's local object store for one that fsyncs every written file

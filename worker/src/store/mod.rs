@@ -79,6 +79,20 @@ pub struct TableWrite<K> {
     pub put: Vec<K>,
 }
 
+impl<K> TableWrite<K> {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.put.is_empty()
+    }
+}
+
+/// One table's share of a commit, ready to write.
+struct TableJob<'a> {
+    table: String,
+    id_column: &'a str,
+    remove: Vec<String>,
+    batch: Option<RecordBatch>,
+}
+
 impl<K> Default for TableWrite<K> {
     fn default() -> Self {
         TableWrite { remove: Vec::new(), put: Vec::new() }
@@ -307,46 +321,16 @@ impl Store {
         let mut touched = Vec::new();
         let mut datasets = base.datasets.clone();
         let mut versions = base.commit.tables.clone();
-        for (name, tw) in &plan.nodes {
-            if tw.remove.is_empty() && tw.put.is_empty() {
-                continue;
-            }
-            touched.push(name.clone());
-            let result = async {
-                let t = self.schema.node(name).ok_or_else(|| StoreError::Internal(format!("unknown node type {name}")))?;
-                let table = plan.data.nodes.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
-                let rows: Vec<_> = tw.put.iter().filter_map(|k| table.rows.get(k)).collect();
-                let batch = if rows.is_empty() { None } else { Some(tables::node_batch(t, &rows)?) };
-                let remove: Vec<String> = tw.remove.iter().map(|k| k.to_string()).collect();
-                self.write_table(base.datasets.get(name), name, &t.key_prop().name, remove, batch).await
-            }
-            .await;
-            match result {
+        let jobs = match self.table_jobs(&plan) {
+            Ok(j) => j,
+            Err(e) => return Err((e, touched)),
+        };
+        for job in jobs {
+            touched.push(job.table.clone());
+            match self.write_table(base.datasets.get(&job.table), &job.table, job.id_column, job.remove, job.batch).await {
                 Ok(ds) => {
-                    versions.insert(name.clone(), ds.version().version);
-                    datasets.insert(name.clone(), ds);
-                }
-                Err(e) => return Err((e, touched)),
-            }
-        }
-        for (name, tw) in &plan.edges {
-            if tw.remove.is_empty() && tw.put.is_empty() {
-                continue;
-            }
-            touched.push(name.clone());
-            let result = async {
-                let t = self.schema.edge(name).ok_or_else(|| StoreError::Internal(format!("unknown edge type {name}")))?;
-                let table = plan.data.edges.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
-                let rows: Vec<_> = tw.put.iter().filter_map(|(f, to)| table.rows.get(&(f.clone(), to.clone())).map(|p| (f, to, p))).collect();
-                let batch = if rows.is_empty() { None } else { Some(tables::edge_batch(t, &rows)?) };
-                let remove: Vec<String> = tw.remove.iter().map(|(f, to)| edge_id(f, to)).collect();
-                self.write_table(base.datasets.get(name), name, tables::EDGE_ID, remove, batch).await
-            }
-            .await;
-            match result {
-                Ok(ds) => {
-                    versions.insert(name.clone(), ds.version().version);
-                    datasets.insert(name.clone(), ds);
+                    versions.insert(job.table.clone(), ds.version().version);
+                    datasets.insert(job.table, ds);
                 }
                 Err(e) => return Err((e, touched)),
             }
@@ -364,6 +348,28 @@ impl Store {
             return Err((e, touched));
         }
         Ok(Snapshot { commit: record, data: plan.data, datasets })
+    }
+
+    /// Turns a plan into one write per touched table (ids to delete, rows to append).
+    fn table_jobs(&self, plan: &Plan) -> Result<Vec<TableJob<'_>>, StoreError> {
+        let mut jobs = Vec::new();
+        for (name, tw) in plan.nodes.iter().filter(|(_, tw)| !tw.is_empty()) {
+            let t = self.schema.node(name).ok_or_else(|| StoreError::Internal(format!("unknown node type {name}")))?;
+            let table = plan.data.nodes.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
+            let rows: Vec<_> = tw.put.iter().filter_map(|k| table.rows.get(k)).collect();
+            let batch = if rows.is_empty() { None } else { Some(tables::node_batch(t, &rows)?) };
+            let remove = tw.remove.iter().map(|k| k.to_string()).collect();
+            jobs.push(TableJob { table: name.clone(), id_column: &t.key_prop().name, remove, batch });
+        }
+        for (name, tw) in plan.edges.iter().filter(|(_, tw)| !tw.is_empty()) {
+            let t = self.schema.edge(name).ok_or_else(|| StoreError::Internal(format!("unknown edge type {name}")))?;
+            let table = plan.data.edges.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
+            let rows: Vec<_> = tw.put.iter().filter_map(|(f, to)| table.rows.get(&(f.clone(), to.clone())).map(|p| (f, to, p))).collect();
+            let batch = if rows.is_empty() { None } else { Some(tables::edge_batch(t, &rows)?) };
+            let remove = tw.remove.iter().map(|(f, to)| edge_id(f, to)).collect();
+            jobs.push(TableJob { table: name.clone(), id_column: tables::EDGE_ID, remove, batch });
+        }
+        Ok(jobs)
     }
 
     /// One delete (by id column) and one append on a table; returns the new head of that table.
