@@ -33,7 +33,7 @@ test: deps
 	$(CARGO) build --workspace --bins
 	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
-	     END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
+	     END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 bench: deps
 	$(CARGO) build --release --workspace --bins
