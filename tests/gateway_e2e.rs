@@ -476,3 +476,32 @@ fn decisions_are_logged_and_explained() {
     let token = text.lines().next().unwrap().rsplit(' ').next().unwrap();
     assert!(text.contains(&sha256_hex(token)) && text.contains("actor_id: zoe"), "{text}");
 }
+
+#[test]
+fn policies_reload_atomically_on_request_and_on_sighup() {
+    let (d, cfg) = setup(ADMIN_POLICY, &[GraphSpec { id: "alpha", tenant: None, policy: Some("// nothing for rita yet\n") }], &[tok("tok-root", "root", &["admins"]), tok("tok-rita", "rita", &[])], "");
+    let gw = Gateway::start(&cfg);
+    let rita = bearer("tok-rita");
+    let root = bearer("tok-root");
+    let read = |gw: &Gateway| post_with(&gw.url("/graphs/alpha/read"), &json!({"match": {"type": "Person"}}), &[(rita.0, &rita.1)]).status;
+    assert_eq!(read(&gw), 403);
+    let policy = d.path().join("policies/alpha.cedar");
+    std::fs::write(&policy, "@id(\"rita-reads\")\npermit (principal == Omnigraph::Actor::\"rita\", action == Omnigraph::Action::\"read\", resource);\n").unwrap();
+    assert_eq!(read(&gw), 403, "nothing changes before a reload");
+    let r = call("POST", &gw.url("/policies/reload"), None, &[(root.0, &root.1)]);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["graph_policies"]["alpha"], 1);
+    assert_eq!(read(&gw), 200);
+    // A broken file: 400 with its location, and the old policies stay in force.
+    std::fs::write(&policy, "permit (principal, action, resource) when { principal.nope };\n").unwrap();
+    let r = call("POST", &gw.url("/policies/reload"), None, &[(root.0, &root.1)]);
+    assert_eq!(r.status, 400);
+    assert!(r.body["error"].as_str().unwrap().contains("alpha.cedar:1:"), "{:?}", r.body);
+    assert_eq!(read(&gw), 200);
+    // Only policy_reload may reload.
+    assert_eq!(call("POST", &gw.url("/policies/reload"), None, &[(rita.0, &rita.1)]).status, 403);
+    // SIGHUP reloads too.
+    std::fs::write(&policy, "// rita lost access\n").unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || read(&gw) == 403), "SIGHUP reloaded the policies");
+}

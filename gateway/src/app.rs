@@ -170,6 +170,33 @@ impl AppState {
         })
     }
 
+    /// Re-reads and re-validates every policy file (the server's and each
+    /// graph's) and swaps them in only when all of them validate; otherwise
+    /// the old policies stay and the first error is returned.
+    pub fn reload_policies(&self) -> Result<serde_json::Value, crate::authz::PolicyError> {
+        let server = self.engine.parse_path(&self.config.resolve(&self.config.config.server.policy.file))?;
+        let server_sets = self.engine.slice(&server)?;
+        let mut graph_sets = Vec::new();
+        for entry in self.registry.list() {
+            let own = match &entry.policy_file {
+                Some(p) => self.engine.parse_path(p)?,
+                None => Vec::new(),
+            };
+            let sets = self.engine.slice(server.iter().chain(&own))?;
+            graph_sets.push((entry, own.len(), sets));
+        }
+        let mut counts = serde_json::Map::new();
+        for (entry, n, sets) in graph_sets {
+            counts.insert(entry.id.to_string(), serde_json::json!(n));
+            entry.policies.store(Arc::new(sets));
+        }
+        let n = server.len();
+        self.server_policies.store(Arc::new(server));
+        self.server_sets.store(Arc::new(server_sets));
+        tracing::info!(server_policies = n, graphs = counts.len(), "policies reloaded");
+        Ok(serde_json::json!({"status": "reloaded", "server_policies": n, "graph_policies": counts}))
+    }
+
     /// Creates the runtime dir with mode 0700 (sockets live there).
     pub fn prepare_runtime_dir(&self) -> Result<(), StartupError> {
         use std::os::unix::fs::PermissionsExt;

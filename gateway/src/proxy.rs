@@ -173,7 +173,10 @@ impl Gateway {
                 Ok(v) => self.reply(session, 200, &v).await,
                 Err(e) => self.reply_err(session, e.code(), e.to_string(), &[]).await,
             },
-            Route::ReloadPolicies => self.reply_err(session, ErrorCode::NotImplemented, "not implemented in this gateway version", &[]).await,
+            Route::ReloadPolicies => match self.state.reload_policies() {
+                Ok(v) => self.reply(session, 200, &v).await,
+                Err(e) => self.reply_err(session, ErrorCode::BadRequest, format!("policies not reloaded; the old ones stay in force: {}", e.rendered), &[]).await,
+            },
             Route::Healthz | Route::Readyz | Route::OpenApi => Ok(true),
         }
     }

@@ -26,7 +26,18 @@ impl BackgroundService for SupervisorService {
         for entry in self.state.registry.list() {
             tokio::spawn(self.state.supervisor.clone().supervise(entry, None));
         }
-        let _ = shutdown.changed().await;
+        // SIGHUP reloads the policies, like POST /policies/reload.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    if let Err(e) = self.state.reload_policies() {
+                        tracing::error!("SIGHUP: policies not reloaded; the old ones stay in force:\n{}", e.rendered);
+                    }
+                }
+            }
+        }
         self.state.supervisor.begin_shutdown();
     }
 }
