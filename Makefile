@@ -35,8 +35,12 @@ test: deps
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	     END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
+# Release builds only (a debug Pingora is ~10x slower). Results: docs/benchmarks.md.
 bench: deps
 	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench --bench gateway_auth
+	$(CARGO) bench --bench gateway_latency
+	$(CARGO) bench --bench graph_create
 	$(CARGO) bench --bench worker_load
 
 clean-data:

@@ -505,3 +505,20 @@ fn policies_reload_atomically_on_request_and_on_sighup() {
     gw.proc.signal(libc::SIGHUP);
     assert!(eventually(Duration::from_secs(10), || read(&gw) == 403), "SIGHUP reloaded the policies");
 }
+
+#[test]
+fn h2c_and_http1_share_the_port() {
+    let (_d, cfg) = setup(ADMIN_POLICY, &[graph("alpha")], &[tok("tok-root", "root", &["admins"])], "");
+    let gw = Gateway::start(&cfg);
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl").args(["-s", "-i", "--max-time", "20"]).args(args).output().expect("curl is installed by make deps");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let h2 = curl(&["--http2-prior-knowledge", "-H", "authorization: Bearer tok-root", "-X", "POST", "-d", "{\"match\":{\"type\":\"Person\"}}", &gw.url("/graphs/alpha/read")]);
+    assert!(h2.starts_with("HTTP/2 200"), "{h2}");
+    assert!(h2.contains("\"row_count\":0"), "{h2}");
+    let h2_denied = curl(&["--http2-prior-knowledge", &gw.url("/graphs")]);
+    assert!(h2_denied.starts_with("HTTP/2 401"), "{h2_denied}");
+    let h1 = curl(&["--http1.1", &gw.url("/healthz")]);
+    assert!(h1.starts_with("HTTP/1.1 200"), "{h1}");
+}

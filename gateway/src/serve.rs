@@ -59,7 +59,12 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Gateway { state: state.clone(), drain: drain.clone() });
+    // HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on the same port.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    let mut proxy = pingora::proxy::ProxyServiceBuilder::new(&server.configuration, Gateway { state: state.clone(), drain: drain.clone() })
+        .server_options(options)
+        .build();
     proxy.add_tcp(&bind);
     server.add_service(proxy);
     server.add_service(background_service("supervisor", SupervisorService { state: state.clone() }));
