@@ -93,6 +93,16 @@ fn main() {
     }
     report("Cedar decision alone, 100 policies", &mut s, "-");
 
+    let empty = engine.slice(std::iter::empty()).expect("empty");
+    let mut s = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        let d = engine.decide(&empty, &actor, Action::Change, resource, &ctx);
+        s.push(t.elapsed());
+        assert!(!d.allowed);
+    }
+    report("Cedar request and entities only (empty policy set)", &mut s, "-");
+
     let full = cedar_full_set(&server, &graph);
     let mut s = Vec::with_capacity(5_000);
     for _ in 0..5_000 {

@@ -13,9 +13,12 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
+    PrincipalConstraint, ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
     PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
+use std::sync::Arc;
+
+use dashmap::DashMap;
 use miette::Diagnostic;
 use omnigraph_worker::contract::ResolvedActor;
 
@@ -95,17 +98,87 @@ pub struct Decision {
     pub elapsed: Duration,
 }
 
-/// One compiled policy set per action.
-#[derive(Debug)]
+/// The policies of one action, bucketed by principal scope. A policy scoped
+/// to `principal in Group::"g"` can only apply to members of `g`, and one
+/// scoped to `principal == Actor::"a"` only to `a`; a request is decided with
+/// the general policies plus the buckets its actor belongs to. (Groups have
+/// no parents in the built-in schema, so membership is exactly the token's
+/// group list; with a custom schema bucketing is off.)
+struct ActionSlice {
+    general: Vec<Policy>,
+    general_set: Arc<PolicySet>,
+    by_group: HashMap<String, Vec<Policy>>,
+    by_actor: HashMap<String, Vec<Policy>>,
+    /// Composed sets per bucket combination, built on first use. They live
+    /// and die with this `ActionSets`, so a reload never sees stale ones.
+    composed: DashMap<Vec<String>, Arc<PolicySet>>,
+}
+
+/// More distinct bucket combinations than this and the composed cache starts over.
+const MAX_COMPOSED: usize = 4096;
+
+impl ActionSlice {
+    fn new(general: Vec<Policy>, by_group: HashMap<String, Vec<Policy>>, by_actor: HashMap<String, Vec<Policy>>) -> Result<ActionSlice, String> {
+        let general_set = Arc::new(PolicySet::from_policies(general.iter().cloned()).map_err(|e| e.to_string())?);
+        Ok(ActionSlice { general, general_set, by_group, by_actor, composed: DashMap::new() })
+    }
+
+    fn for_actor(&self, actor: &ResolvedActor) -> Result<Arc<PolicySet>, String> {
+        if self.by_group.is_empty() && self.by_actor.is_empty() {
+            return Ok(self.general_set.clone());
+        }
+        let mut key: Vec<String> = Vec::new();
+        for g in &actor.groups {
+            if self.by_group.contains_key(&**g) {
+                key.push(format!("g:{g}"));
+            }
+        }
+        if self.by_actor.contains_key(&*actor.actor_id) {
+            key.push(format!("a:{}", actor.actor_id));
+        }
+        if key.is_empty() {
+            return Ok(self.general_set.clone());
+        }
+        key.sort_unstable();
+        key.dedup();
+        if let Some(set) = self.composed.get(&key) {
+            return Ok(set.clone());
+        }
+        let mut policies = self.general.clone();
+        for k in &key {
+            let bucket = match k.split_at(2) {
+                ("g:", g) => self.by_group.get(g),
+                (_, a) => self.by_actor.get(a),
+            };
+            policies.extend(bucket.into_iter().flatten().cloned());
+        }
+        let set = Arc::new(PolicySet::from_policies(policies).map_err(|e| e.to_string())?);
+        if self.composed.len() >= MAX_COMPOSED {
+            self.composed.clear();
+        }
+        self.composed.insert(key, set.clone());
+        Ok(set)
+    }
+}
+
+/// The compiled policies of one graph (or of the server), sliced by action
+/// and bucketed by principal.
 pub struct ActionSets {
-    sets: Vec<PolicySet>,
+    slices: Vec<ActionSlice>,
     /// How many policies went in, for `policy validate` and metrics.
     pub policy_count: usize,
 }
 
+impl std::fmt::Debug for ActionSets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActionSets({} policies)", self.policy_count)
+    }
+}
+
 impl ActionSets {
-    pub fn get(&self, action: Action) -> &PolicySet {
-        &self.sets[action as usize]
+    /// The policy set that decides `action` for `actor`.
+    pub fn for_request(&self, action: Action, actor: &ResolvedActor) -> Result<Arc<PolicySet>, String> {
+        self.slices[action as usize].for_actor(actor)
     }
 
     /// Every policy in every action's set: the unsliced baseline that slicing
@@ -113,13 +186,39 @@ impl ActionSets {
     pub fn unsliced<'p>(policies: impl IntoIterator<Item = &'p Policy>) -> Result<ActionSets, PolicyError> {
         let all: Vec<Policy> = policies.into_iter().cloned().collect();
         let policy_count = all.len();
-        let set = PolicySet::from_policies(all).map_err(|e| PolicyError::at("policies", "", None, e.to_string()))?;
-        Ok(ActionSets { sets: Action::ALL.iter().map(|_| set.clone()).collect(), policy_count })
+        let slices = Action::ALL
+            .iter()
+            .map(|_| ActionSlice::new(all.clone(), HashMap::new(), HashMap::new()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PolicyError::at("policies", "", None, e))?;
+        Ok(ActionSets { slices, policy_count })
     }
 }
 
+/// What the Cedar entities of a request depend on: the whole actor and the resource.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct EntityKey {
+    actor: ResolvedActor,
+    graph: Option<(String, Option<String>)>,
+}
+
+/// A request's principal, resource and entities, built once per distinct key.
+struct RequestEntities {
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+}
+
+/// More distinct (actor, resource) pairs than this and the entity cache starts over.
+const MAX_CACHED_ENTITIES: usize = 100_000;
+
 pub struct Engine {
     schema: Schema,
+    /// Entities depend only on the actor and the resource, never on the
+    /// policies, so caching them is safe across reloads. Decisions are never cached.
+    entity_cache: DashMap<EntityKey, Arc<RequestEntities>>,
+    /// Principal bucketing is sound only when groups cannot nest (the built-in schema).
+    bucket_principals: bool,
     authorizer: Authorizer,
     actor_type: EntityTypeName,
     group_type: EntityTypeName,
@@ -142,6 +241,8 @@ impl Engine {
         let action_type = type_name("Omnigraph::Action");
         let actions = Action::ALL.iter().map(|a| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.name()))).collect();
         Ok(Engine {
+            entity_cache: DashMap::new(),
+            bucket_principals: schema_src == BUILTIN_SCHEMA,
             schema,
             authorizer: Authorizer::new(),
             actor_type: type_name("Omnigraph::Actor"),
@@ -184,10 +285,12 @@ impl Engine {
         self.parse_file(&label, &src)
     }
 
-    /// Slices `policies` by action. Two policies with one id (for example the
-    /// same `@id` in two files) are an error, never a silent rename.
+    /// Slices `policies` by action (and buckets them by principal). Two
+    /// policies with one id (for example the same `@id` in two files) are an
+    /// error, never a silent rename.
     pub fn slice<'p>(&self, policies: impl IntoIterator<Item = &'p Policy>) -> Result<ActionSets, PolicyError> {
-        let mut sets: Vec<PolicySet> = Action::ALL.iter().map(|_| PolicySet::new()).collect();
+        type Buckets = (Vec<Policy>, HashMap<String, Vec<Policy>>, HashMap<String, Vec<Policy>>);
+        let mut per_action: Vec<Buckets> = Action::ALL.iter().map(|_| Default::default()).collect();
         let mut seen = HashSet::new();
         let mut count = 0;
         for p in policies {
@@ -200,17 +303,46 @@ impl Engine {
                 ActionConstraint::Eq(uid) => self.actions.iter().position(|a| *a == uid).into_iter().collect(),
                 ActionConstraint::In(uids) => self.actions.iter().enumerate().filter(|(_, a)| uids.contains(a)).map(|(i, _)| i).collect(),
             };
+            let bucket = if self.bucket_principals { self.principal_bucket(p) } else { None };
             for i in applies {
-                sets[i].add(p.clone()).map_err(|e| PolicyError::at("policies", "", None, e.to_string()))?;
+                let (general, by_group, by_actor) = &mut per_action[i];
+                match &bucket {
+                    None => general.push(p.clone()),
+                    Some((true, g)) => by_group.entry(g.clone()).or_default().push(p.clone()),
+                    Some((false, a)) => by_actor.entry(a.clone()).or_default().push(p.clone()),
+                }
             }
         }
-        Ok(ActionSets { sets, policy_count: count })
+        let slices = per_action
+            .into_iter()
+            .map(|(g, bg, ba)| ActionSlice::new(g, bg, ba))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PolicyError::at("policies", "", None, e))?;
+        Ok(ActionSets { slices, policy_count: count })
+    }
+
+    /// `Some((true, group))` for `principal in Group::"group"` (also with `is`),
+    /// `Some((false, actor))` for `principal ==`/`in Actor::"actor"`, else `None`.
+    fn principal_bucket(&self, p: &Policy) -> Option<(bool, String)> {
+        let uid = match p.principal_constraint() {
+            PrincipalConstraint::In(uid) | PrincipalConstraint::IsIn(_, uid) => uid,
+            PrincipalConstraint::Eq(uid) if *uid.type_name() == self.actor_type => uid,
+            _ => return None,
+        };
+        let id = uid.id().unescaped().to_string();
+        if *uid.type_name() == self.group_type {
+            Some((true, id))
+        } else if *uid.type_name() == self.actor_type {
+            Some((false, id))
+        } else {
+            None
+        }
     }
 
     /// Decides one request. Deny by default; any error is a deny.
     pub fn decide(&self, sets: &ActionSets, actor: &ResolvedActor, action: Action, resource: Resource<'_>, ctx: &RequestContext<'_>) -> Decision {
         let start = Instant::now();
-        let outcome = self.evaluate(sets.get(action), actor, action, resource, ctx);
+        let outcome = sets.for_request(action, actor).and_then(|set| self.evaluate(&set, actor, action, resource, ctx));
         let (allowed, policies, errors) = match outcome {
             Ok(r) => r,
             Err(e) => (false, Vec::new(), vec![e]),
@@ -218,8 +350,27 @@ impl Engine {
         Decision { allowed: allowed && errors.is_empty(), policies, errors, elapsed: start.elapsed() }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn evaluate(&self, set: &PolicySet, actor: &ResolvedActor, action: Action, resource: Resource<'_>, ctx: &RequestContext<'_>) -> Result<(bool, Vec<String>, Vec<String>), String> {
+    /// The request's entities, from the cache or built and cached.
+    fn entities(&self, actor: &ResolvedActor, resource: Resource<'_>) -> Result<Arc<RequestEntities>, String> {
+        let key = EntityKey {
+            actor: actor.clone(),
+            graph: match resource {
+                Resource::Server => None,
+                Resource::Graph { id, tenant } => Some((id.to_string(), tenant.map(str::to_string))),
+            },
+        };
+        if let Some(e) = self.entity_cache.get(&key) {
+            return Ok(e.clone());
+        }
+        let built = Arc::new(self.build_entities(actor, resource)?);
+        if self.entity_cache.len() >= MAX_CACHED_ENTITIES {
+            self.entity_cache.clear();
+        }
+        self.entity_cache.insert(key, built.clone());
+        Ok(built)
+    }
+
+    fn build_entities(&self, actor: &ResolvedActor, resource: Resource<'_>) -> Result<RequestEntities, String> {
         let principal = EntityUid::from_type_name_and_id(self.actor_type.clone(), EntityId::new(&*actor.actor_id));
         let mut entities = Vec::with_capacity(3 + actor.groups.len());
         let mut parents = HashSet::with_capacity(actor.groups.len());
@@ -236,7 +387,7 @@ impl Engine {
         }
         entities.push(Entity::new(principal.clone(), attrs, parents).map_err(|e| format!("actor entity: {e}"))?);
         entities.push(Entity::new_no_attrs(self.server_uid.clone(), HashSet::new()));
-        let resource_uid = match resource {
+        let resource = match resource {
             Resource::Server => self.server_uid.clone(),
             Resource::Graph { id, tenant } => {
                 let uid = EntityUid::from_type_name_and_id(self.graph_type.clone(), EntityId::new(id));
@@ -248,6 +399,13 @@ impl Engine {
                 uid
             }
         };
+        let entities = Entities::from_entities(entities, None).map_err(|e| format!("entities: {e}"))?;
+        Ok(RequestEntities { principal, resource, entities })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn evaluate(&self, set: &PolicySet, actor: &ResolvedActor, action: Action, resource: Resource<'_>, ctx: &RequestContext<'_>) -> Result<(bool, Vec<String>, Vec<String>), String> {
+        let ents = self.entities(actor, resource)?;
         let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
         if let Some(b) = ctx.branch {
             pairs.push(("branch".into(), RestrictedExpression::new_string(b.to_string())));
@@ -262,9 +420,11 @@ impl Engine {
             pairs.push(("target_protected".into(), RestrictedExpression::new_bool(p)));
         }
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
-        let request = Request::new(principal, self.actions[action as usize].clone(), resource_uid, context, Some(&self.schema)).map_err(|e| format!("request: {e}"))?;
-        let entities = Entities::from_entities(entities, None).map_err(|e| format!("entities: {e}"))?;
-        let response = self.authorizer.is_authorized(&request, set, &entities);
+        // No schema here: the route table fixes which action meets which
+        // resource type, and the context is built by this function alone;
+        // the policies themselves were validated against the schema on load.
+        let request = Request::new(ents.principal.clone(), self.actions[action as usize].clone(), ents.resource.clone(), context, None).map_err(|e| format!("request: {e}"))?;
+        let response = self.authorizer.is_authorized(&request, set, &ents.entities);
         let policies = response.diagnostics().reason().map(|id| id.to_string()).collect();
         let errors = response.diagnostics().errors().map(|e| e.to_string()).collect();
         Ok((response.decision() == CedarDecision::Allow, policies, errors))
@@ -345,6 +505,20 @@ mod tests {
         assert!(e.slice(a.iter().chain(&b2)).is_ok(), "file-based ids do not collide across files");
     }
 
+    #[test]
+    fn a_request_sees_only_the_policies_that_can_apply_to_it() {
+        let e = engine();
+        let mut src = String::from("permit (principal, action == Omnigraph::Action::\"read\", resource) when { false };\n");
+        for i in 0..50 {
+            src.push_str(&format!("permit (principal in Omnigraph::Group::\"g{i}\", action == Omnigraph::Action::\"read\", resource);\n"));
+        }
+        let sets = e.slice(&e.parse_file("b.cedar", &src).unwrap()).unwrap();
+        let who = actor("u", &["g7", "g9"], None);
+        assert_eq!(sets.for_request(Action::Read, &who).unwrap().policies().count(), 3);
+        assert_eq!(sets.for_request(Action::Change, &who).unwrap().policies().count(), 0);
+        assert_eq!(sets.for_request(Action::Read, &actor("v", &[], None)).unwrap().policies().count(), 1);
+    }
+
     /// Slicing by action must never change a decision: random policies and
     /// requests, decided against the whole set and against the slice.
     #[test]
@@ -357,14 +531,16 @@ mod tests {
         };
         let actions = Action::ALL;
         let groups = ["admins", "team", "readers"];
-        for _round in 0..40 {
+        for _round in 0..60 {
             let mut src = String::new();
             for _ in 0..(1 + rnd(8)) {
                 let effect = if rnd(4) == 0 { "forbid" } else { "permit" };
-                let principal = match rnd(3) {
+                let principal = match rnd(6) {
                     0 => "principal".to_string(),
-                    1 => format!("principal in Omnigraph::Group::{:?}", groups[rnd(3)]),
-                    _ => "principal == Omnigraph::Actor::\"u1\"".to_string(),
+                    1 | 2 => format!("principal in Omnigraph::Group::{:?}", groups[rnd(3)]),
+                    3 => format!("principal is Omnigraph::Actor in Omnigraph::Group::{:?}", groups[rnd(3)]),
+                    4 => "principal == Omnigraph::Actor::\"u1\"".to_string(),
+                    _ => "principal in Omnigraph::Actor::\"u2\"".to_string(),
                 };
                 let action = match rnd(3) {
                     0 => "action".to_string(),

@@ -100,12 +100,26 @@ impl StaticTokens {
     pub fn lookup(&self, digest: &[u8; 32]) -> Option<Arc<ResolvedActor>> {
         let mut found = None;
         for (hash, actor) in &self.entries {
-            if bool::from(hash.ct_eq(digest)) {
+            if ct_eq32(hash, digest) {
                 found = Some(actor.clone());
             }
         }
         found
     }
+}
+
+/// Constant-time equality of two 32-byte digests: the lanes are XORed and
+/// ORed together without a branch, and only the final word is tested (with
+/// `subtle`, so the compiler cannot turn it into an early exit).
+fn ct_eq32(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u64;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let (mut xa, mut ya) = ([0u8; 8], [0u8; 8]);
+        xa.copy_from_slice(x);
+        ya.copy_from_slice(y);
+        diff |= u64::from_ne_bytes(xa) ^ u64::from_ne_bytes(ya);
+    }
+    bool::from(diff.ct_eq(&0u64))
 }
 
 /// A new random token and the YAML entry that admits it.
@@ -147,6 +161,17 @@ mod tests {
         let h = hex::encode(Sha256::digest(b"x"));
         std::fs::write(&p, format!("tokens:\n  - {{actor_id: a, sha256: {h}}}\n  - {{actor_id: b, sha256: {h}}}\n")).unwrap();
         assert!(StaticTokens::load(&p).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn ct_eq32_compares_every_byte() {
+        let a = [7u8; 32];
+        for i in 0..32 {
+            let mut b = a;
+            b[i] ^= 1;
+            assert!(!ct_eq32(&a, &b), "byte {i}");
+        }
+        assert!(ct_eq32(&a, &a.clone()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 /// Where an actor's identity came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AuthSource {
     Static,
     Jwt { issuer: Arc<str> },
@@ -23,7 +23,7 @@ impl AuthSource {
 pub type Scope = Arc<str>;
 
 /// The caller, after authentication. Built once per token and cached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResolvedActor {
     pub actor_id: Arc<str>,
     pub tenant_id: Option<Arc<str>>,
