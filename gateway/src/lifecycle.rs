@@ -106,8 +106,11 @@ pub fn pending_dir(runtime_dir: &Path) -> PathBuf {
 /// What this request created, to remove on failure and nothing more.
 #[derive(Default)]
 struct Undo {
-    /// The graph folder, when this request created it.
+    /// The graph folder, when this request created it (exclusively, under the URI lock).
     created_dir: Option<PathBuf>,
+    /// Parent folders this request created, deepest first. They are removed
+    /// only if still empty: a concurrent create may have put its graph there.
+    created_parents: Vec<PathBuf>,
     /// A folder that existed empty: only its contents are ours.
     emptied_dir: Option<PathBuf>,
     files: Vec<PathBuf>,
@@ -126,6 +129,10 @@ impl Undo {
             if let Err(e) = std::fs::remove_dir_all(d) {
                 tracing::warn!(dir = %d.display(), error = %e, "could not remove a folder this failed create made");
             }
+        }
+        for p in &self.created_parents {
+            // Non-recursive on purpose: never remove what someone else put there.
+            let _ = std::fs::remove_dir(p);
         }
         if let Some(d) = &self.emptied_dir {
             if let Ok(entries) = std::fs::read_dir(d) {
@@ -175,6 +182,7 @@ pub async fn create(state: &Arc<AppState>, body: &[u8]) -> Result<Value, Lifecyc
         ReserveError::Id => LifecycleError::Conflict(format!("graph {:?} already exists", id.as_str())),
         ReserveError::Uri => LifecycleError::Conflict(format!("another graph already uses the URI {:?}", req.uri)),
     })?;
+    let _claim = claim_uri(&cfg_dir, &canonical)?;
     // Validates the policy against the live server policies too (duplicate @id).
     let mut entry = state.graph_entry(id.as_str(), &section, &own).map_err(|e| bad(e.to_string()))?;
     let data_dir = PathBuf::from(&entry.resolved_uri);
@@ -198,10 +206,20 @@ pub async fn create(state: &Arc<AppState>, body: &[u8]) -> Result<Value, Lifecyc
         if data_dir.exists() {
             undo.emptied_dir = Some(data_dir.clone());
         } else {
-            let top = first_missing_ancestor(&data_dir);
-            let made = std::fs::create_dir_all(&data_dir);
-            undo.created_dir = Some(top);
-            made.map_err(|e| bad(format!("cannot create the URI {:?}: {e}", req.uri)))?;
+            let cannot = |e: std::io::Error| bad(format!("cannot create the URI {:?}: {e}", req.uri));
+            if let Some(parent) = data_dir.parent() {
+                undo.created_parents = missing_ancestors(parent);
+                std::fs::create_dir_all(parent).map_err(cannot)?;
+            }
+            // Exclusive: if it appeared meanwhile, it is not ours.
+            std::fs::create_dir(&data_dir).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    LifecycleError::Conflict(format!("the URI {:?} appeared while creating the graph", req.uri))
+                } else {
+                    cannot(e)
+                }
+            })?;
+            undo.created_dir = Some(data_dir.clone());
         }
         let schema_file = state.runtime_dir.join(format!("{id}.create.pg"));
         write_atomically(&schema_file, req.schema.source.as_bytes()).map_err(|e| LifecycleError::Internal(format!("schema temp file: {e}")))?;
@@ -260,17 +278,42 @@ pub async fn create(state: &Arc<AppState>, body: &[u8]) -> Result<Value, Lifecyc
     }
 }
 
-/// The highest folder on the way to `dir` that does not exist yet: undo
-/// removes exactly the folders this request makes (`data/` too, when it is new).
-fn first_missing_ancestor(dir: &Path) -> PathBuf {
-    let mut top = dir.to_path_buf();
-    while let Some(parent) = top.parent() {
-        if parent.as_os_str().is_empty() || parent.exists() {
+/// `dir` and its ancestors that do not exist yet, deepest first.
+fn missing_ancestors(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
             break;
         }
-        top = parent.to_path_buf();
+        out.push(d.to_path_buf());
+        cur = d.parent();
     }
-    top
+    out
+}
+
+/// Holds the cross-process claim on a URI for the length of one create: an
+/// exclusive `flock` on `<config dir>/.omnigraph-create-locks/<hash>.lock`.
+/// Two gateways sharing a config share these files, so they cannot both
+/// initialise one URI; a crash releases the lock with the process.
+struct UriClaim(#[allow(dead_code)] std::fs::File);
+
+fn claim_uri(cfg_dir: &Path, canonical: &str) -> Result<UriClaim, LifecycleError> {
+    use sha2::Digest;
+    let dir = cfg_dir.join(".omnigraph-create-locks");
+    std::fs::create_dir_all(&dir).map_err(|e| LifecycleError::Internal(format!("create {}: {e}", dir.display())))?;
+    let name = hex::encode(&sha2::Sha256::digest(canonical.as_bytes())[..16]);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{name}.lock")))
+        .map_err(|e| LifecycleError::Internal(format!("URI lock: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(UriClaim(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LifecycleError::Conflict("another create is using this URI right now".into())),
+        Err(std::fs::TryLockError::Error(e)) => Err(LifecycleError::Internal(format!("URI lock: {e}"))),
+    }
 }
 
 /// Handles `DELETE /graphs/{id}` (already authorized).
