@@ -36,8 +36,12 @@ test: deps
 	     END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 # Release builds only (a debug Pingora is ~10x slower). Results: docs/benchmarks.md.
+# The two binaries are built one package at a time: building them together with
+# the root package would unify dependency features differently and recompile
+# DataFusion and Lance (a cold release build takes ~30 min on 2 cores).
 bench: deps
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release -p omnigraph-worker
+	$(CARGO) build --release -p omnigraph-gateway
 	$(CARGO) bench --bench gateway_auth
 	$(CARGO) bench --bench gateway_latency
 	$(CARGO) bench --bench graph_create
