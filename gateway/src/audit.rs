@@ -1,6 +1,8 @@
-//! The decision log: one JSON line on stdout per authorization decision.
+//! The decision log: one JSON line per authorization decision, on stdout or
+//! appended to `server.decision_log.file`.
 
 use std::io::Write;
+use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 
@@ -34,10 +36,28 @@ pub fn log_decision(actor: &str, action: &str, resource: &str, route: &str, d: &
     };
     if let Ok(mut s) = serde_json::to_vec(&line) {
         s.push(b'\n');
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&s);
-        let _ = out.flush();
+        match SINK.get() {
+            Some(file) => {
+                if let Ok(mut f) = file.lock() {
+                    let _ = f.write_all(&s);
+                }
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&s);
+                let _ = out.flush();
+            }
+        }
     }
+}
+
+static SINK: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+/// Sends the decision log to `path` (appended, one `write` per line) instead of stdout.
+pub fn log_to_file(path: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let _ = SINK.set(Mutex::new(f));
+    Ok(())
 }
 
 /// Seconds since the Unix epoch with millisecond precision, as a string

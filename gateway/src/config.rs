@@ -47,6 +47,13 @@ pub struct ServerSection {
     /// How many workers start at once at boot.
     #[serde(default = "default_start_concurrency")]
     pub start_concurrency: usize,
+    /// Pingora worker threads for the proxy. One gives the lowest latency on a
+    /// small machine (measured: docs/benchmarks.md); raise it for throughput.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Where the decision log goes; stdout when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_log: Option<FileRef>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -59,6 +66,10 @@ fn default_runtime_dir() -> String {
 
 fn default_grace_s() -> u64 {
     10
+}
+
+fn default_threads() -> usize {
+    1
 }
 
 fn default_start_concurrency() -> usize {

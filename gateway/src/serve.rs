@@ -47,6 +47,10 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     let grace = config.config.server.shutdown_grace_s;
     let state = Arc::new(AppState::build(config, insecure_no_auth)?);
     state.prepare_runtime_dir()?;
+    if let Some(f) = &state.config.config.server.decision_log {
+        let p = state.config.resolve(&f.file);
+        crate::audit::log_to_file(&p).map_err(|e| StartupError::Other(format!("decision log {}: {e}", p.display())))?;
+    }
     let drain = Arc::new(Drain::default());
     // Draining happens before Pingora's own shutdown starts (see drain.rs).
     let conf = ServerConf {
@@ -54,7 +58,7 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: state.runtime_dir.join("gateway.pid").display().to_string(),
         upgrade_sock: state.runtime_dir.join("upgrade.sock").display().to_string(),
-        threads: 2,
+        threads: state.config.config.server.threads.max(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
