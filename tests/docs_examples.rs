@@ -1,0 +1,48 @@
+//! The examples in docs/ are run, so the docs cannot drift from the product.
+
+use omnigraph_e2e::*;
+use serde_json::Value;
+
+/// The bodies of the fenced blocks in `doc` whose info string is `lang`.
+fn blocks(doc: &str, lang: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    // (inside a fence, the body when the fence's language is `lang`)
+    let mut fence: Option<Option<String>> = None;
+    for line in doc.lines() {
+        match (fence.as_mut(), line.trim_start().strip_prefix("```")) {
+            (None, Some(info)) => fence = Some((info.trim() == lang).then(String::new)),
+            (Some(body), Some(_)) => {
+                if let Some(b) = body.take() {
+                    out.push(b);
+                }
+                fence = None;
+            }
+            (Some(Some(body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn the_worker_guide_examples_run() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/worker.md")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let schema_src = blocks(&doc, "").into_iter().find(|b| b.contains("node Person {")).expect("the schema example");
+    let schema = write_file(tmp.path(), "doc.pg", &schema_src);
+    let w = Worker::start(WorkerOpts { profile: "debug", graph_id: "docs", uri: &tmp.path().join("g"), init_schema: Some(&schema), key: None });
+    let json_blocks = blocks(&doc, "json");
+    assert!(json_blocks.len() >= 2);
+    let mut ran = 0;
+    for b in json_blocks {
+        let v: Value = serde_json::from_str(&b).unwrap_or_else(|e| panic!("invalid JSON in docs/worker.md: {e}\n{b}"));
+        let path = if v.get("ops").is_some() { "/change" } else if v.get("match").is_some() { "/read" } else { continue };
+        let r = post(&w.url(path), &v);
+        assert_eq!(r.status, 200, "docs/worker.md example for {path} failed: {:?}\n{b}", r.body);
+        ran += 1;
+    }
+    assert!(ran >= 2);
+}
