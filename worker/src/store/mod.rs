@@ -398,10 +398,6 @@ impl Store {
         }
         Ok(ds)
     }
-
-    pub fn row_count(&self, snap: &Snapshot, table: &str) -> usize {
-        snap.data.row_count(table)
-    }
 }
 
 fn base_seq(log: &[CommitRecord]) -> i64 {
