@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omnigraph_e2e::{percentile, sha256_hex, write_file};
+use omnigraph_gateway::authn::jwt::KeySource;
 use omnigraph_gateway::authn::{Authenticator, JwtVerifier, StaticTokens};
 use omnigraph_gateway::authz::{Engine, RequestContext, Resource, BUILTIN_SCHEMA};
 use omnigraph_gateway::config::{ClaimMap, JwksSource, JwtIssuer};
@@ -35,13 +36,13 @@ fn main() {
         issuer: "https://idp.test".into(),
         audiences: vec!["omnigraph".into()],
         algorithms: vec!["RS256".into()],
-        jwks: JwksSource { file: "jwks.json".into(), refresh_s: 300 },
+        jwks: JwksSource { file: Some("jwks.json".into()), url: None, refresh_s: 300 },
         leeway_s: 30,
         claims: ClaimMap::default(),
     };
     let authn = Authenticator::new(
         StaticTokens::load(&tokens_path).expect("tokens"),
-        vec![JwtVerifier::new(&jwt_cfg, Path::new(FIXTURES).join("jwks.json")).expect("jwks")],
+        vec![JwtVerifier::new(&jwt_cfg, KeySource::File(Path::new(FIXTURES).join("jwks.json"))).expect("jwks")],
     );
 
     // 100 policies: server (admins, tenant forbid) + 98 graph policies over groups and actions.

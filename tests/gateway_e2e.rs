@@ -522,3 +522,41 @@ fn h2c_and_http1_share_the_port() {
     let h1 = curl(&["--http1.1", &gw.url("/healthz")]);
     assert!(h1.starts_with("HTTP/1.1 200"), "{h1}");
 }
+
+/// A one-route HTTP server for a JWKS document that the test can swap.
+fn serve_jwks(doc: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut s = stream;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = doc.lock().unwrap().clone();
+            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    port
+}
+
+#[test]
+fn jwks_from_a_url_follows_key_rotation() {
+    let full: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURES).join("jwks.json")).unwrap()).unwrap();
+    let only_hs = json!({"keys": full["keys"].as_array().unwrap().iter().filter(|k| k["kid"] == "hs-1").cloned().collect::<Vec<_>>()});
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(only_hs.to_string()));
+    let port = serve_jwks(doc.clone());
+    let (_d, cfg) = setup(ADMIN_POLICY, &[], &[tok("tok-root", "root", &["admins"])], "");
+    let y = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("jwks: { file: jwks.json }", &format!("jwks: {{ url: \"http://127.0.0.1:{port}/jwks.json\", refresh_s: 1 }}"));
+    std::fs::write(&cfg, y).unwrap();
+    let gw = Gateway::start(&cfg);
+    let rs = format!("Bearer {}", jwt(jsonwebtoken::Algorithm::RS256, "rsa-1", &claims("jane", json!({}))));
+    let hs = format!("Bearer {}", jwt(jsonwebtoken::Algorithm::HS256, "hs-1", &claims("hank", json!({}))));
+    assert_eq!(call("GET", &gw.url("/graphs"), None, &[("authorization", &hs)]).status, 200, "keys fetched from the URL at start-up");
+    assert_eq!(call("GET", &gw.url("/graphs"), None, &[("authorization", &rs)]).status, 401, "rsa-1 is not published yet");
+    // The IdP rotates in rsa-1; the gateway picks it up on an unknown kid (at most once a second here).
+    *doc.lock().unwrap() = full.to_string();
+    assert!(eventually(Duration::from_secs(15), || call("GET", &gw.url("/graphs"), None, &[("authorization", &rs)]).status == 200));
+}

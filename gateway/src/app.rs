@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use cedar_policy::Policy;
 use omnigraph_worker::contract::{AuthSource, BranchName, GraphId, ResolvedActor};
 
+use crate::authn::jwt::KeySource;
 use crate::authn::{Authenticator, JwtVerifier, StaticTokens};
 use crate::authz::{ActionSets, Engine, BUILTIN_SCHEMA};
 use crate::config::{GraphSection, Loaded};
@@ -77,7 +78,12 @@ pub fn load_authn(cfg: &Loaded) -> Result<Authenticator, StartupError> {
     };
     let mut jwts = Vec::new();
     for j in &cfg.config.auth.jwt {
-        jwts.push(JwtVerifier::new(j, cfg.resolve(&j.jwks.file)).map_err(|e| StartupError::Auth(e.to_string()))?);
+        let source = match (&j.jwks.file, &j.jwks.url) {
+            (Some(f), None) => KeySource::File(cfg.resolve(f)),
+            (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => KeySource::Url(u.clone()),
+            _ => return Err(StartupError::Auth(format!("issuer {}: jwks needs exactly one of file or url (http or https)", j.issuer))),
+        };
+        jwts.push(JwtVerifier::new(j, source).map_err(|e| StartupError::Auth(e.to_string()))?);
     }
     Ok(Authenticator::new(statics, jwts))
 }

@@ -111,8 +111,13 @@ fn default_leeway() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwksSource {
-    pub file: String,
-    /// At most one re-read of the file per this many seconds, on an unknown `kid`.
+    /// A JWKS file (relative to the config's folder), or
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// a JWKS URL (http or https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// At most one reload of the keys per this many seconds, on an unknown `kid`.
     #[serde(default = "default_refresh")]
     pub refresh_s: u64,
 }

@@ -55,21 +55,53 @@ fn family_of(alg: Algorithm) -> Option<Family> {
     })
 }
 
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl KeySource {
+    fn name(&self) -> String {
+        match self {
+            KeySource::File(p) => p.display().to_string(),
+            KeySource::Url(u) => u.clone(),
+        }
+    }
+}
+
+/// The largest JWKS document accepted from a URL.
+const MAX_JWKS_BYTES: u64 = 1 << 20;
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct JwtVerifier {
     issuer: String,
     /// One validation per allowed algorithm: jsonwebtoken refuses a
     /// validation whose algorithms span key families.
     validations: Vec<(Algorithm, Validation)>,
     claims: ClaimMap,
-    jwks_file: PathBuf,
-    keys: ArcSwap<Vec<Key>>,
+    source: KeySource,
+    keys: Arc<ArcSwap<Vec<Key>>>,
     refresh_every: Duration,
     last_refresh: Mutex<Instant>,
 }
 
-fn load_keys(path: &PathBuf) -> Result<Vec<Key>, JwksError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| JwksError::Read(name.clone(), e))?;
+fn fetch_keys(source: &KeySource) -> Result<Vec<Key>, JwksError> {
+    let name = source.name();
+    let text = match source {
+        KeySource::File(path) => std::fs::read_to_string(path).map_err(|e| JwksError::Read(name.clone(), e))?,
+        KeySource::Url(url) => {
+            let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(JWKS_FETCH_TIMEOUT)).build().into();
+            let mut resp = agent.get(url).call().map_err(|e| JwksError::Parse(name.clone(), format!("fetch: {e}")))?;
+            resp.body_mut().with_config().limit(MAX_JWKS_BYTES).read_to_string().map_err(|e| JwksError::Parse(name.clone(), format!("read: {e}")))?
+        }
+    };
+    parse_keys(&name, &text)
+}
+
+fn parse_keys(name: &str, text: &str) -> Result<Vec<Key>, JwksError> {
+    let name = name.to_string();
     let set: JwkSet = serde_json::from_str(&text).map_err(|e| JwksError::Parse(name.clone(), e.to_string()))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
@@ -88,7 +120,10 @@ fn load_keys(path: &PathBuf) -> Result<Vec<Key>, JwksError> {
 }
 
 impl JwtVerifier {
-    pub fn new(cfg: &JwtIssuer, jwks_file: PathBuf) -> Result<JwtVerifier, JwksError> {
+    /// A file source must load now (a bad file is a config mistake). A URL
+    /// that cannot be fetched at start-up leaves the issuer with no keys, so
+    /// its tokens are refused, and is fetched again on the next unknown `kid`.
+    pub fn new(cfg: &JwtIssuer, source: KeySource) -> Result<JwtVerifier, JwksError> {
         let mut algorithms = Vec::new();
         for a in &cfg.algorithms {
             let alg: Algorithm = a.parse().map_err(|_| JwksError::Algorithm(cfg.issuer.clone(), a.clone()))?;
@@ -110,33 +145,55 @@ impl JwtVerifier {
                 (alg, v)
             })
             .collect();
-        let keys = load_keys(&jwks_file)?;
+        let refresh_every = Duration::from_secs(cfg.jwks.refresh_s.max(1));
+        let (keys, last) = match (fetch_keys(&source), &source) {
+            (Ok(keys), _) => (keys, Instant::now()),
+            (Err(e), KeySource::File(_)) => return Err(e),
+            (Err(e), KeySource::Url(_)) => {
+                tracing::error!(issuer = %cfg.issuer, error = %e, "cannot fetch the JWKS; this issuer's tokens are refused until it loads");
+                (Vec::new(), Instant::now().checked_sub(refresh_every).unwrap_or_else(Instant::now))
+            }
+        };
         Ok(JwtVerifier {
             issuer: cfg.issuer.clone(),
             validations,
             claims: cfg.claims.clone(),
-            jwks_file,
-            keys: ArcSwap::from_pointee(keys),
-            refresh_every: Duration::from_secs(cfg.jwks.refresh_s.max(1)),
-            last_refresh: Mutex::new(Instant::now()),
+            source,
+            keys: Arc::new(ArcSwap::from_pointee(keys)),
+            refresh_every,
+            last_refresh: Mutex::new(last),
         })
     }
 
-    /// Re-reads the JWKS file, at most once per `refresh_s`, when a token
-    /// names a `kid` we do not hold (keys rotate).
+    /// Reloads the keys, at most once per `refresh_s`, when a token names a
+    /// `kid` we do not hold (keys rotate). A file is re-read at once (true
+    /// when new keys are in place); a URL is fetched on a background thread,
+    /// so the request that noticed is refused and later ones use the new keys.
     fn refresh(&self) -> bool {
         let Ok(mut last) = self.last_refresh.lock() else { return false };
         if last.elapsed() < self.refresh_every {
             return false;
         }
         *last = Instant::now();
-        match load_keys(&self.jwks_file) {
-            Ok(keys) => {
-                self.keys.store(Arc::new(keys));
+        let (source, keys, issuer) = (self.source.clone(), self.keys.clone(), self.issuer.clone());
+        let fetch = move || match fetch_keys(&source) {
+            Ok(new) => {
+                keys.store(Arc::new(new));
                 true
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; keeping the old keys");
+                tracing::warn!(issuer = %issuer, error = %e, "JWKS refresh failed; keeping the old keys");
+                false
+            }
+        };
+        match &self.source {
+            KeySource::File(_) => fetch(),
+            KeySource::Url(_) => {
+                if let Err(e) = std::thread::Builder::new().name("jwks-refresh".into()).spawn(move || {
+                    fetch();
+                }) {
+                    tracing::warn!(error = %e, "cannot start a JWKS refresh");
+                }
                 false
             }
         }
@@ -207,11 +264,11 @@ mod tests {
             issuer: "https://idp.test".into(),
             audiences: vec!["omnigraph".into()],
             algorithms: vec!["RS256".into(), "HS256".into()],
-            jwks: JwksSource { file: "jwks.json".into(), refresh_s: 300 },
+            jwks: JwksSource { file: Some("jwks.json".into()), url: None, refresh_s: 300 },
             leeway_s: 5,
             claims: ClaimMap::default(),
         };
-        JwtVerifier::new(&cfg, PathBuf::from(FIXTURES).join("jwks.json")).unwrap()
+        JwtVerifier::new(&cfg, KeySource::File(PathBuf::from(FIXTURES).join("jwks.json"))).unwrap()
     }
 
     fn token(alg: Algorithm, kid: &str, claims: serde_json::Value) -> String {
