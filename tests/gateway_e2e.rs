@@ -560,3 +560,15 @@ fn jwks_from_a_url_follows_key_rotation() {
     *doc.lock().unwrap() = full.to_string();
     assert!(eventually(Duration::from_secs(15), || call("GET", &gw.url("/graphs"), None, &[("authorization", &rs)]).status == 200));
 }
+
+#[test]
+fn two_graphs_may_not_share_a_uri() {
+    let (_d, cfg) = setup(ADMIN_POLICY, &[graph("alpha")], &[tok("t", "a", &[])], "");
+    let mut y = std::fs::read_to_string(&cfg).unwrap();
+    y.push_str("  beta:\n    uri: ./data/x/../alpha/\n");
+    std::fs::write(&cfg, y).unwrap();
+    let out = std::process::Command::new(bin("omnigraph-gateway")).arg("serve").arg("--config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("same URI") && err.contains("alpha"), "{err}");
+}

@@ -137,9 +137,13 @@ impl AppState {
             runtime_dir,
             config,
         };
+        let mut uris: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         for (id, own) in graph_policies {
             let section = state.config.config.graphs.get(&id).cloned().ok_or_else(|| StartupError::Graph(id.clone(), "vanished".into()))?;
             let entry = state.graph_entry(&id, &section, &own)?;
+            if let Some(other) = uris.insert(entry.canonical_uri.clone(), id.clone()) {
+                return Err(StartupError::Graph(id, format!("uses the same URI as graph {other:?} ({}); two graphs never share storage", entry.canonical_uri)));
+            }
             state.registry.insert(Arc::new(entry));
         }
         Ok(state)
