@@ -71,14 +71,81 @@ impl ConfigStore {
             return Err(RewriteError::Drift(self.path.display().to_string()));
         }
         let mut cfg = config::parse(&self.path, &bytes).map_err(|e| RewriteError::Io(e.to_string()))?;
+        let before = cfg.clone();
         let out = modify(&mut cfg).map_err(RewriteError::Rejected)?;
-        let text = serde_yaml_ng::to_string(&cfg).map_err(|e| RewriteError::Io(format!("serialise: {e}")))?;
-        let new_bytes = format!("# Rewritten by omnigraph-gateway (POST/DELETE /graphs). Edit by hand only while the gateway is stopped.\n{text}");
+        let new_bytes = render(&self.path, &String::from_utf8_lossy(&bytes), &before, &cfg).map_err(RewriteError::Io)?;
         write_atomically(&self.path, new_bytes.as_bytes()).map_err(|e| io("write config", e))?;
         *baseline = digest(new_bytes.as_bytes());
         drop(lock);
         Ok(out)
     }
+}
+
+/// The new file text. When only graphs were added or removed, the original
+/// text is edited in place so the operator's comments and layout survive; the
+/// edit is used only if it parses back to exactly `after`. Otherwise the whole
+/// config is serialised.
+fn render(path: &Path, original: &str, before: &Config, after: &Config) -> Result<String, String> {
+    if let Some(text) = edit_graphs_in_place(original, before, after) {
+        if config::parse(path, text.as_bytes()).ok().as_ref() == Some(after) {
+            return Ok(text);
+        }
+    }
+    let text = serde_yaml_ng::to_string(after).map_err(|e| format!("serialise: {e}"))?;
+    Ok(format!("# Rewritten by omnigraph-gateway (POST/DELETE /graphs). Edit by hand only while the gateway is stopped.\n{text}"))
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty() || t.starts_with('#')
+}
+
+fn edit_graphs_in_place(original: &str, before: &Config, after: &Config) -> Option<String> {
+    if before.server != after.server || before.auth != after.auth {
+        return None;
+    }
+    if after.graphs.iter().any(|(k, v)| before.graphs.get(k).is_some_and(|b| b != v)) {
+        return None;
+    }
+    let mut lines: Vec<String> = original.lines().map(str::to_string).collect();
+    let header = lines.iter().position(|l| l.starts_with("graphs:"))?;
+    let rest = lines[header]["graphs:".len()..].trim();
+    if rest.starts_with('{') {
+        if rest.trim_start_matches('{').trim_start().starts_with('}') {
+            lines[header] = "graphs:".to_string();
+        } else {
+            return None;
+        }
+    } else if !(rest.is_empty() || rest.starts_with('#')) {
+        return None;
+    }
+    let section_end = |lines: &[String]| {
+        (header + 1..lines.len()).find(|&i| !lines[i].starts_with(' ') && !is_blank_or_comment(&lines[i])).unwrap_or(lines.len())
+    };
+    for id in before.graphs.keys().filter(|k| !after.graphs.contains_key(*k)) {
+        let end = section_end(&lines);
+        let start = (header + 1..end).find(|&i| indent_of(&lines[i]) == 2 && lines[i].trim_start().split(':').next() == Some(id.as_str()))?;
+        let stop = (start + 1..end).find(|&i| !lines[i].trim().is_empty() && indent_of(&lines[i]) <= 2).unwrap_or(end);
+        lines.drain(start..stop);
+    }
+    for (id, section) in after.graphs.iter().filter(|(k, _)| !before.graphs.contains_key(*k)) {
+        let one: std::collections::BTreeMap<&String, &config::GraphSection> = [(id, section)].into_iter().collect();
+        let text = serde_yaml_ng::to_string(&one).ok()?;
+        let mut end = section_end(&lines);
+        // Keep trailing blank lines and comments that introduce the next section below us.
+        while end > header + 1 && is_blank_or_comment(&lines[end - 1]) && indent_of(&lines[end - 1]) == 0 {
+            end -= 1;
+        }
+        let block: Vec<String> = text.lines().map(|l| format!("  {l}")).collect();
+        lines.splice(end..end, block);
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    Some(out)
 }
 
 /// Temp file in the same folder, fsync, rename, fsync the folder.
@@ -146,6 +213,43 @@ mod tests {
         });
         assert!(matches!(r, Err(RewriteError::Drift(_))));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), edited);
+    }
+
+    #[test]
+    fn adding_and_removing_graphs_keeps_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("omnigraph.yaml");
+        let original = "# top comment\nserver:\n  bind: 127.0.0.1:1   # the port\n  policy: { file: p.cedar }\ngraphs:\n  # the first graph\n  alpha:\n    uri: data/alpha\n    tenant: acme\n\n# trailing note\n";
+        std::fs::write(&p, original).unwrap();
+        let store = ConfigStore::new(&p, original.as_bytes());
+        store.rewrite(|c| {
+            c.graphs.insert("beta".into(), section("data/beta"));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("# top comment") && text.contains("# the port") && text.contains("# the first graph") && text.contains("# trailing note"), "{text}");
+        assert!(text.contains("  beta:\n    uri: data/beta"), "{text}");
+        let cfg = crate::config::parse(&p, text.as_bytes()).unwrap();
+        assert_eq!(cfg.graphs.len(), 2);
+        store.rewrite(|c| {
+            c.graphs.remove("alpha");
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(!text.contains("alpha") && text.contains("# top comment") && text.contains("beta"), "{text}");
+        // An empty flow map becomes a block.
+        let p2 = dir.path().join("b.yaml");
+        std::fs::write(&p2, CFG).unwrap();
+        let store = ConfigStore::new(&p2, CFG.as_bytes());
+        store.rewrite(|c| {
+            c.graphs.insert("g".into(), section("data/g"));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(&p2).unwrap();
+        assert!(text.starts_with("server:") && text.contains("graphs:\n  g:\n    uri: data/g"), "{text}");
     }
 
     #[test]
