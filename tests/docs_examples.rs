@@ -46,3 +46,16 @@ fn the_worker_guide_examples_run() {
     }
     assert!(ran >= 2);
 }
+
+/// Every Cedar example in docs/policy.md validates strictly against the schema.
+#[test]
+fn the_policy_guide_examples_validate() {
+    use omnigraph_gateway::authz::{Engine, BUILTIN_SCHEMA};
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/policy.md")).unwrap();
+    let engine = Engine::new("omnigraph.cedarschema", BUILTIN_SCHEMA).unwrap();
+    let examples = blocks(&doc, "cedar");
+    assert!(examples.len() >= 4, "found {}", examples.len());
+    for src in examples {
+        engine.parse_file("policy.md", &src).unwrap_or_else(|e| panic!("a docs/policy.md example does not validate:\n{e}"));
+    }
+}

@@ -481,31 +481,6 @@ mod tests {
         assert!(!d.allowed && d.policies.is_empty());
     }
 
-    /// Every Cedar example in docs/policy.md validates against the schema.
-    #[test]
-    fn the_policy_guide_examples_validate() {
-        let doc = include_str!("../../docs/policy.md");
-        let e = engine();
-        let mut n = 0;
-        let mut inside: Option<String> = None;
-        for line in doc.lines() {
-            match (&mut inside, line.trim_start().strip_prefix("```")) {
-                (None, Some("cedar")) => inside = Some(String::new()),
-                (Some(src), Some(_)) => {
-                    e.parse_file("policy.md", src).unwrap_or_else(|err| panic!("docs/policy.md example does not validate:\n{err}"));
-                    n += 1;
-                    inside = None;
-                }
-                (Some(src), None) => {
-                    src.push_str(line);
-                    src.push('\n');
-                }
-                _ => {}
-            }
-        }
-        assert!(n >= 4, "found {n} examples");
-    }
-
     #[test]
     fn errors_name_file_line_and_column() {
         let e = engine();
