@@ -276,29 +276,42 @@ fn failed_creates_undo_only_what_they_made() {
 
 #[test]
 fn a_worker_that_fails_to_start_leaves_nothing() {
-    // A stand-in worker that makes a mess in the graph folder and dies.
-    let env = env_with("", false);
+    // A stand-in worker: for the graph "doomed" it makes a mess in the graph
+    // folder and dies; for every other graph it runs the real worker.
+    let env = env_with("", true);
+    let real = bin("omnigraph-worker");
     let fake = write_file(
         env.path(),
         "fake-worker.sh",
-        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --uri ] && uri=$2; shift; done\nmkdir -p \"$uri/Person.lance\" && echo junk > \"$uri/_schema.pg\"\necho 'boom: cannot open graph' >&2\nexit 3\n",
+        &format!(
+            "#!/bin/sh\ncase \" $* \" in *' --graph-id doomed '*) ;; *) exec '{}' \"$@\" ;; esac\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --uri ] && uri=$2; shift; done\n\
+             mkdir -p \"$uri/Person.lance\" && echo junk > \"$uri/_schema.pg\"\necho 'boom: cannot open graph' >&2\nexit 3\n",
+            real.display()
+        ),
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cfg_text = std::fs::read_to_string(&env.cfg).unwrap().replace("  shutdown_grace_s: 5\n", &format!("  shutdown_grace_s: 5\n  worker_bin: {}\n", fake.display()));
     std::fs::write(&env.cfg, &cfg_text).unwrap();
     let gw = Gateway::start(&env.cfg);
+    let base_dir = env.path().join("data/base");
+    let base_before = tree(&base_dir);
+    assert!(!base_before.is_empty());
     let before = env.yaml();
     let r = post_graph(&gw, &create_body("doomed", "data/nested/doomed"));
     assert_eq!(r.status, 500, "{:?}", r.body);
     assert!(r.body["error"].as_str().unwrap().contains("boom"), "the worker's reason is reported: {:?}", r.body);
     assert_eq!(env.yaml(), before);
-    assert!(!env.path().join("data").exists(), "every folder the request made is gone");
-    assert_eq!(worker_count(&gw), 0);
-    assert!(listed(&gw).is_empty());
+    assert!(!env.path().join("data/nested").exists(), "every folder the request made is gone");
+    assert_eq!(tree(&base_dir), base_before, "the existing graph's files are untouched");
+    assert_eq!(worker_count(&gw), 1, "only the existing graph's worker runs");
+    assert_eq!(listed(&gw).len(), 1);
     // The id is free again.
     let r = post_graph(&gw, &create_body("doomed", "data/doomed"));
     assert_eq!(r.status, 500, "still failing, but not 409: {:?}", r.body);
+    assert!(!env.path().join("data/doomed").exists());
+    assert_eq!(post_with(&gw.url("/graphs/base/read"), &json!({"match": {"type": "Person"}}), &[ADMIN]).status, 200);
 }
 
 #[test]
