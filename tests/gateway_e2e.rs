@@ -451,7 +451,10 @@ fn decisions_are_logged_and_explained() {
     let nobody = bearer("tok-nobody");
     assert_eq!(call("GET", &gw.url("/graphs/alpha/snapshot"), None, &[(root.0, &root.1)]).status, 200);
     assert_eq!(call("GET", &gw.url("/graphs/alpha/snapshot"), None, &[(nobody.0, &nobody.1)]).status, 403);
-    let lines: Vec<Value> = gw.proc.stdout.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    // The reader thread may lag the response by a moment.
+    let lines_now = || -> Vec<Value> { gw.proc.stdout.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect() };
+    assert!(eventually(Duration::from_secs(10), || lines_now().iter().any(|l| l["actor"] == "nobody")), "the deny was logged");
+    let lines = lines_now();
     let allow = lines.iter().find(|l| l["actor"] == "root" && l["action"] == "read").expect("an allow line");
     assert_eq!(allow["decision"], "allow");
     assert_eq!(allow["policies"], json!(["admins"]));
