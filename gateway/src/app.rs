@@ -20,7 +20,7 @@ use crate::supervisor::{socket_path, Supervisor};
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Policy(#[from] crate::authz::PolicyError),
     #[error("{0}")]
     Auth(String),

@@ -60,15 +60,16 @@ pub fn explain(
         };
         engine.decide(&sets, &actor, action, Resource::Graph { id: gid, tenant: section.tenant.as_deref() }, &ctx)
     };
+    let groups: Vec<&str> = actor.groups.iter().map(|g| &**g).collect();
     let mut text = format!(
-        "{}: actor {:?} (groups {:?}, tenant {:?}) {} {} on {}\n",
+        "{}: actor {:?} (groups: {}; tenant: {}) {} {} on {}\n",
         if decision.allowed { "ALLOW" } else { "DENY" },
         actor_id,
-        actor.groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
-        actor.tenant_id.as_deref(),
+        if groups.is_empty() { "none".to_string() } else { groups.join(", ") },
+        actor.tenant_id.as_deref().unwrap_or("none"),
+        if decision.allowed { "may" } else { "may not" },
         action.name(),
-        if decision.allowed { "is allowed" } else { "is denied" },
-        graph.map_or("Server::\"root\"".to_string(), |g| format!("Graph::{g:?}")),
+        graph.map_or("Omnigraph::Server::\"root\"".to_string(), |g| format!("Omnigraph::Graph::{g:?}")),
     );
     if decision.policies.is_empty() {
         text.push_str("determining policies: none (no permit applies: denied by default)\n");
