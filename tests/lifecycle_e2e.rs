@@ -254,6 +254,7 @@ fn failed_creates_undo_only_what_they_made() {
         (json!({"graph_id": "bad6", "uri": "occupied", "schema": {"source": SOCIAL_SCHEMA}}), 409, "not empty"),
         (json!({"graph_id": "base", "uri": "data/other", "schema": {"source": SOCIAL_SCHEMA}}), 409, "already exists"),
         (json!({"graph_id": "bad7", "uri": "data/bad7", "schema": {"source": SOCIAL_SCHEMA}, "branch": "x"}), 400, "unknown field"),
+        (json!({"graph_id": "bad8", "uri": "data/bad8", "schema": {"source": SOCIAL_SCHEMA}, "protected_branches": ["a..b"]}), 400, "invalid branch name"),
     ];
     for (body, status, needle) in cases {
         let r = post_graph(&gw, &body);
@@ -265,7 +266,7 @@ fn failed_creates_undo_only_what_they_made() {
     }
     assert_eq!(std::fs::read_to_string(precious.join("keep.txt")).unwrap(), "mine");
     assert_eq!(std::fs::read_dir(&precious).unwrap().count(), 1);
-    for id in ["bad1", "bad2", "bad5", "bad7"] {
+    for id in ["bad1", "bad2", "bad5", "bad7", "bad8"] {
         assert!(!env.path().join("data").join(id).exists(), "{id}");
     }
     assert!(!env.path().join("policies/bad2.cedar").exists());

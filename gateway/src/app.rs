@@ -159,11 +159,7 @@ impl AppState {
             .collect::<Result<Vec<_>, _>>()?;
         let sets = self.engine.slice(self.server_policies.load().iter().chain(own))?;
         let socket = socket_path(&crate::config::normalize(&self.runtime_dir), id).map_err(|e| StartupError::Graph(id.into(), e))?;
-        let resolved_uri = if g.uri.contains("://") && !g.uri.starts_with("file://") {
-            g.uri.clone()
-        } else {
-            crate::config::normalize(&self.config.resolve(g.uri.strip_prefix("file://").unwrap_or(&g.uri))).display().to_string()
-        };
+        let resolved_uri = crate::config::resolve_uri(&self.config.dir, &g.uri);
         let canonical_uri = crate::config::canonical_uri(&self.config.dir, &g.uri);
         Ok(GraphEntry {
             id: gid,

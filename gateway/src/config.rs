@@ -219,15 +219,33 @@ fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
     Ok(cwd.join(p))
 }
 
+/// The local path of a graph URI (a plain path or a `file://` URL), or
+/// `None` for an object-store URL.
+pub fn local_path(uri: &str) -> Option<&str> {
+    match uri.strip_prefix("file://") {
+        Some(p) => Some(p),
+        None if uri.contains("://") => None,
+        None => Some(uri),
+    }
+}
+
+/// A graph URI resolved against the config folder: local paths made absolute
+/// and lexically normalised, object-store URLs unchanged.
+pub fn resolve_uri(dir: &Path, uri: &str) -> String {
+    match local_path(uri) {
+        Some(p) => normalize(&resolve_in(dir, p)).display().to_string(),
+        None => uri.to_string(),
+    }
+}
+
 /// A graph URI as a comparable key: local paths made absolute and lexically
 /// normalised (so `data/a`, `./data/a` and `data/x/../a` collide), URLs as given
 /// minus a trailing slash.
 pub fn canonical_uri(dir: &Path, uri: &str) -> String {
-    if uri.contains("://") && !uri.starts_with("file://") {
+    if local_path(uri).is_none() {
         return uri.trim_end_matches('/').to_string();
     }
-    let raw = uri.strip_prefix("file://").unwrap_or(uri);
-    let p = normalize(&resolve_in(dir, raw));
+    let p = PathBuf::from(resolve_uri(dir, uri));
     // Resolve symlinks of the part that exists, so two spellings through a link collide too.
     let p = std::fs::canonicalize(&p).unwrap_or(p);
     p.display().to_string().trim_end_matches('/').to_string()

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use omnigraph_worker::contract::{BranchName, ErrorCode, GraphId, GraphSchema};
+use omnigraph_worker::contract::{ErrorCode, GraphId, GraphSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -154,12 +154,10 @@ pub async fn create(state: &Arc<AppState>, body: &[u8]) -> Result<Value, Lifecyc
     let req: CreateRequest = serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))?;
     let id = GraphId::parse(&req.graph_id).map_err(|e| bad(e.to_string()))?;
     GraphSchema::parse(&req.schema.source).map_err(|e| bad(format!("invalid schema: {}", e.render("schema", &req.schema.source))))?;
-    let protected = req.protected_branches.iter().map(|b| BranchName::parse(b).map_err(|e| bad(e.to_string()))).collect::<Result<Vec<_>, _>>()?;
-    drop(protected);
     if req.uri.trim().is_empty() {
         return Err(bad("uri is empty"));
     }
-    if req.uri.contains("://") && !req.uri.starts_with("file://") {
+    if crate::config::local_path(&req.uri).is_none() {
         return Err(bad(format!("uri {:?}: only local paths are supported by this build", req.uri)));
     }
     let cfg_dir = state.config.dir.clone();
@@ -348,7 +346,7 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
     state.registry.remove(id);
     let mut purged = false;
     if purge {
-        if entry.resolved_uri.contains("://") {
+        if crate::config::local_path(&entry.resolved_uri).is_none() {
             return Err(LifecycleError::BadRequest("purge only works for local paths".into()));
         }
         match std::fs::remove_dir_all(&entry.resolved_uri) {

@@ -186,11 +186,9 @@ impl Gateway {
     /// a graph is missing only if they would be allowed to use it.
     fn decide(&self, actor: &ResolvedActor, action: Action, route: &Route, entry: Option<&GraphEntry>) -> Decision {
         let st = &self.state;
-        if action.is_server_action() {
-            return st.engine.decide(&st.server_sets.load(), actor, action, Resource::Server, &RequestContext::default());
-        }
-        let Some(graph) = route.graph() else {
-            return st.engine.decide(&st.server_sets.load(), actor, action, Resource::Server, &RequestContext::default());
+        let graph = match route.graph() {
+            Some(g) if !action.is_server_action() => g,
+            _ => return st.engine.decide(&st.server_sets.load(), actor, action, Resource::Server, &RequestContext::default()),
         };
         let (branch, target) = match route {
             Route::Proxy(p) => (p.branch.as_ref(), p.target.as_ref()),

@@ -58,10 +58,8 @@ pub fn socket_path(runtime_dir: &Path, graph_id: &str) -> Result<PathBuf, String
 
 /// True when a local graph URI holds nothing yet (missing or empty folder).
 pub fn uri_is_empty(uri: &str) -> bool {
-    if uri.contains("://") && !uri.starts_with("file://") {
-        return false;
-    }
-    let p = Path::new(uri.strip_prefix("file://").unwrap_or(uri));
+    let Some(p) = crate::config::local_path(uri) else { return false };
+    let p = Path::new(p);
     match std::fs::read_dir(p) {
         Ok(mut it) => it.next().is_none(),
         Err(_) => !p.exists(),
