@@ -219,15 +219,7 @@ fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
     Ok(cwd.join(p))
 }
 
-/// The local path of a graph URI (a plain path or a `file://` URL), or
-/// `None` for an object-store URL.
-pub fn local_path(uri: &str) -> Option<&str> {
-    match uri.strip_prefix("file://") {
-        Some(p) => Some(p),
-        None if uri.contains("://") => None,
-        None => Some(uri),
-    }
-}
+pub use omnigraph_worker::contract::paths::local_path;
 
 /// A graph URI resolved against the config folder: local paths made absolute
 /// and lexically normalised, object-store URLs unchanged.

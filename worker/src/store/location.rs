@@ -37,13 +37,10 @@ impl Location {
         if uri.trim().is_empty() {
             return Err(StoreError::BadUri("the graph URI is empty".into()));
         }
-        if let Some(rest) = uri.strip_prefix("file://") {
-            return Self::local(uri, Path::new(rest));
+        match crate::contract::paths::local_path(uri) {
+            Some(p) => Self::local(uri, Path::new(p)),
+            None => Ok(Location { display: uri.to_string(), local: None, root: uri.trim_end_matches('/').to_string() }),
         }
-        if uri.contains("://") {
-            return Ok(Location { display: uri.to_string(), local: None, root: uri.trim_end_matches('/').to_string() });
-        }
-        Self::local(uri, Path::new(uri))
     }
 
     fn local(display: &str, path: &Path) -> Result<Location, StoreError> {
