@@ -573,5 +573,5 @@ fn two_graphs_may_not_share_a_uri() {
     let out = std::process::Command::new(bin("omnigraph-gateway")).arg("serve").arg("--config").arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("same URI") && err.contains("alpha"), "{err}");
+    assert!(err.contains("overlaps the storage") && err.contains("alpha"), "{err}");
 }

@@ -242,16 +242,18 @@ fn failed_creates_undo_only_what_they_made() {
     let base_dir = env.path().join("data/base");
     let base_before = tree(&base_dir);
     let yaml_before = env.yaml();
-    std::fs::write(env.path().join("afile"), "not a folder").unwrap();
-    let precious = env.path().join("occupied");
+    std::fs::create_dir_all(env.path().join("data")).unwrap();
+    std::fs::write(env.path().join("data/afile"), "not a folder").unwrap();
+    let precious = env.path().join("data/occupied");
     write_file(&precious, "keep.txt", "mine");
     let cases: Vec<(Value, u16, &str)> = vec![
         (json!({"graph_id": "bad1", "uri": "data/bad1", "schema": {"source": "node P {\n  a: Strin @key }"}}), 400, "schema:2:"),
         (json!({"graph_id": "bad2", "uri": "data/bad2", "schema": {"source": SOCIAL_SCHEMA}, "policy": {"source": "permit (principal, action, resource) when { principal.shoe == 1 };"}}), 400, "bad2.cedar:1:"),
         (json!({"graph_id": "Bad3", "uri": "data/bad3", "schema": {"source": SOCIAL_SCHEMA}}), 400, "invalid graph id"),
-        (json!({"graph_id": "bad4", "uri": "afile/sub", "schema": {"source": SOCIAL_SCHEMA}}), 400, "cannot create"),
+        (json!({"graph_id": "bad4", "uri": "data/afile/sub", "schema": {"source": SOCIAL_SCHEMA}}), 400, "cannot create"),
         (json!({"graph_id": "bad5", "uri": "./data/base", "schema": {"source": SOCIAL_SCHEMA}}), 409, "URI"),
-        (json!({"graph_id": "bad6", "uri": "occupied", "schema": {"source": SOCIAL_SCHEMA}}), 409, "not empty"),
+        (json!({"graph_id": "bad9", "uri": "occupied", "schema": {"source": SOCIAL_SCHEMA}}), 400, "data_root"),
+        (json!({"graph_id": "bad6", "uri": "data/occupied", "schema": {"source": SOCIAL_SCHEMA}}), 409, "not empty"),
         (json!({"graph_id": "base", "uri": "data/other", "schema": {"source": SOCIAL_SCHEMA}}), 409, "already exists"),
         (json!({"graph_id": "bad7", "uri": "data/bad7", "schema": {"source": SOCIAL_SCHEMA}, "branch": "x"}), 400, "unknown field"),
         (json!({"graph_id": "bad8", "uri": "data/bad8", "schema": {"source": SOCIAL_SCHEMA}, "protected_branches": ["a..b"]}), 400, "invalid branch name"),
@@ -270,7 +272,7 @@ fn failed_creates_undo_only_what_they_made() {
         assert!(!env.path().join("data").join(id).exists(), "{id}");
     }
     assert!(!env.path().join("policies/bad2.cedar").exists());
-    let big = vec![b' '; 32 * 1024 * 1024 + 10];
+    let big = vec![b' '; 1024 * 1024 + 10];
     let r = call("POST", &gw.url("/graphs"), Some(&big), &[ADMIN]);
     assert_eq!((r.status, r.body["code"].as_str()), (413, Some("payload_too_large")));
 }

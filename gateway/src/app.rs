@@ -11,9 +11,10 @@ use crate::authn::jwt::KeySource;
 use crate::authn::{Authenticator, JwtVerifier, StaticTokens};
 use crate::authz::{ActionSets, Engine, BUILTIN_SCHEMA};
 use crate::config::{GraphSection, Loaded};
+use crate::containment::Fences;
 use crate::config_store::ConfigStore;
 use crate::metrics::Metrics;
-use crate::registry::{GraphEntry, Registry, Status, WorkerState};
+use crate::registry::{GraphEntry, Registry};
 use crate::supervisor::{socket_path, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,13 @@ pub struct AppState {
     pub supervisor: Arc<Supervisor>,
     pub metrics: Arc<Metrics>,
     pub runtime_dir: PathBuf,
+    /// The resolved folders and file a graph's storage must respect.
+    pub fences: Fences,
+    /// `POST /graphs` requests being worked on; past `limits.max_creates_in_flight`, 429.
+    pub creates: tokio::sync::Semaphore,
+    /// Held by a policy reload for its whole run and by a create while it
+    /// publishes, so a new graph never keeps policies a reload replaced.
+    reload_lock: std::sync::Mutex<()>,
 }
 
 /// The worker binary: `OMNIGRAPH_WORKER_BIN`, else `server.worker_bin`, else
@@ -80,8 +88,11 @@ pub fn load_authn(cfg: &Loaded) -> Result<Authenticator, StartupError> {
     for j in &cfg.config.auth.jwt {
         let source = match (&j.jwks.file, &j.jwks.url) {
             (Some(f), None) => KeySource::File(cfg.resolve(f)),
-            (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => KeySource::Url(u.clone()),
-            _ => return Err(StartupError::Auth(format!("issuer {}: jwks needs exactly one of file or url (http or https)", j.issuer))),
+            (None, Some(u)) if crate::authn::jwt::jwks_url_allowed(u) => KeySource::Url(u.clone()),
+            (None, Some(u)) => {
+                return Err(StartupError::Auth(format!("issuer {}: jwks url {u:?} must be https (plain http only to a loopback address)", j.issuer)))
+            }
+            _ => return Err(StartupError::Auth(format!("issuer {}: jwks needs exactly one of file or url", j.issuer))),
         };
         jwts.push(JwtVerifier::new(j, source).map_err(|e| StartupError::Auth(e.to_string()))?);
     }
@@ -122,8 +133,19 @@ impl AppState {
         let (server, graph_policies) = load_policies(&engine, &config)?;
         let server_sets = engine.slice(&server)?;
         let runtime_dir = config.resolve(&config.config.server.runtime_dir);
+        let fences = Fences::resolve(
+            &config.resolve(&config.config.server.data_root),
+            &runtime_dir,
+            &config.resolve(&config.config.server.policy_dir),
+            &config.path,
+        )
+        .map_err(|e| StartupError::Other(e.to_string()))?;
+        let limits = config.config.limits.clone();
+        if config.config.graphs.len() > limits.max_graphs {
+            return Err(StartupError::Other(format!("the config declares {} graphs, more than limits.max_graphs ({})", config.config.graphs.len(), limits.max_graphs)));
+        }
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError::Other(format!("metrics: {e}")))?);
-        let supervisor = Arc::new(Supervisor::new(worker_bin(&config)?, config.config.server.start_concurrency, metrics.clone()));
+        let supervisor = Arc::new(Supervisor::new(worker_bin(&config)?, config.config.server.start_concurrency, limits.worker_args(), metrics.clone()));
         let state = AppState {
             config_store: Arc::new(ConfigStore::new(&config.path, &config.bytes)),
             engine,
@@ -135,14 +157,22 @@ impl AppState {
             supervisor,
             metrics,
             runtime_dir,
+            fences,
+            creates: tokio::sync::Semaphore::new(limits.max_creates_in_flight.max(1)),
+            reload_lock: std::sync::Mutex::new(()),
             config,
         };
-        let mut uris: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         for (id, own) in graph_policies {
             let section = state.config.config.graphs.get(&id).cloned().ok_or_else(|| StartupError::Graph(id.clone(), "vanished".into()))?;
             let entry = state.graph_entry(&id, &section, &own)?;
-            if let Some(other) = uris.insert(entry.canonical_uri.clone(), id.clone()) {
-                return Err(StartupError::Graph(id, format!("uses the same URI as graph {other:?} ({}); two graphs never share storage", entry.canonical_uri)));
+            if crate::config::local_path(&entry.uri).is_some() {
+                state.fences.check_graph_dir(std::path::Path::new(&entry.canonical_uri), &entry.uri).map_err(|e| StartupError::Graph(id.clone(), e.to_string()))?;
+            }
+            if let Some(other) = state.registry.overlapping(&entry.canonical_uri) {
+                return Err(StartupError::Graph(
+                    id,
+                    format!("its URI {} overlaps the storage of {other} (the same folder, or one inside the other); two graphs never share storage", entry.canonical_uri),
+                ));
             }
             state.registry.insert(Arc::new(entry));
         }
@@ -159,27 +189,33 @@ impl AppState {
             .collect::<Result<Vec<_>, _>>()?;
         let sets = self.engine.slice(self.server_policies.load().iter().chain(own))?;
         let socket = socket_path(&crate::config::normalize(&self.runtime_dir), id).map_err(|e| StartupError::Graph(id.into(), e))?;
-        let resolved_uri = crate::config::resolve_uri(&self.config.dir, &g.uri);
         let canonical_uri = crate::config::canonical_uri(&self.config.dir, &g.uri);
-        Ok(GraphEntry {
-            id: gid,
-            uri: g.uri.clone(),
+        // A local graph is opened at the folder its rules were checked
+        // against (links and `..` resolved), never at a lexical spelling
+        // that could point elsewhere.
+        let resolved_uri = match crate::config::local_path(&g.uri) {
+            Some(_) => canonical_uri.clone(),
+            None => crate::config::resolve_uri(&self.config.dir, &g.uri),
+        };
+        Ok(GraphEntry::new(
+            gid,
+            g.uri.clone(),
             resolved_uri,
             canonical_uri,
-            tenant: g.tenant.clone(),
-            protected_branches: protected,
-            policy_file: g.policy.as_ref().map(|f| self.config.resolve(&f.file)),
-            schema_file: g.schema.as_ref().map(|f| self.config.resolve(&f.file)),
+            g.tenant.clone(),
+            protected,
+            g.policy.as_ref().map(|f| self.config.resolve(&f.file)),
+            g.schema.as_ref().map(|f| self.config.resolve(&f.file)),
             socket,
-            policies: ArcSwap::from_pointee(sets),
-            state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0 }),
-        })
+            sets,
+        ))
     }
 
     /// Re-reads and re-validates every policy file (the server's and each
     /// graph's) and swaps them in only when all of them validate; otherwise
     /// the old policies stay and the first error is returned.
     pub fn reload_policies(&self) -> Result<serde_json::Value, crate::authz::PolicyError> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let server = self.engine.parse_path(&self.config.resolve(&self.config.config.server.policy.file))?;
         let server_sets = self.engine.slice(&server)?;
         let mut graph_sets = Vec::new();
@@ -201,6 +237,21 @@ impl AppState {
         self.server_sets.store(Arc::new(server_sets));
         tracing::info!(server_policies = n, graphs = counts.len(), "policies reloaded");
         Ok(serde_json::json!({"status": "reloaded", "server_policies": n, "graph_policies": counts}))
+    }
+
+    /// Publishes a graph made at run time. Its policy sets are rebuilt from
+    /// the server policies in force now, under the reload lock: a reload that
+    /// ran while the graph was being created is not lost on it. Blocking.
+    pub fn publish(&self, entry: Arc<GraphEntry>, own: &[Policy]) {
+        let _no_reload = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.engine.slice(self.server_policies.load().iter().chain(own)) {
+            Ok(sets) => entry.policies.store(Arc::new(sets)),
+            // Only a reload that now clashes with this graph's policies (a
+            // duplicate @id) gets here; the next reload reports it, as it
+            // would for any graph.
+            Err(e) => tracing::error!(graph = %entry.id, error = %e.rendered, "the new graph's policies do not compose with the reloaded server policies; keeping those it was validated with"),
+        }
+        self.registry.insert(entry);
     }
 
     /// Creates the runtime dir with mode 0700 (sockets live there).

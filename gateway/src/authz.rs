@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use miette::Diagnostic;
-use omnigraph_worker::contract::ResolvedActor;
+use omnigraph_worker::contract::{AuthSource, ResolvedActor};
 
 use crate::route::Action;
 
@@ -44,6 +44,30 @@ impl PolicyError {
         let text = src.lines().nth(line - 1).unwrap_or("");
         let rendered = format!("{file}:{line}:{col}: {message}\n  {text}\n  {}^", " ".repeat(col.saturating_sub(1)));
         PolicyError { file: file.to_string(), line, col, message, rendered }
+    }
+
+    /// `file:line:col: message` with every quoted fragment of the file's
+    /// text masked: for a file the client named but does not own, whose
+    /// contents must never come back in a response.
+    pub fn without_source(&self) -> String {
+        let mut out = String::with_capacity(self.message.len());
+        let mut open: Option<char> = None;
+        for c in self.message.chars() {
+            match open {
+                None if c == '`' || c == '"' => {
+                    out.push(c);
+                    out.push('…');
+                    open = Some(c);
+                }
+                None => out.push(c),
+                Some(q) if c == q => {
+                    out.push(c);
+                    open = None;
+                }
+                Some(_) => {}
+            }
+        }
+        format!("{}:{}:{}: {out}", self.file, self.line, self.col)
     }
 
     fn from_diag(file: &str, src: &str, d: &dyn Diagnostic) -> PolicyError {
@@ -86,6 +110,13 @@ pub struct RequestContext<'a> {
     pub branch_protected: Option<bool>,
     pub target_branch: Option<&'a str>,
     pub target_protected: Option<bool>,
+    /// The base of `branch_create` (`?from=`).
+    pub from_branch: Option<&'a str>,
+    pub from_protected: Option<bool>,
+    /// The id a `graph_create` asks for, as sent (before validation).
+    pub requested_graph: Option<&'a str>,
+    /// The tenant a `graph_create` asks for.
+    pub requested_tenant: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +416,11 @@ impl Engine {
         if let Some(t) = &actor.tenant_id {
             attrs.insert("tenant".to_string(), RestrictedExpression::new_string(t.to_string()));
         }
+        // Cedar sees who vouched for a JWT identity, so a policy can trust
+        // one issuer's groups and not another's; static actors have none.
+        if let AuthSource::Jwt { issuer } = &actor.source {
+            attrs.insert("issuer".to_string(), RestrictedExpression::new_string(issuer.to_string()));
+        }
         entities.push(Entity::new(principal.clone(), attrs, parents).map_err(|e| format!("actor entity: {e}"))?);
         entities.push(Entity::new_no_attrs(self.server_uid.clone(), HashSet::new()));
         let resource = match resource {
@@ -407,17 +443,22 @@ impl Engine {
     fn evaluate(&self, set: &PolicySet, actor: &ResolvedActor, action: Action, resource: Resource<'_>, ctx: &RequestContext<'_>) -> Result<(bool, Vec<String>, Vec<String>), String> {
         let ents = self.entities(actor, resource)?;
         let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
-        if let Some(b) = ctx.branch {
-            pairs.push(("branch".into(), RestrictedExpression::new_string(b.to_string())));
+        let strings = [
+            ("branch", ctx.branch),
+            ("target_branch", ctx.target_branch),
+            ("from_branch", ctx.from_branch),
+            ("requested_graph", ctx.requested_graph),
+            ("requested_tenant", ctx.requested_tenant),
+        ];
+        for (name, v) in strings {
+            if let Some(v) = v {
+                pairs.push((name.into(), RestrictedExpression::new_string(v.to_string())));
+            }
         }
-        if let Some(p) = ctx.branch_protected {
-            pairs.push(("branch_protected".into(), RestrictedExpression::new_bool(p)));
-        }
-        if let Some(b) = ctx.target_branch {
-            pairs.push(("target_branch".into(), RestrictedExpression::new_string(b.to_string())));
-        }
-        if let Some(p) = ctx.target_protected {
-            pairs.push(("target_protected".into(), RestrictedExpression::new_bool(p)));
+        for (name, v) in [("branch_protected", ctx.branch_protected), ("target_protected", ctx.target_protected), ("from_protected", ctx.from_protected)] {
+            if let Some(v) = v {
+                pairs.push((name.into(), RestrictedExpression::new_bool(v)));
+            }
         }
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         // No schema here: the route table fixes which action meets which
@@ -434,7 +475,6 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omnigraph_worker::contract::AuthSource;
     use std::sync::Arc;
 
     fn engine() -> Engine {
@@ -466,17 +506,32 @@ mod tests {
         let team = actor("tom", &["team"], Some("acme"));
         assert!(e.decide(&sets, &team, Action::Change, g, &dev).allowed);
         assert!(!e.decide(&sets, &team, Action::Change, g, &main).allowed, "team cannot change a protected branch");
-        let admin = actor("ann", &["admins"], None);
+        let admin = actor("ann", &["admins"], Some("acme"));
         let d = e.decide(&sets, &admin, Action::Change, g, &main);
         assert!(d.allowed);
         assert_eq!(d.policies, vec!["admins-all"]);
+        // Tenant isolation fails closed: no tenant never reaches a tenant's graph.
+        let d = e.decide(&sets, &actor("al", &["admins"], None), Action::Read, g, &main);
+        assert!(!d.allowed);
+        assert_eq!(d.policies, vec!["tenant-isolation"]);
+        let untenanted = Resource::Graph { id: "social", tenant: None };
+        assert!(e.decide(&sets, &actor("al", &["admins"], None), Action::Read, untenanted, &main).allowed);
+        // tenant-create: an actor with a tenant creates only its own tenant's graphs.
+        let create = |who: &ResolvedActor, t: Option<&str>| {
+            let ctx = RequestContext { requested_graph: Some("g"), requested_tenant: t, ..Default::default() };
+            e.decide(&sets, who, Action::GraphCreate, Resource::Server, &ctx)
+        };
+        assert!(create(&admin, Some("acme")).allowed);
+        assert_eq!(create(&admin, Some("globex")).policies, vec!["tenant-create"]);
+        assert!(!create(&admin, None).allowed, "not even a graph without a tenant");
+        assert!(create(&actor("al", &["admins"], None), Some("globex")).allowed);
         // The server-level forbid beats the graph-level permit.
         let other = actor("oz", &["team", "admins"], Some("globex"));
         let d = e.decide(&sets, &other, Action::Read, g, &main);
         assert!(!d.allowed);
         assert_eq!(d.policies, vec!["tenant-isolation"]);
         // Deny by default.
-        let nobody = actor("nn", &[], None);
+        let nobody = actor("nn", &[], Some("acme"));
         let d = e.decide(&sets, &nobody, Action::Read, g, &main);
         assert!(!d.allowed && d.policies.is_empty());
     }
@@ -487,6 +542,10 @@ mod tests {
         let err = e.parse_file("bad.cedar", "permit (principal, action, resource);\npermit (principal, action == Omnigraph::Action::\"fly\", resource);\n").unwrap_err();
         assert_eq!((err.file.as_str(), err.line), ("bad.cedar", 2), "{err}");
         assert!(err.rendered.contains('^'));
+        let secret = e.parse_file("s.cedar", "permit (principal, action, resource) when { principal.hunter2 == 1 };").unwrap_err();
+        assert!(secret.rendered.contains("hunter2"));
+        let masked = secret.without_source();
+        assert!(masked.starts_with("s.cedar:1:") && !masked.contains("hunter2") && !masked.contains("permit"), "{masked}");
         let err = e.parse_file("syntax.cedar", "permit (principal, action, resource)\nwhen { principal.x == };").unwrap_err();
         assert_eq!(err.line, 2, "{err}");
         let err = e.parse_file("attr.cedar", "permit (principal, action, resource) when { principal.shoe == 1 };").unwrap_err();

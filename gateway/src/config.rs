@@ -21,10 +21,72 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerSection,
+    #[serde(default, skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
     #[serde(default)]
     pub auth: AuthSection,
     #[serde(default)]
     pub graphs: BTreeMap<String, GraphSection>,
+}
+
+/// Bounds on what one request may cost (DESIGN.md section 2, `limits:`).
+/// Every one has a default; a request past one gets 400, 413 or 429, never a
+/// hang. The worker-side limits are passed to each worker as flags.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Graphs one gateway serves, counting creates in flight.
+    pub max_graphs: usize,
+    /// `POST /graphs` requests being worked on at once; more get 429.
+    pub max_creates_in_flight: usize,
+    /// Bytes in one request body (`POST /graphs` has its own 1 MiB cap).
+    pub max_body_bytes: u64,
+    /// Ops in one `/change` batch.
+    pub max_change_ops: u64,
+    /// Steps in one read's `traverse`.
+    pub max_traverse_steps: u64,
+    /// Values in one `in` filter.
+    pub max_in_list: u64,
+    /// Nodes one read may visit before it answers 400.
+    pub max_visited: u64,
+    /// Milliseconds one read may run before it answers 400.
+    pub read_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_graphs: 1000,
+            max_creates_in_flight: 4,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_change_ops: 100_000,
+            max_traverse_steps: 8,
+            max_in_list: 10_000,
+            max_visited: 1_000_000,
+            read_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    /// The flags that hand the worker-side limits to `omnigraph-worker serve`.
+    pub fn worker_args(&self) -> Vec<String> {
+        [
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-change-ops", self.max_change_ops),
+            ("--max-traverse-steps", self.max_traverse_steps),
+            ("--max-in-list", self.max_in_list),
+            ("--max-visited", self.max_visited),
+            ("--read-timeout-ms", self.read_timeout_ms),
+        ]
+        .into_iter()
+        .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -33,6 +95,13 @@ pub struct ServerSection {
     pub bind: String,
     #[serde(default = "default_runtime_dir")]
     pub runtime_dir: String,
+    /// Every local graph URI must lie inside this folder (`data/` beside the config).
+    #[serde(default = "default_data_root")]
+    pub data_root: String,
+    /// `POST /graphs` may name policy files only inside this folder, and
+    /// writes a graph's policy source here (`policies/` beside the config).
+    #[serde(default = "default_policy_dir")]
+    pub policy_dir: String,
     pub policy: FileRef,
     /// The Cedar schema; the built-in `policies/omnigraph.cedarschema` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +131,14 @@ fn is_false(b: &bool) -> bool {
 
 fn default_runtime_dir() -> String {
     ".omnigraph/run".into()
+}
+
+fn default_data_root() -> String {
+    "data".into()
+}
+
+fn default_policy_dir() -> String {
+    "policies".into()
 }
 
 fn default_grace_s() -> u64 {
@@ -230,17 +307,30 @@ pub fn resolve_uri(dir: &Path, uri: &str) -> String {
     }
 }
 
-/// A graph URI as a comparable key: local paths made absolute and lexically
-/// normalised (so `data/a`, `./data/a` and `data/x/../a` collide), URLs as given
-/// minus a trailing slash.
+/// A graph URI as a comparable key: local paths resolved as the kernel
+/// would (symlinks and `..` through the deepest existing ancestor, see
+/// `containment::resolve_physical`), so every spelling of one folder collides;
+/// URLs as given minus a trailing slash.
 pub fn canonical_uri(dir: &Path, uri: &str) -> String {
     if local_path(uri).is_none() {
         return uri.trim_end_matches('/').to_string();
     }
     let p = PathBuf::from(resolve_uri(dir, uri));
-    // Resolve symlinks of the part that exists, so two spellings through a link collide too.
-    let p = std::fs::canonicalize(&p).unwrap_or(p);
+    let p = crate::containment::resolve_physical(&p).unwrap_or(p);
     p.display().to_string().trim_end_matches('/').to_string()
+}
+
+/// True when two canonical URIs equal, contain or lie inside one another:
+/// component-wise for local paths, at `/` boundaries for URLs.
+pub fn uris_overlap(a: &str, b: &str) -> bool {
+    match (a.starts_with('/'), b.starts_with('/')) {
+        (true, true) => crate::containment::overlaps(Path::new(a), Path::new(b)),
+        (false, false) => {
+            let under = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            under(a, b) || under(b, a)
+        }
+        _ => false,
+    }
 }
 
 /// Resolves `.` and `..` lexically (the path need not exist).
@@ -291,5 +381,13 @@ graphs:
         assert_eq!(canonical_uri(d, "data/a"), canonical_uri(d, "./data/x/../a/"));
         assert_eq!(canonical_uri(d, "data/a"), canonical_uri(d, "/srv/og/data/a"));
         assert_eq!(canonical_uri(d, "s3://b/a/"), "s3://b/a");
+    }
+
+    #[test]
+    fn nested_uris_overlap() {
+        assert!(uris_overlap("/d/a", "/d/a/b") && uris_overlap("/d/a", "/d/a"));
+        assert!(!uris_overlap("/d/a", "/d/ab"));
+        assert!(uris_overlap("s3://b/a", "s3://b/a/x") && !uris_overlap("s3://b/a", "s3://b/ab"));
+        assert!(!uris_overlap("/d/a", "s3://d/a"));
     }
 }

@@ -57,6 +57,7 @@ pub fn explain(
             branch_protected: branch.as_ref().map(protected),
             target_branch: target.as_ref().map(|b| b.as_str()),
             target_protected: target.as_ref().map(protected),
+            ..Default::default()
         };
         engine.decide(&sets, &actor, action, Resource::Graph { id: gid, tenant: section.tenant.as_deref() }, &ctx)
     };

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cli_graphs;
 pub mod config;
 pub mod config_store;
+pub mod containment;
 pub mod drain;
 pub mod explain;
 pub mod lifecycle;

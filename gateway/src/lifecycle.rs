@@ -12,18 +12,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use omnigraph_worker::contract::{ErrorCode, GraphId, GraphSchema};
+use omnigraph_worker::contract::{BranchName, ErrorCode, GraphId, GraphSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::config::{canonical_uri, FileRef, GraphSection};
+use crate::config::{canonical_uri, uris_overlap, FileRef, GraphSection};
+use crate::containment::{read_policy_file, resolve_physical, ContainmentError};
 use crate::config_store::{write_atomically, RewriteError};
-use crate::registry::{ReserveError, Status};
+use crate::registry::{GraphEntry, ReserveError};
 use crate::supervisor::{stop_group_blocking, uri_is_empty};
 
-/// `POST /graphs` bodies above this get 413.
-pub const CREATE_BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// `POST /graphs` bodies above this get 413 (DESIGN.md section 2).
+pub const CREATE_BODY_LIMIT: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -36,6 +37,8 @@ pub enum LifecycleError {
     #[error("{0}")]
     Drift(String),
     #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -46,7 +49,17 @@ impl LifecycleError {
             LifecycleError::Conflict(_) => ErrorCode::Conflict,
             LifecycleError::NotFound(_) => ErrorCode::NotFound,
             LifecycleError::Drift(_) => ErrorCode::ConfigDrift,
+            LifecycleError::Busy(_) => ErrorCode::TooManyRequests,
             LifecycleError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<ContainmentError> for LifecycleError {
+    fn from(e: ContainmentError) -> LifecycleError {
+        match e {
+            ContainmentError::Outside(m) | ContainmentError::Unusable(m) => LifecycleError::BadRequest(m),
+            ContainmentError::Overlap(m) => LifecycleError::Conflict(m),
         }
     }
 }
@@ -105,7 +118,7 @@ pub fn pending_dir(runtime_dir: &Path) -> PathBuf {
 
 /// What this request created, to remove on failure and nothing more.
 #[derive(Default)]
-struct Undo {
+pub(crate) struct Undo {
     /// The graph folder, when this request created it (exclusively, under the URI lock).
     created_dir: Option<PathBuf>,
     /// Parent folders this request created, deepest first. They are removed
@@ -149,109 +162,178 @@ fn bad(m: impl Into<String>) -> LifecycleError {
     LifecycleError::BadRequest(m.into())
 }
 
-/// Handles `POST /graphs` with an already-authorized, fully read body.
-pub async fn create(state: &Arc<AppState>, body: &[u8]) -> Result<Value, LifecycleError> {
-    let req: CreateRequest = serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))?;
+/// What Cedar sees of a `POST /graphs` body before anything is validated:
+/// the id and tenant asked for, as sent.
+#[derive(Debug, Default)]
+pub struct Requested {
+    pub graph: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Parses a `POST /graphs` body just far enough to authorize it. Only a body
+/// that is not a JSON object is refused here; everything else is checked
+/// after Cedar has allowed the request, so a caller who may not create
+/// graphs learns nothing from validation errors.
+pub fn requested(body: &[u8]) -> Result<(Value, Requested), LifecycleError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))?;
+    if !v.is_object() {
+        return Err(bad("invalid body: expected a JSON object"));
+    }
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let r = Requested { graph: text("graph_id"), tenant: text("tenant") };
+    Ok((v, r))
+}
+
+/// A create request after validation, ready to run.
+struct Validated {
+    id: GraphId,
+    req: CreateRequest,
+    section: GraphSection,
+    /// The graph's own policies, parsed and validated.
+    own: Vec<cedar_policy::Policy>,
+    /// The policy source to write into the policy folder, with its path.
+    policy_write: Option<(PathBuf, String)>,
+    /// The URI resolved as the kernel would (see `containment`).
+    data_dir: PathBuf,
+    canonical: String,
+}
+
+/// Everything `POST /graphs` checks before it touches anything: the body's
+/// shape, the id, the schema, the URI's containment, the policy (read with
+/// a cap from inside the policy folder). CPU and file work: runs on a
+/// blocking thread, never on the proxy's.
+fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> {
+    let req: CreateRequest = serde_json::from_value(body).map_err(|e| bad(format!("invalid body: {e}")))?;
     let id = GraphId::parse(&req.graph_id).map_err(|e| bad(e.to_string()))?;
     GraphSchema::parse(&req.schema.source).map_err(|e| bad(format!("invalid schema: {}", e.render("schema", &req.schema.source))))?;
     if req.uri.trim().is_empty() {
         return Err(bad("uri is empty"));
     }
-    if crate::config::local_path(&req.uri).is_none() {
+    let Some(local) = crate::config::local_path(&req.uri) else {
         return Err(bad(format!("uri {:?}: only local paths are supported by this build", req.uri)));
-    }
-    let cfg_dir = state.config.dir.clone();
-    let policy_label = format!("{id}.cedar");
-    let (own, policy_ref, policy_source) = match &req.policy {
+    };
+    let cfg_dir = &state.config.dir;
+    let data_dir = resolve_physical(&crate::config::resolve_in(cfg_dir, local))?;
+    state.fences.check_graph_dir(&data_dir, &req.uri)?;
+    let policy_dir = Path::new(&state.config.config.server.policy_dir);
+    let label = format!("{id}.cedar");
+    let (own, policy_ref, policy_write) = match &req.policy {
         None => (Vec::new(), None, None),
         Some(PolicySource { source: Some(src), file: None }) => {
-            let own = state.engine.parse_file(&policy_label, src).map_err(|e| bad(format!("invalid policy: {}", e.rendered)))?;
-            (own, Some(FileRef { file: format!("policies/{policy_label}") }), Some(src.clone()))
+            let own = state.engine.parse_file(&label, src).map_err(|e| bad(format!("invalid policy: {}", e.rendered)))?;
+            let target = state.fences.policy_dir.join(&label);
+            (own, Some(FileRef { file: policy_dir.join(&label).display().to_string() }), Some((target, src.clone())))
         }
         Some(PolicySource { file: Some(f), source: None }) => {
-            let own = state.engine.parse_path(&state.config.resolve(f)).map_err(|e| bad(format!("invalid policy: {}", e.rendered)))?;
+            let path = state.fences.check_policy_file(&state.config.resolve(f), f)?;
+            let src = read_policy_file(&path, f)?;
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("policy").to_string();
+            // The file is not the client's to read: its text never comes back.
+            let own = state.engine.parse_file(&name, &src).map_err(|e| bad(format!("invalid policy: {}", e.without_source())))?;
             (own, Some(FileRef { file: f.clone() }), None)
         }
         Some(_) => return Err(bad("policy takes exactly one of \"file\" or \"source\"")),
     };
+    for b in &req.protected_branches {
+        BranchName::parse(b).map_err(|e| bad(e.to_string()))?;
+    }
     let section = GraphSection { uri: req.uri.clone(), tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
-    let canonical = canonical_uri(&cfg_dir, &req.uri);
-    let _reservation = state.registry.reserve(&id, &canonical).map_err(|e| match e {
-        ReserveError::Id => LifecycleError::Conflict(format!("graph {:?} already exists", id.as_str())),
-        ReserveError::Uri => LifecycleError::Conflict(format!("another graph already uses the URI {:?}", req.uri)),
+    let canonical = data_dir.display().to_string().trim_end_matches('/').to_string();
+    Ok(Validated { id, req, section, own, policy_write, data_dir, canonical })
+}
+
+/// Runs blocking work off the proxy thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LifecycleError> + Send + 'static) -> Result<T, LifecycleError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| LifecycleError::Internal(format!("background task: {e}")))?
+}
+
+/// Handles `POST /graphs` once Cedar has allowed it, with the parsed body.
+pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, LifecycleError> {
+    let _in_flight = state.creates.try_acquire().map_err(|_| {
+        LifecycleError::Busy(format!("{} graph creations are already in flight (limits.max_creates_in_flight); retry shortly", state.config.config.limits.max_creates_in_flight))
     })?;
-    let _claim = claim_uri(&cfg_dir, &canonical)?;
-    // Validates the policy against the live server policies too (duplicate @id).
-    let mut entry = state.graph_entry(id.as_str(), &section, &own).map_err(|e| bad(e.to_string()))?;
-    let data_dir = PathBuf::from(&entry.resolved_uri);
-    if !uri_is_empty(&entry.resolved_uri) {
-        return Err(LifecycleError::Conflict(format!("the URI {:?} is not empty; a new graph needs an empty location", req.uri)));
-    }
-    let policy_path = policy_source.as_ref().map(|_| cfg_dir.join("policies").join(&policy_label));
-    if policy_path.as_ref().is_some_and(|p| p.exists()) {
-        return Err(LifecycleError::Conflict(format!("policies/{policy_label} already exists; pass the policy as {{\"file\": ...}} or remove it")));
-    }
+    let st = state.clone();
+    let v = blocking(move || validate(&st, body)).await?;
+    let Validated { id, req, section, own, policy_write, data_dir, canonical } = v;
+    let _reservation = state.registry.reserve(&id, &canonical, state.config.config.limits.max_graphs).map_err(|e| match e {
+        ReserveError::Id => LifecycleError::Conflict(format!("graph {:?} already exists", id.as_str())),
+        ReserveError::Uri(other) => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of {other} (the same folder, or one inside the other)", req.uri)),
+        ReserveError::Full(n) => bad(format!("the gateway already serves limits.max_graphs ({n}) graphs")),
+    })?;
+    let st = state.clone();
+    let (gid, sec, canon, write, own_for_entry) = (id.clone(), section.clone(), canonical.clone(), policy_write.clone(), own.clone());
+    let (entry, claim, journal) = blocking(move || {
+        let claim = claim_uri(&st.config.dir, &canon)?;
+        // Validates the policy against the live server policies too (duplicate @id).
+        let entry = st.graph_entry(gid.as_str(), &sec, &own_for_entry).map_err(|e| bad(e.to_string()))?;
+        if !uri_is_empty(&entry.resolved_uri) {
+            return Err(LifecycleError::Conflict(format!("the URI {:?} is not empty; a new graph needs an empty location", sec.uri)));
+        }
+        if let Some((p, _)) = &write {
+            if p.exists() {
+                return Err(LifecycleError::Conflict(format!("{} already exists; pass the policy as {{\"file\": ...}} or remove it", p.display())));
+            }
+        }
+        let pending = pending_dir(&st.runtime_dir);
+        let journal = pending.join(format!("{gid}.json"));
+        let record = PendingCreate { graph_id: gid.to_string(), uri: entry.resolved_uri.clone(), started_at_unix: crate::authn::now_unix() };
+        std::fs::create_dir_all(&pending).map_err(|e| LifecycleError::Internal(format!("create {}: {e}", pending.display())))?;
+        write_atomically(&journal, &serde_json::to_vec(&record).unwrap_or_default()).map_err(|e| LifecycleError::Internal(format!("journal: {e}")))?;
+        Ok((entry, claim, journal))
+    })
+    .await?;
+    let mut entry = entry;
 
-    let pending = pending_dir(&state.runtime_dir);
-    let journal = pending.join(format!("{id}.json"));
-    let record = PendingCreate { graph_id: id.to_string(), uri: entry.resolved_uri.clone(), started_at_unix: crate::authn::now_unix() };
-    std::fs::create_dir_all(&pending).map_err(|e| LifecycleError::Internal(format!("create {}: {e}", pending.display())))?;
-    write_atomically(&journal, &serde_json::to_vec(&record).unwrap_or_default()).map_err(|e| LifecycleError::Internal(format!("journal: {e}")))?;
-
-    let mut undo = Undo::default();
+    let undo = Arc::new(std::sync::Mutex::new(Undo::default()));
     let result = async {
         // Storage: make the folder ourselves first, so an unwritable URI is a clear 400.
-        if data_dir.exists() {
-            undo.emptied_dir = Some(data_dir.clone());
-        } else {
-            let cannot = |e: std::io::Error| bad(format!("cannot create the URI {:?}: {e}", req.uri));
-            if let Some(parent) = data_dir.parent() {
-                undo.created_parents = missing_ancestors(parent);
-                std::fs::create_dir_all(parent).map_err(cannot)?;
-            }
-            // Exclusive: if it appeared meanwhile, it is not ours.
-            std::fs::create_dir(&data_dir).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    LifecycleError::Conflict(format!("the URI {:?} appeared while creating the graph", req.uri))
-                } else {
-                    cannot(e)
-                }
-            })?;
-            undo.created_dir = Some(data_dir.clone());
-        }
-        let schema_file = state.runtime_dir.join(format!("{id}.create.pg"));
-        write_atomically(&schema_file, req.schema.source.as_bytes()).map_err(|e| LifecycleError::Internal(format!("schema temp file: {e}")))?;
-        undo.files.push(schema_file.clone());
+        let (u, dir, uri, schema_src, runtime) = (undo.clone(), data_dir.clone(), req.uri.clone(), req.schema.source.clone(), state.runtime_dir.clone());
+        let gid = id.clone();
+        let schema_file = blocking(move || {
+            let mut undo = u.lock().map_err(|_| LifecycleError::Internal("undo lock".into()))?;
+            make_graph_dir(&dir, &uri, &mut undo)?;
+            let schema_file = runtime.join(format!("{gid}.create.pg"));
+            write_atomically(&schema_file, schema_src.as_bytes()).map_err(|e| LifecycleError::Internal(format!("schema temp file: {e}")))?;
+            undo.files.push(schema_file.clone());
+            Ok(schema_file)
+        })
+        .await?;
         entry.schema_file = Some(schema_file);
         let running = state.supervisor.start(&entry).await.map_err(|e| LifecycleError::Internal(format!("the worker failed to start: {e}")))?;
-        undo.worker_pid = Some(running.pid);
-        if let (Some(p), Some(src)) = (&policy_path, &policy_source) {
-            if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| LifecycleError::Internal(format!("policies folder: {e}")))?;
-            }
-            write_atomically(p, src.as_bytes()).map_err(|e| LifecycleError::Internal(format!("write policy: {e}")))?;
-            undo.files.push(p.clone());
+        if let Ok(mut u) = undo.lock() {
+            u.worker_pid = Some(running.pid);
         }
-        let store = state.config_store.clone();
-        let (gid, sec, canon, dir) = (id.to_string(), section.clone(), canonical.clone(), cfg_dir.clone());
-        tokio::task::spawn_blocking(move || {
-            store.rewrite(|cfg| {
+        let (st, u, sec, gid, canon) = (state.clone(), undo.clone(), section.clone(), id.to_string(), canonical.clone());
+        blocking(move || {
+            if let Some((p, src)) = &policy_write {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| LifecycleError::Internal(format!("policies folder: {e}")))?;
+                }
+                write_atomically(p, src.as_bytes()).map_err(|e| LifecycleError::Internal(format!("write policy: {e}")))?;
+                if let Ok(mut u) = u.lock() {
+                    u.files.push(p.clone());
+                }
+            }
+            let dir = st.config.dir.clone();
+            st.config_store.rewrite(|cfg| {
                 if cfg.graphs.contains_key(&gid) {
                     return Err(LifecycleError::Conflict(format!("graph {gid:?} already exists in the config file")));
                 }
-                if cfg.graphs.values().any(|g| canonical_uri(&dir, &g.uri) == canon) {
-                    return Err(LifecycleError::Conflict("another graph in the config file already uses this URI".to_string()));
+                // Inside the lock: what another gateway wrote meanwhile counts too.
+                if let Some((other, _)) = cfg.graphs.iter().find(|(_, g)| uris_overlap(&canonical_uri(&dir, &g.uri), &canon)) {
+                    return Err(LifecycleError::Conflict(format!("the URI overlaps the storage of graph {other:?} in the config file")));
                 }
                 cfg.graphs.insert(gid.clone(), sec);
                 Ok(())
-            })
+            })?;
+            Ok(())
         })
-        .await
-        .map_err(|e| LifecycleError::Internal(format!("config task: {e}")))??;
+        .await?;
         Ok::<_, LifecycleError>(running)
     }
     .await;
     let _ = std::fs::remove_file(&journal);
+    drop(claim);
     match result {
         Ok(running) => {
             // The schema temp file was only for --init.
@@ -259,21 +341,47 @@ pub async fn create(state: &Arc<AppState>, body: &[u8]) -> Result<Value, Lifecyc
                 let _ = std::fs::remove_file(s);
             }
             let entry = Arc::new(entry);
-            entry.set_state(|s| {
-                s.status = Status::Up;
-                s.pid = Some(running.pid);
-            });
-            state.registry.insert(entry.clone());
+            entry.adopt(running.pid);
+            let (st, e2) = (state.clone(), entry.clone());
+            if tokio::task::spawn_blocking(move || st.publish(e2, &own)).await.is_err() {
+                state.registry.insert(entry.clone());
+            }
             tokio::spawn(state.supervisor.clone().supervise(entry.clone(), Some(running)));
             tracing::info!(graph = %id, uri = %req.uri, "graph created");
             Ok(json!({"graph_id": id.as_str(), "uri": req.uri, "status": "up"}))
         }
         Err(e) => {
             tracing::warn!(graph = %id, error = %e, "graph create failed; undoing what it made");
+            let undo = std::mem::take(&mut *undo.lock().unwrap_or_else(|p| p.into_inner()));
             tokio::task::spawn_blocking(move || undo.run()).await.ok();
             Err(e)
         }
     }
+}
+
+/// Creates the graph's folder for this request (exclusively: a folder that
+/// appears meanwhile is not ours) and records in `undo` what it made, so a
+/// failure removes exactly that. An existing empty folder is used, and only
+/// its contents are ours.
+fn make_graph_dir(dir: &Path, shown: &str, undo: &mut Undo) -> Result<(), LifecycleError> {
+    if dir.exists() {
+        undo.emptied_dir = Some(dir.to_path_buf());
+        return Ok(());
+    }
+    let cannot = |e: std::io::Error| bad(format!("cannot create the URI {shown:?}: {e}"));
+    if let Some(parent) = dir.parent() {
+        undo.created_parents = missing_ancestors(parent);
+        std::fs::create_dir_all(parent).map_err(cannot)?;
+    }
+    std::fs::create_dir(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            LifecycleError::Conflict(format!("the URI {shown:?} appeared while creating the graph"))
+        } else {
+            cannot(e)
+        }
+    })?;
+    undo.created_dir = Some(dir.to_path_buf());
+    Ok(())
 }
 
 /// `dir` and its ancestors that do not exist yet, deepest first.
@@ -314,17 +422,33 @@ fn claim_uri(cfg_dir: &Path, canonical: &str) -> Result<UriClaim, LifecycleError
     }
 }
 
-/// Handles `DELETE /graphs/{id}` (already authorized).
+/// Handles `DELETE /graphs/{id}` (already authorized). With `purge`, the
+/// graph's folder is checked before anything changes and again right before
+/// it is removed: it must still be the folder the graph was created with,
+/// inside the data root, holding no other graph, the runtime or policy
+/// folder or the config file. Only that folder is removed.
 pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<Value, LifecycleError> {
     let entry = state.registry.get(id).ok_or_else(|| LifecycleError::NotFound(format!("graph {:?} does not exist", id.as_str())))?;
+    // Taken as create takes it, so no create can be initialising this folder meanwhile.
+    let claim = if purge {
+        let (st, e) = (state.clone(), entry.clone());
+        Some(blocking(move || {
+            let claim = claim_uri(&st.config.dir, &e.canonical_uri)?;
+            purge_target(&st, &e)?;
+            Ok(claim)
+        })
+        .await?)
+    } else {
+        None
+    };
     let store = state.config_store.clone();
     let e2 = entry.clone();
     let gid = id.to_string();
     // Drift check, stopping the worker and removing the entry: one critical section.
     let rewritten = tokio::task::spawn_blocking(move || {
         store.rewrite(|cfg| {
-            e2.set_state(|s| s.status = Status::Stopping);
-            if let Some(pid) = e2.state.load().pid {
+            // After this no worker is adopted for the graph, even one mid-start.
+            if let Some(pid) = e2.mark_removed() {
                 stop_group_blocking(pid);
             }
             if cfg.graphs.remove(&gid).is_none() {
@@ -336,9 +460,9 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
     .await
     .map_err(|e| LifecycleError::Internal(format!("config task: {e}")))?;
     if let Err(e) = rewritten {
-        if entry.status() == Status::Stopping {
+        if entry.is_removed() {
             // The worker was stopped but the file could not be written: serve the graph again.
-            entry.set_state(|s| s.status = Status::Starting);
+            entry.unmark_removed();
             tokio::spawn(state.supervisor.clone().supervise(entry.clone(), None));
         }
         return Err(e.into());
@@ -346,17 +470,43 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
     state.registry.remove(id);
     let mut purged = false;
     if purge {
-        if crate::config::local_path(&entry.resolved_uri).is_none() {
-            return Err(LifecycleError::BadRequest("purge only works for local paths".into()));
-        }
-        match std::fs::remove_dir_all(&entry.resolved_uri) {
-            Ok(()) => purged = true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => purged = true,
-            Err(e) => return Err(LifecycleError::Internal(format!("the graph was removed from the config, but purging {} failed: {e}", entry.uri))),
-        }
+        let (st, e) = (state.clone(), entry.clone());
+        purged = blocking(move || {
+            let dir = purge_target(&st, &e)?;
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(true),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),
+                Err(err) => Err(LifecycleError::Internal(format!("the graph was removed from the config, but purging {} failed: {err}", e.uri))),
+            }
+        })
+        .await?;
     }
+    drop(claim);
     tracing::info!(graph = %id, purged, "graph deleted");
     Ok(json!({"graph_id": id.as_str(), "uri": entry.uri, "status": "deleted", "purged": purged}))
+}
+
+/// The folder a purge may remove, re-checked now: a local URI that still
+/// resolves to the folder the graph was registered with (no link swapped in
+/// since), passes the fences, and holds no other graph.
+fn purge_target(state: &AppState, entry: &GraphEntry) -> Result<PathBuf, LifecycleError> {
+    if crate::config::local_path(&entry.uri).is_none() {
+        return Err(bad("purge only works for local paths"));
+    }
+    let dir = resolve_physical(Path::new(&entry.resolved_uri))?;
+    if dir.display().to_string().trim_end_matches('/') != entry.canonical_uri {
+        return Err(LifecycleError::Conflict(format!(
+            "the graph's folder {} now resolves to {}; not purging a path that changed under the graph",
+            entry.resolved_uri,
+            dir.display()
+        )));
+    }
+    state.fences.check_graph_dir(&dir, &entry.uri)?;
+    let others = state.registry.list();
+    if let Some(other) = others.iter().find(|o| o.id != entry.id && uris_overlap(&o.canonical_uri, &entry.canonical_uri)) {
+        return Err(LifecycleError::Conflict(format!("the graph's folder overlaps the storage of graph {:?}; not purging", other.id.as_str())));
+    }
+    Ok(dir)
 }
 
 /// Create attempts that a crash interrupted: journaled, but not in the config.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use omnigraph_worker::contract::headers::{ACTOR_HEADER, LEGACY_ACTOR_HEADER, RESERVED_HEADER_PREFIX, WORKER_KEY_HEADER};
-use omnigraph_worker::contract::{ErrorCode, GraphId, ResolvedActor};
+use omnigraph_worker::contract::{BranchName, ErrorCode, GraphId, ResolvedActor};
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -77,9 +77,9 @@ impl Gateway {
         match &route {
             Route::Healthz => return self.reply(session, 200, &json!({"status": "ok"})).await,
             Route::Readyz => {
+                // Public: the status only. Graphs are listed by GET /graphs, to those allowed.
                 let ready = st.registry.ready();
-                let graphs: Vec<_> = st.registry.list().iter().map(|e| graph_json(e)).collect();
-                let body = json!({"status": if ready { "ready" } else { "starting" }, "graphs": graphs});
+                let body = json!({"status": if ready { "ready" } else { "starting" }});
                 return self.reply(session, if ready { 200 } else { 503 }, &body).await;
             }
             Route::OpenApi => {
@@ -93,7 +93,7 @@ impl Gateway {
         // Authentication.
         let actor = match &st.insecure {
             Some(a) => a.clone(),
-            None => match st.authn.authenticate(session.req_header().headers.get("authorization").map(|v| v.as_bytes())) {
+            None => match crate::authn::authorization_header(&session.req_header().headers).and_then(|h| st.authn.authenticate(h)) {
                 Ok(a) => a,
                 Err(e) => {
                     st.metrics.authn_failures.inc();
@@ -105,10 +105,28 @@ impl Gateway {
         };
         ctx.actor = Some(actor.clone());
 
+        // A create is authorized with what it asks for (DESIGN.md section 2,
+        // step 1): read at most 1 MiB, parse the JSON, then ask Cedar.
+        let mut create_body = None;
+        let mut requested = lifecycle::Requested::default();
+        if route == Route::CreateGraph {
+            let Some(body) = read_body(session, lifecycle::CREATE_BODY_LIMIT).await? else {
+                let msg = format!("the request body is larger than {} bytes", lifecycle::CREATE_BODY_LIMIT);
+                return self.reply_err(session, ErrorCode::PayloadTooLarge, msg, &[]).await;
+            };
+            match lifecycle::requested(&body) {
+                Ok((v, r)) => {
+                    create_body = Some(v);
+                    requested = r;
+                }
+                Err(e) => return self.reply_err(session, e.code(), e.to_string(), &[]).await,
+            }
+        }
+
         // Authorization.
         let Some(action) = route.action() else { return self.reply_err(session, ErrorCode::Internal, "route without an action", &[]).await };
         let entry = route.graph().and_then(|g| st.registry.get(g));
-        let decision = self.decide(&actor, action, &route, entry.as_deref());
+        let decision = self.decide(&actor, action, &route, entry.as_deref(), &requested);
         let resource = match route.graph() {
             Some(g) => Resource::Graph { id: g.as_str(), tenant: None }.describe(),
             None => Resource::Server.describe(),
@@ -129,7 +147,14 @@ impl Gateway {
         match route {
             Route::Metrics => self.metrics(session).await,
             Route::ListGraphs => {
-                let graphs: Vec<_> = st.registry.list().iter().map(|e| graph_json(e)).collect();
+                // Only the graphs this caller may read (graph_read) are named at all.
+                let graphs: Vec<_> = st
+                    .registry
+                    .list()
+                    .iter()
+                    .filter(|e| self.decide_on(&actor, Action::GraphRead, e, &RequestContext::default()).allowed)
+                    .map(|e| graph_json(e))
+                    .collect();
                 self.reply(session, 200, &json!({ "graphs": graphs })).await
             }
             Route::GetGraph(id) => match entry {
@@ -153,30 +178,40 @@ impl Gateway {
                     let msg = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
                     return self.reply_err(session, ErrorCode::WorkerUnavailable, msg, &[("retry-after", RETRY_AFTER_S.into())]).await;
                 };
+                // A body past the limit is refused before it is sent; a chunked
+                // one the worker counts itself (it runs with the same limit).
+                let limit = st.config.config.limits.max_body_bytes;
+                if content_length(session).is_some_and(|n| n > limit) {
+                    session.set_keepalive(None);
+                    let msg = format!("the request body is larger than {limit} bytes (limits.max_body_bytes)");
+                    return self.reply_err(session, ErrorCode::PayloadTooLarge, msg, &[]).await;
+                }
                 ctx.upstream = Some(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: p.worker_path, key, sent: None });
                 Ok(false)
             }
             Route::CreateGraph => {
-                let body = match read_body(session, lifecycle::CREATE_BODY_LIMIT).await? {
-                    Some(b) => b,
-                    None => {
-                        let msg = format!("the request body is larger than {} bytes", lifecycle::CREATE_BODY_LIMIT);
-                        return self.reply_err(session, ErrorCode::PayloadTooLarge, msg, &[]).await;
-                    }
-                };
-                match lifecycle::create(&self.state, &body).await {
+                let body = create_body.unwrap_or_default();
+                match lifecycle::create(&self.state, body).await {
                     Ok(v) => self.reply(session, 201, &v).await,
-                    Err(e) => self.reply_err(session, e.code(), e.to_string(), &[]).await,
+                    Err(e) => {
+                        let hdr = if e.code() == ErrorCode::TooManyRequests { vec![("retry-after", RETRY_AFTER_S.to_string())] } else { Vec::new() };
+                        self.reply_err(session, e.code(), e.to_string(), &hdr).await
+                    }
                 }
             }
             Route::DeleteGraph { graph, purge } => match lifecycle::delete(&self.state, &graph, purge).await {
                 Ok(v) => self.reply(session, 200, &v).await,
                 Err(e) => self.reply_err(session, e.code(), e.to_string(), &[]).await,
             },
-            Route::ReloadPolicies => match self.state.reload_policies() {
-                Ok(v) => self.reply(session, 200, &v).await,
-                Err(e) => self.reply_err(session, ErrorCode::BadRequest, format!("policies not reloaded; the old ones stay in force: {}", e.rendered), &[]).await,
-            },
+            Route::ReloadPolicies => {
+                // Parsing and validating every file is CPU and file work: off the proxy thread.
+                let st = self.state.clone();
+                match tokio::task::spawn_blocking(move || st.reload_policies()).await {
+                    Ok(Ok(v)) => self.reply(session, 200, &v).await,
+                    Ok(Err(e)) => self.reply_err(session, ErrorCode::BadRequest, format!("policies not reloaded; the old ones stay in force: {}", e.rendered), &[]).await,
+                    Err(e) => self.reply_err(session, ErrorCode::Internal, format!("policy reload task: {e}"), &[]).await,
+                }
+            }
             Route::Healthz | Route::Readyz | Route::OpenApi => Ok(true),
         }
     }
@@ -184,26 +219,38 @@ impl Gateway {
     /// Decides `action` for `route`. A graph action on a graph that does not
     /// exist is decided by the server policies alone, so a caller learns that
     /// a graph is missing only if they would be allowed to use it.
-    fn decide(&self, actor: &ResolvedActor, action: Action, route: &Route, entry: Option<&GraphEntry>) -> Decision {
+    fn decide(&self, actor: &ResolvedActor, action: Action, route: &Route, entry: Option<&GraphEntry>, requested: &lifecycle::Requested) -> Decision {
         let st = &self.state;
         let graph = match route.graph() {
             Some(g) if !action.is_server_action() => g,
-            _ => return st.engine.decide(&st.server_sets.load(), actor, action, Resource::Server, &RequestContext::default()),
+            _ => {
+                let ctx = RequestContext { requested_graph: requested.graph.as_deref(), requested_tenant: requested.tenant.as_deref(), ..Default::default() };
+                return st.engine.decide(&st.server_sets.load(), actor, action, Resource::Server, &ctx);
+            }
         };
-        let (branch, target) = match route {
-            Route::Proxy(p) => (p.branch.as_ref(), p.target.as_ref()),
-            _ => (None, None),
+        let (branch, target, from) = match route {
+            Route::Proxy(p) => (p.branch.as_ref(), p.target.as_ref(), p.from.as_ref()),
+            _ => (None, None, None),
         };
+        let protected = |b: &BranchName| entry.is_some_and(|e| e.is_protected(b));
         let ctx = RequestContext {
             branch: branch.map(|b| b.as_str()),
-            branch_protected: branch.map(|b| entry.is_some_and(|e| e.is_protected(b))),
+            branch_protected: branch.map(protected),
             target_branch: target.map(|b| b.as_str()),
-            target_protected: target.map(|b| entry.is_some_and(|e| e.is_protected(b))),
+            target_protected: target.map(protected),
+            from_branch: from.map(|b| b.as_str()),
+            from_protected: from.map(protected),
+            ..Default::default()
         };
         match entry {
-            Some(e) => st.engine.decide(&e.policies.load(), actor, action, Resource::Graph { id: graph.as_str(), tenant: e.tenant.as_deref() }, &ctx),
+            Some(e) => self.decide_on(actor, action, e, &ctx),
             None => st.engine.decide(&st.server_sets.load(), actor, action, Resource::Graph { id: graph.as_str(), tenant: None }, &ctx),
         }
+    }
+
+    /// Decides a graph action on a graph that exists, with its own policies.
+    fn decide_on(&self, actor: &ResolvedActor, action: Action, e: &GraphEntry, ctx: &RequestContext<'_>) -> Decision {
+        self.state.engine.decide(&e.policies.load(), actor, action, Resource::Graph { id: e.id.as_str(), tenant: e.tenant.as_deref() }, ctx)
     }
 
     async fn metrics(&self, session: &mut Session) -> Result<bool> {
@@ -221,6 +268,11 @@ impl Gateway {
         respond::error(session, code, msg, headers).await?;
         Ok(true)
     }
+}
+
+/// The request's declared body length, if any.
+fn content_length(session: &Session) -> Option<u64> {
+    session.req_header().headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Reads the whole request body, or `None` once it passes `limit` bytes.
@@ -277,7 +329,9 @@ impl ProxyHttp for Gateway {
             req.remove_header(&name);
         }
         req.insert_header(WORKER_KEY_HEADER, &*up.key)?;
-        req.insert_header(ACTOR_HEADER, &*actor.actor_id)?;
+        // Raw UTF-8 bytes: an id such as "josé" reaches the worker unchanged
+        // (authn already refused ids with control characters or over 256 bytes).
+        req.insert_header(ACTOR_HEADER, actor.actor_id.as_bytes())?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use omnigraph_worker::contract::{BranchName, GraphId};
 use serde::Serialize;
 
 use crate::authz::ActionSets;
+use crate::config::uris_overlap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,9 +66,79 @@ pub struct GraphEntry {
     /// Server policies ∪ this graph's policies, sliced by action.
     pub policies: ArcSwap<ActionSets>,
     pub state: ArcSwap<WorkerState>,
+    /// Set once by `DELETE`; read by the supervisor before it adopts a worker.
+    removed: std::sync::atomic::AtomicBool,
+    /// Orders "adopt a started worker" against "remove the graph", so a
+    /// worker that finishes starting during a `DELETE` is stopped, not orphaned.
+    adoption: std::sync::Mutex<()>,
 }
 
 impl GraphEntry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: GraphId,
+        uri: String,
+        resolved_uri: String,
+        canonical_uri: String,
+        tenant: Option<String>,
+        protected_branches: Vec<BranchName>,
+        policy_file: Option<PathBuf>,
+        schema_file: Option<PathBuf>,
+        socket: PathBuf,
+        policies: ActionSets,
+    ) -> GraphEntry {
+        GraphEntry {
+            id,
+            uri,
+            resolved_uri,
+            canonical_uri,
+            tenant,
+            protected_branches,
+            policy_file,
+            schema_file,
+            socket,
+            policies: ArcSwap::from_pointee(policies),
+            state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0 }),
+            removed: std::sync::atomic::AtomicBool::new(false),
+            adoption: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Marks the graph removed and returns the pid of its worker, if one is
+    /// running; after this, no worker is ever adopted for it.
+    pub fn mark_removed(&self) -> Option<i32> {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        self.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_state(|s| s.status = Status::Stopping);
+        self.state.load().pid
+    }
+
+    /// Undoes [`GraphEntry::mark_removed`] when the removal could not be completed.
+    pub fn unmark_removed(&self) {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        self.removed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.set_state(|s| s.status = Status::Starting);
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records a started worker as this graph's, unless the graph was removed
+    /// meanwhile: then `false`, and the caller stops the worker.
+    pub fn adopt(&self, pid: i32) -> bool {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_removed() {
+            return false;
+        }
+        self.set_state(|s| {
+            s.status = Status::Up;
+            s.pid = Some(pid);
+            s.error = None;
+        });
+        true
+    }
+
     pub fn status(&self) -> Status {
         self.state.load().status
     }
@@ -86,21 +157,30 @@ impl GraphEntry {
 #[derive(Default)]
 pub struct Registry {
     graphs: DashMap<GraphId, Arc<GraphEntry>>,
-    /// Ids and canonical URIs of graphs being created, not yet published.
-    pending: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Graphs being created, not yet published.
+    pending: std::sync::Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    ids: std::collections::HashSet<GraphId>,
+    /// Canonical URIs, with a count so one reservation never frees another's.
+    uris: Vec<String>,
 }
 
 /// A graph id and URI held for one `POST /graphs`; released on drop.
 pub struct Reservation<'a> {
     registry: &'a Registry,
-    keys: [String; 2],
+    id: GraphId,
+    uri: String,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if let Ok(mut p) = self.registry.pending.lock() {
-            for k in &self.keys {
-                p.remove(k);
+            p.ids.remove(&self.id);
+            if let Some(i) = p.uris.iter().position(|u| *u == self.uri) {
+                p.uris.swap_remove(i);
             }
         }
     }
@@ -109,7 +189,10 @@ impl Drop for Reservation<'_> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReserveError {
     Id,
-    Uri,
+    /// The URI equals, contains or lies inside this graph's (or a create's in flight).
+    Uri(String),
+    /// `limits.max_graphs` graphs exist or are being created.
+    Full(usize),
 }
 
 impl Registry {
@@ -125,6 +208,14 @@ impl Registry {
         self.graphs.remove(id).map(|(_, e)| e)
     }
 
+    pub fn len(&self) -> usize {
+        self.graphs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graphs.is_empty()
+    }
+
     /// All entries, sorted by id.
     pub fn list(&self) -> Vec<Arc<GraphEntry>> {
         let mut v: Vec<_> = self.graphs.iter().map(|e| e.value().clone()).collect();
@@ -132,24 +223,74 @@ impl Registry {
         v
     }
 
+    /// The graph whose storage overlaps `canonical_uri`, published or being created.
+    pub fn overlapping(&self, canonical_uri: &str) -> Option<String> {
+        let published = self.graphs.iter().find(|e| uris_overlap(&e.canonical_uri, canonical_uri)).map(|e| e.id.to_string());
+        published.or_else(|| {
+            let p = self.pending.lock().ok()?;
+            p.uris.iter().any(|u| uris_overlap(u, canonical_uri)).then(|| "a graph being created".to_string())
+        })
+    }
+
     /// Reserves `id` and `canonical_uri` against published graphs and other
-    /// creations in flight. Exactly one of many concurrent callers wins.
-    pub fn reserve(&self, id: &GraphId, canonical_uri: &str) -> Result<Reservation<'_>, ReserveError> {
+    /// creations in flight: the id must be free, the URI must not equal,
+    /// contain or lie inside any other graph's, and at most `max_graphs` may
+    /// exist. Exactly one of many concurrent callers wins.
+    pub fn reserve(&self, id: &GraphId, canonical_uri: &str, max_graphs: usize) -> Result<Reservation<'_>, ReserveError> {
         let mut pending = self.pending.lock().map_err(|_| ReserveError::Id)?;
-        let (kid, kuri) = (format!("id:{id}"), format!("uri:{canonical_uri}"));
-        if self.graphs.contains_key(id) || pending.contains(&kid) {
+        if self.graphs.contains_key(id) || pending.ids.contains(id) {
             return Err(ReserveError::Id);
         }
-        if self.graphs.iter().any(|e| e.canonical_uri == canonical_uri) || pending.contains(&kuri) {
-            return Err(ReserveError::Uri);
+        if self.graphs.len() + pending.ids.len() >= max_graphs {
+            return Err(ReserveError::Full(max_graphs));
         }
-        pending.insert(kid.clone());
-        pending.insert(kuri.clone());
-        Ok(Reservation { registry: self, keys: [kid, kuri] })
+        if let Some(e) = self.graphs.iter().find(|e| uris_overlap(&e.canonical_uri, canonical_uri)) {
+            return Err(ReserveError::Uri(format!("graph {:?}", e.id.as_str())));
+        }
+        if pending.uris.iter().any(|u| uris_overlap(u, canonical_uri)) {
+            return Err(ReserveError::Uri("a graph being created".into()));
+        }
+        pending.ids.insert(id.clone());
+        pending.uris.push(canonical_uri.to_string());
+        Ok(Reservation { registry: self, id: id.clone(), uri: canonical_uri.to_string() })
     }
 
     /// Ready when every graph is up or has definitively failed.
     pub fn ready(&self) -> bool {
         self.graphs.iter().all(|e| matches!(e.status(), Status::Up | Status::Failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> GraphId {
+        GraphId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn reservations_refuse_duplicate_ids_and_nested_uris_until_released() {
+        let r = Registry::default();
+        let outer = r.reserve(&id("outer"), "/d/tenants", 10).unwrap();
+        assert_eq!(r.reserve(&id("outer"), "/d/other", 10).err(), Some(ReserveError::Id));
+        for nested in ["/d/tenants", "/d/tenants/acme", "/d"] {
+            assert!(matches!(r.reserve(&id("inner"), nested, 10), Err(ReserveError::Uri(_))), "{nested}");
+        }
+        assert!(r.overlapping("/d/tenants/acme").is_some());
+        let sibling = r.reserve(&id("sibling"), "/d/tenants2", 10).unwrap();
+        drop(outer);
+        assert!(r.overlapping("/d/tenants/acme").is_none());
+        let inner = r.reserve(&id("inner"), "/d/tenants/acme", 10).unwrap();
+        drop((sibling, inner));
+        assert!(r.pending.lock().unwrap().uris.is_empty());
+    }
+
+    #[test]
+    fn max_graphs_counts_creates_in_flight() {
+        let r = Registry::default();
+        let _a = r.reserve(&id("a"), "/d/a", 2).unwrap();
+        let _b = r.reserve(&id("b"), "/d/b", 2).unwrap();
+        assert_eq!(r.reserve(&id("c"), "/d/c", 2).err(), Some(ReserveError::Full(2)));
     }
 }

@@ -96,6 +96,8 @@ pub struct ProxyRoute {
     /// The branch Cedar sees (the default branch when none was given).
     pub branch: Option<BranchName>,
     pub target: Option<BranchName>,
+    /// The base of a new branch (`?from=`, default `main`), for `branch_create`.
+    pub from: Option<BranchName>,
     /// The re-encoded path and query to send to the worker.
     pub worker_path: String,
     /// A short, bounded label for metrics, such as `POST /read`.
@@ -190,7 +192,7 @@ const WORKER_ROUTES: &[WorkerRoute] = &[
     WorkerRoute { method: "POST", path: &["branches"], action: Action::BranchCreate, branch: BranchFrom::QueryRequired, params: &["branch", "from"], label: "POST /branches" },
     WorkerRoute { method: "DELETE", path: &["branches", "*"], action: Action::BranchDelete, branch: BranchFrom::Path, params: &[], label: "DELETE /branches/{name}" },
     WorkerRoute { method: "GET", path: &["commits"], action: Action::Read, branch: BranchFrom::Query, params: &["branch"], label: "GET /commits" },
-    WorkerRoute { method: "GET", path: &["commits", "*"], action: Action::Read, branch: BranchFrom::None, params: &[], label: "GET /commits/{id}" },
+    WorkerRoute { method: "GET", path: &["commits", "*"], action: Action::Read, branch: BranchFrom::Query, params: &["branch"], label: "GET /commits/{id}" },
 ];
 
 /// Characters left unescaped when re-encoding a segment or a query value.
@@ -316,9 +318,10 @@ fn proxy_route(method: &str, graph: GraphId, rest: &[&str], query: Option<&str>)
         None if r.action == Action::BranchMerge => return Err(bad("POST /branches/merge needs ?target=")),
         None => None,
     };
-    if let Some(from) = get("from") {
-        parse_branch(from)?;
-    }
+    let from = match r.action {
+        Action::BranchCreate => Some(BranchName::parse_or_main(get("from")).map_err(|e| bad(e.to_string()))?),
+        _ => None,
+    };
     let mut worker_path = String::with_capacity(64);
     for seg in rest {
         worker_path.push('/');
@@ -330,7 +333,7 @@ fn proxy_route(method: &str, graph: GraphId, rest: &[&str], query: Option<&str>)
         worker_path.push('=');
         worker_path.extend(utf8_percent_encode(v, SAFE));
     }
-    Ok(ProxyRoute { graph, action: r.action, branch, target, worker_path, label: r.label })
+    Ok(ProxyRoute { graph, action: r.action, branch, target, from, worker_path, label: r.label })
 }
 
 #[cfg(test)]
@@ -360,7 +363,8 @@ mod tests {
             ("DELETE", "/graphs/a/branches/dev", None, Action::BranchDelete, Some("dev"), "/branches/dev"),
             ("POST", "/graphs/a/branches/merge", Some("branch=dev&target=main"), Action::BranchMerge, Some("dev"), "/branches/merge?branch=dev&target=main"),
             ("GET", "/graphs/a/commits", None, Action::Read, Some("main"), "/commits"),
-            ("GET", "/graphs/a/commits/01ABC", None, Action::Read, None, "/commits/01ABC"),
+            ("GET", "/graphs/a/commits/01ABC", None, Action::Read, Some("main"), "/commits/01ABC"),
+            ("GET", "/graphs/a/commits/01ABC", Some("branch=dev"), Action::Read, Some("dev"), "/commits/01ABC?branch=dev"),
         ];
         for (m, p, q, action, branch, wp) in rows {
             let r = proxy(m, p, *q);
@@ -369,6 +373,9 @@ mod tests {
             assert_eq!(r.worker_path, *wp, "{m} {p}");
         }
         assert_eq!(proxy("POST", "/graphs/a/branches/merge", Some("branch=dev&target=main")).target.unwrap().as_str(), "main");
+        assert_eq!(proxy("POST", "/graphs/a/branches", Some("branch=dev&from=secret")).from.unwrap().as_str(), "secret");
+        assert_eq!(proxy("POST", "/graphs/a/branches", Some("branch=dev")).from.unwrap().as_str(), "main", "from defaults to main");
+        assert_eq!(proxy("POST", "/graphs/a/read", None).from, None);
         assert_eq!(parse("GET", "/graphs", None).unwrap(), Route::ListGraphs);
         assert_eq!(parse("POST", "/graphs", None).unwrap(), Route::CreateGraph);
         assert_eq!(parse("GET", "/graphs/a", None).unwrap().action(), Some(Action::GraphRead));
@@ -391,6 +398,9 @@ mod tests {
             ("/graphs/alpha/read", Some("branch=main&branch=dev")),
             ("/graphs/alpha/read", Some("brnach=dev")),
             ("/graphs/alpha/branches/merge", Some("branch=dev")),
+            ("/graphs/alpha/read", Some("branch=main/")),
+            ("/graphs/alpha/read", Some("branch=a//b")),
+            ("/graphs/alpha/read", Some("branch=a/./b")),
         ] {
             assert!(matches!(parse("POST", p, q), Err(RouteError::BadRequest(_))), "{p} {q:?}");
         }

@@ -32,8 +32,11 @@ impl BackgroundService for SupervisorService {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    if let Err(e) = self.state.reload_policies() {
-                        tracing::error!("SIGHUP: policies not reloaded; the old ones stay in force:\n{}", e.rendered);
+                    let st = self.state.clone();
+                    match tokio::task::spawn_blocking(move || st.reload_policies()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!("SIGHUP: policies not reloaded; the old ones stay in force:\n{}", e.rendered),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: the policy reload task failed; the old policies stay in force"),
                     }
                 }
             }

@@ -32,9 +32,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Supervisor {
     pub worker_bin: PathBuf,
+    /// `limits:` as worker flags, passed to every worker.
+    worker_args: Vec<String>,
     shutting_down: AtomicBool,
     start_permits: Semaphore,
     metrics: Arc<Metrics>,
+    /// How long a worker may take to say it listens (`OMNIGRAPH_WORKER_READY_TIMEOUT_MS`
+    /// overrides [`READY_TIMEOUT`], for tests of a hung start).
+    ready_timeout: Duration,
 }
 
 /// A started worker: its pid (also its process group) and its exit.
@@ -74,8 +79,19 @@ fn random_key() -> String {
 }
 
 impl Supervisor {
-    pub fn new(worker_bin: PathBuf, start_concurrency: usize, metrics: Arc<Metrics>) -> Supervisor {
-        Supervisor { worker_bin, shutting_down: AtomicBool::new(false), start_permits: Semaphore::new(start_concurrency.max(1)), metrics }
+    pub fn new(worker_bin: PathBuf, start_concurrency: usize, worker_args: Vec<String>, metrics: Arc<Metrics>) -> Supervisor {
+        let ready_timeout = std::env::var("OMNIGRAPH_WORKER_READY_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(READY_TIMEOUT, Duration::from_millis);
+        Supervisor {
+            worker_bin,
+            worker_args,
+            shutting_down: AtomicBool::new(false),
+            start_permits: Semaphore::new(start_concurrency.max(1)),
+            metrics,
+            ready_timeout,
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -87,7 +103,7 @@ impl Supervisor {
     pub async fn supervise(self: Arc<Self>, entry: Arc<GraphEntry>, mut first: Option<Running>) {
         let mut backoff = BACKOFF_START;
         loop {
-            if self.is_shutting_down() || entry.status() == Status::Stopping {
+            if self.is_shutting_down() || entry.is_removed() {
                 return;
             }
             let started = Instant::now();
@@ -100,14 +116,16 @@ impl Supervisor {
             };
             match result {
                 Ok(running) => {
-                    entry.set_state(|s| {
-                        s.status = Status::Up;
-                        s.pid = Some(running.pid);
-                        s.error = None;
-                    });
+                    if !entry.adopt(running.pid) {
+                        // Removed while this worker was starting: it must not outlive the graph.
+                        tracing::info!(graph = %entry.id, pid = running.pid, "graph removed while its worker started; stopping the worker");
+                        let pid = running.pid;
+                        let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                        return;
+                    }
                     tracing::info!(graph = %entry.id, pid = running.pid, "worker is up");
                     let how = running.exited.await.unwrap_or_else(|_| "unknown".into());
-                    if self.is_shutting_down() || entry.status() == Status::Stopping {
+                    if self.is_shutting_down() || entry.is_removed() {
                         return;
                     }
                     tracing::warn!(graph = %entry.id, exit = %how, "worker exited; restarting with backoff");
@@ -152,7 +170,7 @@ impl Supervisor {
         };
         let key = random_key();
         let mut cmd = Command::new(&self.worker_bin);
-        cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri, "--socket"]).arg(&entry.socket);
+        cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri, "--socket"]).arg(&entry.socket).args(&self.worker_args);
         if let Some(s) = &init_schema {
             cmd.arg("--init").arg("--schema").arg(s);
         }
@@ -171,18 +189,25 @@ impl Supervisor {
                 Ok(())
             });
         }
+        let (spawned_tx, spawned_rx) = oneshot::channel::<i32>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<i32, String>>();
         let (exit_tx, exit_rx) = oneshot::channel::<String>();
         let graph = entry.id.to_string();
         std::thread::Builder::new()
             .name(format!("worker-{graph}"))
-            .spawn(move || run_child(cmd, graph, ready_tx, exit_tx))
+            .spawn(move || run_child(cmd, graph, spawned_tx, ready_tx, exit_tx))
             .map_err(|e| format!("cannot start a supervisor thread: {e}"))?;
-        let pid = match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
+        let pid = match tokio::time::timeout(self.ready_timeout, ready_rx).await {
             Ok(Ok(Ok(pid))) => pid,
             Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(_)) => return Err("the worker thread ended before the worker was ready".into()),
-            Err(_) => return Err(format!("the worker was not ready within {READY_TIMEOUT:?}")),
+            Err(_) => {
+                // Never retry while the slow one still runs: two workers would share the graph.
+                if let Ok(pid) = spawned_rx.await {
+                    let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                }
+                return Err(format!("the worker was not ready within {:?}; it was stopped", self.ready_timeout));
+            }
         };
         entry.set_state(|s| s.key = Some(Arc::from(key.as_str())));
         Ok(Running { pid, exited: exit_rx })
@@ -233,7 +258,7 @@ fn alive(pid: i32) -> bool {
 
 /// Runs on the worker's own thread: spawn, forward output into our log,
 /// report readiness (the worker's "listening on" line) and exit.
-fn run_child(mut cmd: Command, graph: String, ready: oneshot::Sender<Result<i32, String>>, exited: oneshot::Sender<String>) {
+fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, ready: oneshot::Sender<Result<i32, String>>, exited: oneshot::Sender<String>) {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -242,6 +267,7 @@ fn run_child(mut cmd: Command, graph: String, ready: oneshot::Sender<Result<i32,
         }
     };
     let pid = child.id() as i32;
+    let _ = spawned.send(pid);
     let stderr_tail = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<String>::new()));
     if let Some(err) = child.stderr.take() {
         let (graph, tail) = (graph.clone(), stderr_tail.clone());

@@ -87,6 +87,24 @@ pub struct JwtVerifier {
     last_refresh: Mutex<Instant>,
 }
 
+/// Whether a JWKS URL may be fetched: `https`, or plain `http` only to a
+/// loopback address (a local IdP or a test), whose traffic never leaves the host.
+pub fn jwks_url_allowed(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn fetch_keys(source: &KeySource) -> Result<Vec<Key>, JwksError> {
     let name = source.name();
     let text = match source {
@@ -97,10 +115,12 @@ fn fetch_keys(source: &KeySource) -> Result<Vec<Key>, JwksError> {
             resp.body_mut().with_config().limit(MAX_JWKS_BYTES).read_to_string().map_err(|e| JwksError::Parse(name.clone(), format!("read: {e}")))?
         }
     };
-    parse_keys(&name, &text)
+    // A shared secret (`oct`) is a credential: it may come from a file the
+    // operator controls, never over the network.
+    parse_keys(&name, &text, matches!(source, KeySource::File(_)))
 }
 
-fn parse_keys(name: &str, text: &str) -> Result<Vec<Key>, JwksError> {
+fn parse_keys(name: &str, text: &str, allow_secrets: bool) -> Result<Vec<Key>, JwksError> {
     let name = name.to_string();
     let set: JwkSet = serde_json::from_str(&text).map_err(|e| JwksError::Parse(name.clone(), e.to_string()))?;
     let mut keys = Vec::new();
@@ -112,6 +132,10 @@ fn parse_keys(name: &str, text: &str) -> Result<Vec<Key>, JwksError> {
             AlgorithmParameters::OctetKey(_) => Family::Hmac,
             _ => return Err(JwksError::Parse(name.clone(), format!("key {:?} has an unsupported type", jwk.common.key_id))),
         };
+        if family == Family::Hmac && !allow_secrets {
+            tracing::warn!(jwks = %name, kid = ?jwk.common.key_id, "ignoring an HMAC (oct) key from a JWKS URL; shared secrets are accepted only from a file");
+            continue;
+        }
         let alg = jwk.common.key_algorithm.and_then(|a| Algorithm::try_from(a).ok());
         let key = DecodingKey::from_jwk(jwk).map_err(|e| JwksError::Parse(name.clone(), format!("key {:?}: {e}", jwk.common.key_id)))?;
         keys.push(Key { kid: jwk.common.key_id.clone(), family, alg, key });
@@ -279,6 +303,26 @@ mod tests {
             _ => jsonwebtoken::EncodingKey::from_secret(&std::fs::read(format!("{FIXTURES}/hs-secret.txt")).unwrap()),
         };
         jsonwebtoken::encode(&h, &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn jwks_urls_must_be_https_or_loopback() {
+        for ok in ["https://idp.example.com/jwks", "http://127.0.0.1:9/j", "http://localhost/j", "http://[::1]:8/j", "http://127.8.0.1/j"] {
+            assert!(jwks_url_allowed(ok), "{ok}");
+        }
+        for bad in ["http://idp.example.com/jwks", "http://10.0.0.1/j", "ftp://x", "file:///etc/passwd", "http://127.0.0.1@evil.com/j", "http://localhost.evil.com/j"] {
+            assert!(!jwks_url_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hmac_keys_are_taken_only_from_files() {
+        let text = std::fs::read_to_string(PathBuf::from(FIXTURES).join("jwks.json")).unwrap();
+        let from_file = parse_keys("f", &text, true).unwrap();
+        let from_url = parse_keys("u", &text, false).unwrap();
+        assert!(from_file.iter().any(|k| k.family == Family::Hmac));
+        assert!(!from_url.iter().any(|k| k.family == Family::Hmac));
+        assert_eq!(from_url.len() + 1, from_file.len());
     }
 
     #[test]

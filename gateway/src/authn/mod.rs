@@ -20,6 +20,26 @@ pub use static_tokens::StaticTokens;
 
 /// Longer `Authorization` values are refused before any work.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// The longest actor id the gateway vouches for (workers refuse longer ones).
+pub const MAX_ACTOR_ID_BYTES: usize = 256;
+
+/// An actor id the gateway can hand to a worker unchanged: 1 to
+/// [`MAX_ACTOR_ID_BYTES`] bytes of UTF-8 without control characters. A token
+/// that resolves to anything else is refused, never recorded as someone else.
+pub fn valid_actor_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ACTOR_ID_BYTES && !id.chars().any(char::is_control)
+}
+
+/// The one `Authorization` header of a request. Two of them are refused:
+/// a proxy in front and the gateway could each read a different one.
+pub fn authorization_header(headers: &http::HeaderMap) -> Result<Option<&[u8]>, AuthnError> {
+    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+    let first = all.next().map(http::HeaderValue::as_bytes);
+    if all.next().is_some() {
+        return Err(AuthnError::Malformed);
+    }
+    Ok(first)
+}
 /// The JWT cache is cleared of expired entries (or emptied) past this size.
 const MAX_CACHED_TOKENS: usize = 100_000;
 
@@ -34,6 +54,8 @@ pub enum AuthnError {
     UnknownToken,
     #[error("JWT rejected: {0}")]
     Jwt(String),
+    #[error("the token's actor id is empty, longer than {MAX_ACTOR_ID_BYTES} bytes or holds control characters")]
+    BadActorId,
 }
 
 impl AuthnError {
@@ -88,6 +110,9 @@ impl Authenticator {
             }
         }
         let (actor, exp) = self.verify_jwt(token)?;
+        if !valid_actor_id(&actor.actor_id) {
+            return Err(AuthnError::BadActorId);
+        }
         let actor = Arc::new(actor);
         if self.cache.len() >= MAX_CACHED_TOKENS {
             self.cache.retain(|_, c| c.exp > now);
@@ -112,5 +137,40 @@ impl Authenticator {
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actor_ids_the_gateway_vouches_for() {
+        for ok in ["alice", "josé", "svc:ci/runner-1", &"a".repeat(MAX_ACTOR_ID_BYTES)] {
+            assert!(valid_actor_id(ok), "{ok}");
+        }
+        for bad in ["", "a\nb", "a\u{7f}", "\t", &"a".repeat(MAX_ACTOR_ID_BYTES + 1)] {
+            assert!(!valid_actor_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(authorization_header(&h), Ok(None));
+        h.append("authorization", http::HeaderValue::from_static("Bearer a"));
+        assert_eq!(authorization_header(&h), Ok(Some(&b"Bearer a"[..])));
+        h.append("authorization", http::HeaderValue::from_static("Bearer b"));
+        assert_eq!(authorization_header(&h), Err(AuthnError::Malformed));
+    }
+
+    #[test]
+    fn malformed_headers_never_authenticate() {
+        let a = Authenticator::new(StaticTokens::default(), Vec::new());
+        for h in [&b""[..], b"Bearer", b"Bearer ", b"Basic abc", b"Bearer \xff", b"bearer unknown"] {
+            assert!(a.authenticate(Some(h)).is_err(), "{h:?}");
+        }
+        assert_eq!(a.authenticate(None).unwrap_err(), AuthnError::Missing);
+        assert_eq!(a.authenticate(Some(&vec![b'a'; MAX_TOKEN_LEN + 1])).unwrap_err(), AuthnError::Malformed);
     }
 }

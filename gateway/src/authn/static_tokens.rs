@@ -68,8 +68,8 @@ impl StaticTokens {
             let err = |message: &str| TokenFileError::Entry { file: name.clone(), index, actor: t.actor_id.clone(), message: message.into() };
             let bytes = hex::decode(t.sha256.trim()).map_err(|_| err("sha256 must be 64 hex digits"))?;
             let hash: [u8; 32] = bytes.try_into().map_err(|_| err("sha256 must be 64 hex digits"))?;
-            if t.actor_id.is_empty() {
-                return Err(err("actor_id is empty"));
+            if !super::valid_actor_id(&t.actor_id) {
+                return Err(err("actor_id must be 1-256 bytes without control characters"));
             }
             if entries.iter().any(|(h, _): &([u8; 32], _)| *h == hash) {
                 return Err(err("the same token hash is listed twice"));
