@@ -575,3 +575,36 @@ fn two_graphs_may_not_share_a_uri() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("overlaps the storage") && err.contains("alpha"), "{err}");
 }
+
+/// Cedar sees `principal.issuer` for JWT actors (and none for static ones),
+/// so a policy can trust one issuer's groups and not another's. An actor id
+/// the gateway cannot vouch for is refused, never recorded as someone else.
+#[test]
+fn cedar_sees_the_issuer_and_odd_actor_ids_are_refused() {
+    let policy = format!(
+        "permit (principal in Omnigraph::Group::\"editors\", action == Omnigraph::Action::\"change\", resource) when {{ principal has issuer && principal.issuer == \"{ISSUER}\" }};\n"
+    );
+    let (_d, cfg) = setup(&policy, &[graph("alpha")], &[TokenSpec { token: "tok-ed", actor: "ed", groups: &["editors"], tenant: None }], "");
+    let gw = Gateway::start(&cfg);
+    let url = gw.url("/graphs/alpha/change");
+    let t = jwt(jsonwebtoken::Algorithm::RS256, "rsa-1", &claims("jane", json!({"groups": ["editors"]})));
+    let r = post_with(&url, &change_ops("j1"), &[("authorization", &format!("Bearer {t}"))]);
+    assert_eq!(r.status, 200, "the issuer's editor may change: {:?}", r.body);
+    assert_eq!(r.body["actor_id"], "jane");
+    let r = post_with(&url, &change_ops("e1"), &[bearer_pair("tok-ed")]);
+    assert_eq!(r.status, 403, "a static editor has no issuer: {:?}", r.body);
+    // A non-ASCII id reaches the worker unchanged.
+    let t = jwt(jsonwebtoken::Algorithm::RS256, "rsa-1", &claims("josé", json!({"groups": ["editors"]})));
+    let r = post_with(&url, &change_ops("j2"), &[("authorization", &format!("Bearer {t}"))]);
+    assert_eq!((r.status, r.body["actor_id"].as_str()), (200, Some("josé")), "{:?}", r.body);
+    for odd in ["x".repeat(257), "line\nbreak".to_string()] {
+        let t = jwt(jsonwebtoken::Algorithm::RS256, "rsa-1", &claims(&odd, json!({"groups": ["editors"]})));
+        let r = post_with(&url, &change_ops("o1"), &[("authorization", &format!("Bearer {t}"))]);
+        assert_eq!(r.status, 401, "{odd:?}: {:?}", r.body);
+        assert!(r.header("www-authenticate").is_some());
+    }
+}
+
+fn bearer_pair(token: &str) -> (&'static str, &'static str) {
+    ("authorization", Box::leak(format!("Bearer {token}").into_boxed_str()))
+}

@@ -510,3 +510,20 @@ fn commits_are_read_on_their_branch_only() {
     let r = call("POST", &gw.url("/graphs/g/read?commit=01NOTACOMMIT"), Some(br#"{"match":{"type":"Person"}}"#), &[ADMIN]);
     assert_eq!(r.status, 404, "{}", text(&r));
 }
+
+#[test]
+fn creates_in_flight_are_capped_with_429() {
+    let e = admin_env("", "limits:\n  max_creates_in_flight: 1\ngraphs: {}\n");
+    let wrapper = slow_worker(e.path(), "2");
+    let gw = e.start_env(&[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
+    let url = gw.url("/graphs");
+    let first = std::thread::spawn(move || post_with(&url, &graph_body("one", "data/one"), &[ADMIN]).status);
+    std::thread::sleep(Duration::from_millis(700));
+    let r = create(&gw, &graph_body("two", "data/two"));
+    assert_eq!(r.status, 429, "{}", text(&r));
+    assert_eq!(r.body["code"], "too_many_requests");
+    assert!(r.header("retry-after").is_some());
+    assert!(!e.path().join("data/two").exists());
+    assert_eq!(first.join().unwrap(), 201);
+    assert_eq!(create(&gw, &graph_body("two", "data/two")).status, 201, "the slot is free again");
+}
