@@ -10,6 +10,8 @@ pub mod change;
 #[cfg(feature = "storage")]
 pub mod http;
 #[cfg(feature = "storage")]
+pub mod limits;
+#[cfg(feature = "storage")]
 pub mod query;
 #[cfg(feature = "storage")]
 pub mod serve;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use omnigraph_worker::limits::Limits;
 use omnigraph_worker::serve::{self, Bind, Options};
 
 #[derive(Parser)]
@@ -40,11 +41,51 @@ struct ServeArgs {
     /// The `.pg` schema file for --init.
     #[arg(long, requires = "init")]
     schema: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The `limits:` block of DESIGN.md section 2, one flag each. The gateway
+/// passes these by name, so the names are part of the contract.
+#[derive(Args)]
+struct LimitArgs {
+    /// Largest request body in bytes (413 above it).
+    #[arg(long, default_value_t = Limits::default().max_body_bytes as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_bytes: u64,
+    /// Most ops in one /change batch.
+    #[arg(long, default_value_t = Limits::default().max_change_ops as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_change_ops: u64,
+    /// Most traverse steps in one read.
+    #[arg(long, default_value_t = Limits::default().max_traverse_steps as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_traverse_steps: u64,
+    /// Most values in one `where` `in` list.
+    #[arg(long, default_value_t = Limits::default().max_in_list as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_list: u64,
+    /// Most nodes one read may visit (start set included).
+    #[arg(long, default_value_t = Limits::default().max_visited as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_visited: u64,
+    /// Longest a read may take, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().read_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout_ms: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let size = |name: &str, v: u64| usize::try_from(v).with_context(|| format!("--{name} {v} is too large for this platform"));
+        Ok(Limits {
+            max_body_bytes: size("max-body-bytes", self.max_body_bytes)?,
+            max_change_ops: size("max-change-ops", self.max_change_ops)?,
+            max_traverse_steps: size("max-traverse-steps", self.max_traverse_steps)?,
+            max_in_list: size("max-in-list", self.max_in_list)?,
+            max_visited: size("max-visited", self.max_visited)?,
+            read_timeout_ms: self.read_timeout_ms,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     // Read the key before any thread exists, then drop it from the environment.
-    let worker_key = serve::take_worker_key();
+    let worker_key = serve::take_worker_key()?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMNIGRAPH_LOG").unwrap_or_else(|_| "info,lance=warn".into()))
         .with_writer(std::io::stderr)
@@ -64,7 +105,8 @@ fn main() -> anyhow::Result<()> {
         Some(p) => Bind::Unix(p),
         None => Bind::Tcp(a.listen),
     };
-    let opts = Options { graph_id: a.graph_id, uri: a.uri, bind, init_schema };
+    let limits = a.limits.limits()?;
+    let opts = Options { graph_id: a.graph_id, uri: a.uri, bind, init_schema, limits };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve::run(opts, worker_key))?;
     Ok(())

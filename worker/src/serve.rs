@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::contract::headers::WORKER_KEY_ENV;
 use crate::http::{router, AppState};
+use crate::limits::Limits;
 use crate::store::{Store, StoreError};
 
 /// `sun_path` is 108 bytes on Linux, one of them the terminating NUL.
@@ -27,6 +28,8 @@ pub enum ServeError {
     Bind(String, std::io::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("{WORKER_KEY_ENV} is set but empty; unset it to run without a key")]
+    EmptyKey,
 }
 
 pub struct Options {
@@ -35,14 +38,23 @@ pub struct Options {
     pub bind: Bind,
     /// `Some(schema source)` creates the graph (the URI must be empty).
     pub init_schema: Option<String>,
+    /// The per-request limits (the gateway passes its `limits:` block).
+    pub limits: Limits,
 }
 
 /// Reads the worker key from the environment and removes it, so child
 /// processes and `/proc/<pid>/environ` readers after start-up do not see it.
-pub fn take_worker_key() -> Option<Arc<[u8]>> {
-    let key = std::env::var(WORKER_KEY_ENV).ok().filter(|k| !k.is_empty())?;
+///
+/// Fails closed: a key that is set but empty is an error rather than "no
+/// key", because a keyless worker trusts every caller.
+pub fn take_worker_key() -> Result<Option<Arc<[u8]>>, ServeError> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(key) = std::env::var_os(WORKER_KEY_ENV) else { return Ok(None) };
     std::env::remove_var(WORKER_KEY_ENV);
-    Some(Arc::from(key.into_bytes()))
+    if key.is_empty() {
+        return Err(ServeError::EmptyKey);
+    }
+    Ok(Some(Arc::from(key.as_bytes())))
 }
 
 async fn shutdown_signal() {
@@ -79,7 +91,11 @@ pub async fn run(opts: Options, worker_key: Option<Arc<[u8]>>) -> Result<(), Ser
         }
         None => Store::open(&opts.graph_id, &opts.uri).await?,
     };
-    let app = router(AppState { store: Arc::new(store), worker_key });
+    if worker_key.is_none() {
+        tracing::info!("no {WORKER_KEY_ENV}: every request is served, and every commit is recorded as actor \"local\"");
+    }
+    tracing::info!(limits = ?opts.limits, "limits");
+    let app = router(AppState { store: Arc::new(store), worker_key, limits: opts.limits });
     match opts.bind {
         Bind::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| ServeError::Bind(addr.to_string(), e))?;

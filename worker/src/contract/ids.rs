@@ -9,7 +9,7 @@ pub enum IdError {
     GraphId(String),
     #[error("graph id {0:?} is reserved")]
     ReservedGraphId(String),
-    #[error("invalid branch name {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ / -, starting with a letter or digit, without '..'")]
+    #[error("invalid branch name {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ / -, starting with a letter or digit, as '/'-separated segments that are not empty and do not start with '.'")]
     Branch(String),
 }
 
@@ -47,9 +47,14 @@ impl fmt::Display for GraphId {
     }
 }
 
-/// A branch name: `^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$` without `..`.
+/// A branch name: `^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$`, made of
+/// `/`-separated segments that are neither empty nor start with `.`.
+///
 /// The gateway and the worker both call this one function, so they can never
-/// disagree on which names reach Cedar.
+/// disagree on which names reach Cedar. The segment rules exist so that one
+/// branch has exactly one spelling: `main/`, `a//b`, `a/./b` would otherwise
+/// be aliases that a path-normalising store resolves to `main`, `a/b`, `a/b`
+/// while a Cedar rule written for `main` or `a/b` does not match them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BranchName(Arc<str>);
 
@@ -62,7 +67,11 @@ impl BranchName {
             && b.len() <= 128
             && b[0].is_ascii_alphanumeric()
             && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'))
-            && !s.contains("..");
+            && !s.contains("..")
+            // No empty segment (`a//b`, a trailing `/`) and no segment starting
+            // with `.` (`a/./b`, `a/.`, `a/.hidden`): each is an alias or a
+            // hidden name, never a distinct branch.
+            && s.split('/').all(|seg| !seg.is_empty() && !seg.starts_with('.'));
         if ok {
             Ok(BranchName(Arc::from(s)))
         } else {
@@ -119,5 +128,18 @@ mod tests {
             assert!(BranchName::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(BranchName::parse_or_main(None).unwrap().as_str(), "main");
+    }
+
+    /// One branch, one name: spellings that a path-normalising layer would
+    /// fold into another branch's name are refused, not normalised.
+    #[test]
+    fn branch_aliases_are_rejected() {
+        for alias in ["main/", "a//b", "a/./b", "a/.", "a/.x", "feature/.hidden/x", "a/b/", "a///b"] {
+            assert!(matches!(BranchName::parse(alias), Err(IdError::Branch(_))), "{alias} must be rejected");
+        }
+        for ok in ["a/b", "a.b/c.d", "release/v1.2", "a/b-c/d_e"] {
+            assert!(BranchName::parse(ok).is_ok(), "{ok}");
+        }
+        assert!(BranchName::parse_or_main(Some("main/")).is_err());
     }
 }

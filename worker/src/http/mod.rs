@@ -1,6 +1,10 @@
 //! The worker's HTTP surface (DESIGN.md section 5): axum routes that call
 //! into `store`, `query` and `change`. Every error leaves as the contract's
-//! JSON body with one status per code.
+//! JSON body with one status per code ([`error`]); the worker key and the
+//! actor are checked once, in the [`gate`] layer, before any handler runs.
+
+pub mod error;
+pub mod gate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,84 +12,27 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
 use crate::change;
-use crate::contract::headers::{ACTOR_HEADER, LOCAL_ACTOR, WORKER_KEY_HEADER};
-use crate::contract::{BranchName, ErrorBody, ErrorCode};
-use crate::query::{self, Cursor, QueryError, ReadRequest};
-use crate::store::{ApplyError, Snapshot, Store, StoreError};
-
-/// Request bodies above this are refused with 413.
-pub const BODY_LIMIT: usize = 64 * 1024 * 1024;
-/// The longest actor id a worker records.
-const MAX_ACTOR_LEN: usize = 256;
+use crate::contract::{BranchName, ErrorCode};
+use crate::limits::{Cancel, CancelOnDrop, Limits};
+use crate::query::{self, Cursor, ReadRequest};
+use crate::store::{ApplyError, Snapshot, Store};
+pub use error::ApiError;
+use gate::Actor;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
-    /// The key from `OMNIGRAPH_WORKER_KEY`; without one, no actor header is trusted.
+    /// The key from `OMNIGRAPH_WORKER_KEY`; with one, every request but
+    /// `GET /healthz` must present it, and without one no actor header is trusted.
     pub worker_key: Option<Arc<[u8]>>,
-}
-
-#[derive(Debug)]
-pub struct ApiError {
-    code: ErrorCode,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
-    }
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(ErrorCode::BadRequest, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if self.code == ErrorCode::Internal {
-            tracing::error!(code = self.code.as_str(), error = %self.message, "request failed");
-        }
-        (status, Json(ErrorBody::new(self.code, self.message))).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> ApiError {
-        let code = match &e {
-            StoreError::UnknownCommit(_) => ErrorCode::NotFound,
-            StoreError::Poisoned => ErrorCode::WorkerUnavailable,
-            _ => ErrorCode::Internal,
-        };
-        ApiError::new(code, e.to_string())
-    }
-}
-
-impl From<QueryError> for ApiError {
-    fn from(e: QueryError) -> ApiError {
-        match e {
-            QueryError::BadRequest(m) => ApiError::bad(m),
-            QueryError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(r: BytesRejection) -> ApiError {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::PayloadTooLarge, format!("the request body is larger than {BODY_LIMIT} bytes"))
-        } else {
-            ApiError::bad(r.body_text())
-        }
-    }
+    pub limits: Limits,
 }
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -109,25 +56,9 @@ fn branch(map: &HashMap<String, String>) -> Result<BranchName, ApiError> {
     Ok(b)
 }
 
-fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let bytes = body?;
+fn json_body(limits: &Limits, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let bytes = ApiError::body(limits, body)?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))
-}
-
-/// The actor a commit records: the gateway's `x-omnigraph-actor`, but only
-/// when the request carries this worker's key (compared in constant time).
-pub fn actor(state: &AppState, headers: &HeaderMap) -> String {
-    let Some(key) = &state.worker_key else { return LOCAL_ACTOR.to_string() };
-    let presented = headers.get(WORKER_KEY_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
-    if !bool::from(presented.ct_eq(key)) {
-        return LOCAL_ACTOR.to_string();
-    }
-    headers
-        .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|a| !a.is_empty() && a.len() <= MAX_ACTOR_LEN)
-        .unwrap_or(LOCAL_ACTOR)
-        .to_string()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -148,7 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/commits/{id}", get(commit))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route") })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate::gate))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
 }
 
@@ -178,8 +110,8 @@ fn tables_json(store: &Store, snap: &Snapshot) -> Vec<Value> {
 
 async fn read(State(s): State<AppState>, p: Params, body: Result<Bytes, BytesRejection>) -> Result<Json<query::ReadResponse>, ApiError> {
     let map = params(p, &["branch", "commit"])?;
-    branch(&map)?;
-    let req: ReadRequest = serde_json::from_value(json_body(body)?).map_err(|e| ApiError::bad(format!("invalid read query: {e}")))?;
+    let b = branch(&map)?;
+    let req: ReadRequest = serde_json::from_value(json_body(&s.limits, body)?).map_err(|e| ApiError::bad(format!("invalid read query: {e}")))?;
     let cursor = req.cursor.as_deref().map(Cursor::decode).transpose()?;
     let commit = match (map.get("commit"), &cursor) {
         (Some(c), Some(cur)) if *c != cur.commit_id => return Err(ApiError::bad("the cursor belongs to another commit than ?commit=")),
@@ -187,19 +119,38 @@ async fn read(State(s): State<AppState>, p: Params, body: Result<Bytes, BytesRej
         (None, Some(cur)) => Some(cur.commit_id.clone()),
         (None, None) => None,
     };
-    let snap = match commit {
-        Some(c) => s.store.snapshot_at(&c).await?,
-        None => s.store.head(),
-    };
     let offset = cursor.map_or(0, |c| c.offset);
-    Ok(Json(query::execute(&s.store.schema, &snap, &req, offset).await?))
+    // Dropping this (the timeout below, or the client going away) stops the
+    // blocking part of the read too.
+    let cancel = Cancel::default();
+    let _stop = CancelOnDrop(cancel.clone());
+    let limits = s.limits;
+    let work = async {
+        let snap = match commit {
+            Some(c) => s.store.snapshot_at(b.as_str(), &c).await?,
+            None => s.store.head(),
+        };
+        Ok::<_, ApiError>(query::execute(s.store.schema.clone(), snap, req, offset, &limits, cancel).await?)
+    };
+    match tokio::time::timeout(limits.read_timeout(), work).await {
+        Ok(r) => r.map(Json),
+        Err(_) => {
+            tracing::warn!(timeout_ms = limits.read_timeout_ms, "a read ran out of time and was stopped");
+            Err(limits.read_timed_out().into())
+        }
+    }
 }
 
-async fn change(State(s): State<AppState>, headers: HeaderMap, p: Params, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+async fn change(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    p: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let map = params(p, &["branch"])?;
     branch(&map)?;
-    let ops = change::parse_body(&json_body(body)?).map_err(|e| ApiError::bad(e.to_string()))?;
-    let actor = actor(&s, &headers);
+    let ops = change::parse_body(&json_body(&s.limits, body)?).map_err(|e| ApiError::bad(e.to_string()))?;
+    s.limits.check_change_ops(ops.len())?;
     let schema = s.store.schema.clone();
     let (snap, affected) = s.store.apply(&actor, |base| change::plan(&schema, base, ops)).await.map_err(|e| match e {
         ApplyError::Plan(e) => ApiError::bad(e.to_string()),
@@ -220,7 +171,9 @@ async fn commits(State(s): State<AppState>, p: Params) -> Result<Json<Value>, Ap
     Ok(Json(json!({"commits": s.store.commits(b.as_str())})))
 }
 
-async fn commit(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let c = s.store.commit(&id).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("unknown commit {id:?}")))?;
-    Ok(Json(json!(c)))
+/// One commit, only if it is in `?branch=`'s history (default `main`).
+async fn commit(State(s): State<AppState>, Path(id): Path<String>, p: Params) -> Result<Json<Value>, ApiError> {
+    let map = params(p, &["branch"])?;
+    let b = branch(&map)?;
+    Ok(Json(json!(s.store.commit_on(b.as_str(), &id)?)))
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::contract::{GraphSchema, NodeType};
+use crate::limits::{Cancel, LimitExceeded, Limits, VisitBudget};
 use crate::store::state::Key;
 use crate::store::{Snapshot, StoreError};
 use filter::Predicate;
@@ -23,6 +24,9 @@ pub const MAX_LIMIT: usize = 10_000;
 pub enum QueryError {
     #[error("{0}")]
     BadRequest(String),
+    /// Past one of the worker's limits; 400 with the limit in `details`.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -106,22 +110,77 @@ fn bad(m: impl Into<String>) -> QueryError {
     QueryError::BadRequest(m.into())
 }
 
-/// Runs `req` against `snap`.
-pub async fn execute(schema: &GraphSchema, snap: &Snapshot, req: &ReadRequest, offset: usize) -> Result<ReadResponse, QueryError> {
+/// Checks everything about `req` that needs no data, before any work: the
+/// page size, the types and hop ranges it names, and the request-shape limits.
+pub fn validate(schema: &GraphSchema, req: &ReadRequest, limits: &Limits) -> Result<(), QueryError> {
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(bad(format!("limit must be between 1 and {MAX_LIMIT}")));
     }
+    schema.node(&req.matcher.ty).ok_or_else(|| bad(format!("match: unknown node type {:?}", req.matcher.ty)))?;
+    limits.check_traverse_steps(req.traverse.len())?;
+    for s in &req.traverse {
+        schema.edge(&s.edge).ok_or_else(|| bad(format!("traverse: unknown edge type {:?}", s.edge)))?;
+        traverse::hop_range(s)?;
+    }
+    for p in req.matcher.filters.iter().filter(|p| p.op == "in") {
+        if let Some(Value::Array(items)) = &p.value {
+            limits.check_in_list(&p.prop, items.len())?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `req` against `snap` within `limits`, stopping when `cancel` is set.
+///
+/// A `where` match is a Lance scan and stays on the async runtime; the rest
+/// (traversal, sort, projection over the in-memory snapshot) is CPU-bound and
+/// runs on a blocking thread, so a huge read never starves `/healthz` or the
+/// other requests of the runtime's few threads.
+pub async fn execute(
+    schema: Arc<GraphSchema>,
+    snap: Arc<Snapshot>,
+    req: ReadRequest,
+    offset: usize,
+    limits: &Limits,
+    cancel: Cancel,
+) -> Result<ReadResponse, QueryError> {
+    validate(&schema, &req, limits)?;
+    let mut budget = VisitBudget::new(limits, cancel);
     let t = schema.node(&req.matcher.ty).ok_or_else(|| bad(format!("match: unknown node type {:?}", req.matcher.ty)))?;
-    let start = match_nodes(t, snap, &req.matcher).await?;
-    let mut reached: Vec<Reached> = start.iter().map(|k| (t.name.clone(), k.clone(), 0)).collect();
+    let scanned = scan_start(t, &snap, &req.matcher, &mut budget).await?;
+    tokio::task::spawn_blocking(move || evaluate(&schema, &snap, &req, scanned, offset, &mut budget))
+        .await
+        .map_err(|e| QueryError::Store(StoreError::Internal(format!("the read task failed: {e}"))))?
+}
+
+/// The CPU-bound part of a read. `scanned` is the start set when a Lance
+/// scan produced it (already charged to `budget`); `None` resolves the start
+/// set from memory.
+pub fn evaluate(
+    schema: &GraphSchema,
+    snap: &Snapshot,
+    req: &ReadRequest,
+    scanned: Option<Vec<Key>>,
+    offset: usize,
+    budget: &mut VisitBudget,
+) -> Result<ReadResponse, QueryError> {
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+    let t = schema.node(&req.matcher.ty).ok_or_else(|| bad(format!("match: unknown node type {:?}", req.matcher.ty)))?;
+    let start = match scanned {
+        Some(keys) => keys,
+        None => match_in_memory(t, snap, &req.matcher, budget)?,
+    };
+    let mut reached: Vec<Reached> = start.into_iter().map(|k| (t.name.clone(), k, 0)).collect();
     let mut result_types = vec![t.name.clone()];
     for s in &req.traverse {
+        budget.check()?;
         let frontier: Vec<(String, Key)> = reached.into_iter().map(|(ty, k, _)| (ty, k)).collect();
-        reached = traverse::step(schema, &snap.data, &frontier, s)?;
+        reached = traverse::step(schema, &snap.data, &frontier, s, budget)?;
         let e = schema.edge(&s.edge).ok_or_else(|| bad(format!("traverse: unknown edge type {:?}", s.edge)))?;
         result_types = vec![e.from.clone(), e.to.clone()];
     }
+    budget.check()?;
     let result_types: Vec<&NodeType> = result_types.iter().filter_map(|n| schema.node(n)).collect();
     for name in req.projection.iter().flatten().chain(req.order_by.iter().map(|o| &o.prop)) {
         if !result_types.iter().any(|nt| nt.prop(name).is_some()) {
@@ -190,39 +249,46 @@ fn project(nt: Option<&NodeType>, props: Option<&Map<String, Value>>, projection
     }
 }
 
-/// The start set: a key lookup in memory, or a Lance scan with the compiled filter.
-async fn match_nodes(t: &NodeType, snap: &Snapshot, m: &Match) -> Result<Vec<Key>, QueryError> {
+/// The start set without a `where`: a key lookup or every node of the type,
+/// charged to the budget before any key is copied.
+fn match_in_memory(t: &NodeType, snap: &Snapshot, m: &Match, budget: &mut VisitBudget) -> Result<Vec<Key>, QueryError> {
     let table = snap.data.nodes.get(&t.name);
+    let keys: Vec<Key> = match &m.key {
+        Some(k) => table.and_then(|tb| tb.rows.get_key_value(k.as_str())).map(|(k, _)| vec![k.clone()]).unwrap_or_default(),
+        None => {
+            budget.visit(table.map_or(0, |tb| tb.rows.len()))?;
+            return Ok(table.map(|tb| tb.rows.keys().cloned().collect()).unwrap_or_default());
+        }
+    };
+    budget.visit(keys.len())?;
+    Ok(keys)
+}
+
+/// The start set of a `where` match: a Lance scan with the compiled filter,
+/// charged to the budget batch by batch. `None` when there is no `where`.
+async fn scan_start(t: &NodeType, snap: &Snapshot, m: &Match, budget: &mut VisitBudget) -> Result<Option<Vec<Key>>, QueryError> {
     if m.filters.is_empty() {
-        return Ok(match &m.key {
-            Some(k) => table.and_then(|tb| tb.rows.get_key_value(k.as_str())).map(|(k, _)| vec![k.clone()]).unwrap_or_default(),
-            None => table.map(|tb| tb.rows.keys().cloned().collect()).unwrap_or_default(),
-        });
+        return Ok(None);
     }
     let mut filters = m.filters.clone();
     if let Some(k) = &m.key {
         filters.push(Predicate { prop: t.key_prop().name.clone(), op: "=".into(), value: Some(Value::String(k.clone())) });
     }
-    let Some(expr) = filter::compile_all(t, &filters)? else { return Ok(Vec::new()) };
+    let Some(expr) = filter::compile_all(t, &filters)? else { return Ok(Some(Vec::new())) };
     let ds = snap.datasets.get(&t.name).ok_or_else(|| QueryError::Store(StoreError::Internal(format!("table {} is not open", t.name))))?;
     let key = t.key_prop().name.clone();
     let mut scan = ds.scan();
     scan.project(&[key.as_str()]).map_err(|e| StoreError::lance("project", e))?;
     scan.filter_expr(expr);
-    let batches: Vec<arrow_array::RecordBatch> = scan
-        .try_into_stream()
-        .await
-        .map_err(|e| StoreError::lance(format!("scan {}", t.name), e))?
-        .try_collect()
-        .await
-        .map_err(|e| StoreError::lance(format!("scan {}", t.name), e))?;
+    let mut stream = scan.try_into_stream().await.map_err(|e| StoreError::lance(format!("scan {}", t.name), e))?;
     let mut out = Vec::new();
-    for b in batches {
+    while let Some(b) = stream.try_next().await.map_err(|e| StoreError::lance(format!("scan {}", t.name), e))? {
         use arrow_array::cast::AsArray;
+        budget.visit(b.num_rows())?;
         let col = b.column(0).as_string_opt::<i32>().ok_or_else(|| StoreError::Corrupt(format!("{}: key column is not a string", t.name)))?;
         out.extend(col.iter().flatten().map(|k| -> Key { Arc::from(k) }));
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -235,6 +301,96 @@ mod tests {
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         for junk in ["", "c1", "c1..5", "c2.x.5", "c1.x.-1", "c1.x.y"] {
             assert!(Cursor::decode(junk).is_err(), "{junk}");
+        }
+    }
+
+    mod limit_tests {
+        use super::super::*;
+        use crate::store::state::{EdgeTable, GraphData, NodeTable, Props};
+        use crate::store::CommitRecord;
+        use serde_json::json;
+
+        const SCHEMA: &str = "node P { k: String @key  n: I64? }\nedge E: P -> P\n";
+
+        /// p0 linked to p1..p(n-1): a star, in memory only.
+        fn star(n: usize) -> (GraphSchema, Snapshot) {
+            let schema = GraphSchema::parse(SCHEMA).unwrap();
+            let mut nodes = NodeTable::default();
+            let mut edges = EdgeTable::default();
+            for i in 0..n {
+                nodes.rows.insert(Key::from(format!("p{i}")), Props::new(json!({"k": format!("p{i}"), "n": i}).as_object().unwrap().clone()));
+                if i > 0 {
+                    edges.insert(Key::from("p0"), Key::from(format!("p{i}")), Props::default());
+                }
+            }
+            let mut data = GraphData::default();
+            data.nodes.insert("P".into(), nodes);
+            data.edges.insert("E".into(), edges);
+            let commit = CommitRecord {
+                commit_id: "C1".into(),
+                parents: vec![],
+                branch: "main".into(),
+                actor_id: "local".into(),
+                created_at: String::new(),
+                tables: Default::default(),
+                seq: 0,
+            };
+            (schema, Snapshot { commit, data, datasets: Default::default() })
+        }
+
+        fn req(v: serde_json::Value) -> ReadRequest {
+            serde_json::from_value(v).unwrap()
+        }
+
+        fn run(schema: &GraphSchema, snap: &Snapshot, r: &ReadRequest, l: &Limits) -> Result<ReadResponse, QueryError> {
+            validate(schema, r, l)?;
+            evaluate(schema, snap, r, None, 0, &mut VisitBudget::new(l, Cancel::default()))
+        }
+
+        fn limit_of(e: QueryError) -> &'static str {
+            match e {
+                QueryError::Limit(l) => l.limit,
+                other => panic!("expected a limit error, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn request_shape_limits() {
+            let (schema, _) = star(2);
+            let l = Limits { max_traverse_steps: 2, max_in_list: 3, ..Limits::default() };
+            let step = json!({"edge": "E"});
+            assert!(validate(&schema, &req(json!({"match": {"type": "P"}, "traverse": [step, step]})), &l).is_ok());
+            let e = validate(&schema, &req(json!({"match": {"type": "P"}, "traverse": [step, step, step]})), &l).unwrap_err();
+            assert_eq!(limit_of(e), "max_traverse_steps");
+            let in_list = |n: usize| req(json!({"match": {"type": "P", "where": [{"prop": "n", "op": "in", "value": (0..n).collect::<Vec<_>>()}]}}));
+            assert!(validate(&schema, &in_list(3), &l).is_ok());
+            assert_eq!(limit_of(validate(&schema, &in_list(4), &l).unwrap_err()), "max_in_list");
+            // A bad hop range in a later step is refused before any work.
+            let e = validate(&schema, &req(json!({"match": {"type": "P"}, "traverse": [step, {"edge": "E", "max_hops": 99}]})), &l).unwrap_err();
+            assert!(matches!(e, QueryError::BadRequest(_)), "{e:?}");
+        }
+
+        #[test]
+        fn the_start_set_and_every_step_count_toward_max_visited() {
+            let (schema, snap) = star(10);
+            let all = req(json!({"match": {"type": "P"}}));
+            assert_eq!(run(&schema, &snap, &all, &Limits { max_visited: 10, ..Limits::default() }).unwrap().row_count, 10);
+            assert_eq!(limit_of(run(&schema, &snap, &all, &Limits { max_visited: 9, ..Limits::default() }).unwrap_err()), "max_visited");
+            // 1 start node + 9 reached = 10.
+            let hop = req(json!({"match": {"type": "P", "key": "p0"}, "traverse": [{"edge": "E"}]}));
+            assert_eq!(run(&schema, &snap, &hop, &Limits { max_visited: 10, ..Limits::default() }).unwrap().row_count, 9);
+            let e = run(&schema, &snap, &hop, &Limits { max_visited: 9, ..Limits::default() }).unwrap_err();
+            assert_eq!(e.to_string(), "the read visited more than 9 nodes (limits.max_visited)");
+        }
+
+        #[test]
+        fn a_cancelled_read_stops() {
+            let (schema, snap) = star(10);
+            let cancel = Cancel::default();
+            cancel.cancel();
+            let r = req(json!({"match": {"type": "P", "key": "p0"}, "traverse": [{"edge": "E"}]}));
+            let e = evaluate(&schema, &snap, &r, None, 0, &mut VisitBudget::new(&Limits::default(), cancel)).unwrap_err();
+            assert_eq!(limit_of(e), "read_timeout_ms");
         }
     }
 

@@ -28,7 +28,7 @@ use futures::future::try_join_all;
 use lance::dataset::{Dataset, DeleteBuilder, WriteMode};
 
 use crate::contract::{GraphSchema, SchemaError};
-pub use commits::CommitRecord;
+pub use commits::{CommitLog, CommitRecord};
 use location::{Location, COMMITS_TABLE, SCHEMA_FILE};
 use state::{edge_id, GraphData, Key};
 
@@ -50,8 +50,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("internal error: {0}")]
     Internal(String),
-    #[error("unknown commit {0:?}")]
-    UnknownCommit(String),
+    /// Unknown, or not in the branch's history: the same answer either way,
+    /// so a commit id never reveals or reads another branch.
+    #[error("no commit {commit:?} on branch {branch:?}")]
+    NotOnBranch { commit: String, branch: String },
     #[error("writes are stopped: a failed change could not be rolled back; restart the worker to repair the tables")]
     Poisoned,
 }
@@ -124,7 +126,7 @@ pub struct Store {
     pub schema: Arc<GraphSchema>,
     pub schema_source: Arc<str>,
     head: ArcSwap<Snapshot>,
-    log: ArcSwap<Vec<CommitRecord>>,
+    log: ArcSwap<CommitLog>,
     writer: tokio::sync::Mutex<Writer>,
     history: Mutex<VecDeque<Arc<Snapshot>>>,
 }
@@ -204,11 +206,9 @@ impl Store {
         };
         let schema = GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?;
         let commits_ds = loc.open(COMMITS_TABLE, None).await?;
-        let log = commits::read_all(&commits_ds).await?;
+        let log = CommitLog::new(commits::read_all(&commits_ds).await?);
         let head = log
-            .iter()
-            .rev()
-            .find(|c| c.branch == crate::contract::BranchName::MAIN)
+            .head(crate::contract::BranchName::MAIN)
             .cloned()
             .ok_or_else(|| StoreError::Corrupt("the commit log has no commit on main".into()))?;
         let mut restored = Vec::new();
@@ -243,18 +243,25 @@ impl Store {
         self.head.load_full()
     }
 
-    /// Commits on `branch`, newest first.
+    /// `branch`'s history, newest first.
     pub fn commits(&self, branch: &str) -> Vec<CommitRecord> {
-        self.log.load().iter().rev().filter(|c| c.branch == branch).cloned().collect()
+        self.log.load().history(branch)
     }
 
-    pub fn commit(&self, commit_id: &str) -> Option<CommitRecord> {
-        self.log.load().iter().find(|c| c.commit_id == commit_id).cloned()
+    /// `commit_id`, when it is in `branch`'s history.
+    pub fn commit_on(&self, branch: &str, commit_id: &str) -> Result<CommitRecord, StoreError> {
+        self.log
+            .load()
+            .on_branch(branch, commit_id)
+            .cloned()
+            .ok_or_else(|| StoreError::NotOnBranch { commit: commit_id.to_string(), branch: branch.to_string() })
     }
 
-    /// The graph at `commit_id`: the head itself, a cached snapshot, or one
-    /// loaded from the table versions the commit pins.
-    pub async fn snapshot_at(&self, commit_id: &str) -> Result<Arc<Snapshot>, StoreError> {
+    /// The graph at `commit_id`, which must be in `branch`'s history: the
+    /// head itself, a cached snapshot, or one loaded from the table versions
+    /// the commit pins.
+    pub async fn snapshot_at(&self, branch: &str, commit_id: &str) -> Result<Arc<Snapshot>, StoreError> {
+        let record = self.commit_on(branch, commit_id)?;
         let head = self.head();
         if head.commit.commit_id == commit_id {
             return Ok(head);
@@ -262,7 +269,6 @@ impl Store {
         if let Some(s) = self.cached(commit_id) {
             return Ok(s);
         }
-        let record = self.commit(commit_id).ok_or_else(|| StoreError::UnknownCommit(commit_id.to_string()))?;
         let snap = Arc::new(load_snapshot(&self.loc, &self.schema, record).await?);
         let mut cache = self.history.lock().map_err(|_| StoreError::Internal("history cache lock".into()))?;
         if cache.len() >= HISTORY_CACHE {
@@ -310,7 +316,7 @@ impl Store {
                 return Err(ApplyError::Store(e));
             }
         };
-        let mut log = Vec::clone(&self.log.load());
+        let mut log = CommitLog::clone(&self.log.load());
         log.push(snap.commit.clone());
         self.log.store(Arc::new(log));
         self.head.store(snap.clone());
@@ -342,7 +348,7 @@ impl Store {
             actor_id: actor.to_string(),
             created_at: now_rfc3339(),
             tables: versions,
-            seq: base_seq(&self.log.load()) + 1,
+            seq: self.log.load().last().map_or(0, |c| c.seq) + 1,
         };
         if let Err(e) = commits::append(&mut w.commits, &self.loc, &record).await {
             return Err((e, touched));
@@ -398,10 +404,6 @@ impl Store {
         }
         Ok(ds)
     }
-}
-
-fn base_seq(log: &[CommitRecord]) -> i64 {
-    log.last().map_or(0, |c| c.seq)
 }
 
 /// Makes `pinned` the latest version of `table` again (a new version with

@@ -1,0 +1,102 @@
+//! A commit id never reads across branches. Only `main` can be written
+//! through the API today, so this test writes a commit row for another
+//! branch straight into `_commits` (as the branches feature will), then asks
+//! the real router, over TCP, for it on `main`.
+
+use std::sync::Arc;
+
+use omnigraph_worker::change;
+use omnigraph_worker::http::{router, AppState};
+use omnigraph_worker::limits::Limits;
+use omnigraph_worker::store::commits::{self, CommitRecord};
+use omnigraph_worker::store::location::{Location, COMMITS_TABLE};
+use omnigraph_worker::store::{ApplyError, Store, StoreError};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SCHEMA: &str = "node Person { name: String @key age: I64? }\n";
+
+async fn upsert(store: &Store, key: &str) -> String {
+    let ops = change::parse_body(&json!({"ops": [{"upsert": {"type": "Person", "key": key, "props": {}}}]})).unwrap();
+    let schema = store.schema.clone();
+    match store.apply("test", |base| change::plan(&schema, base, ops)).await {
+        Ok((snap, _)) => snap.commit.commit_id.clone(),
+        Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
+        Err(ApplyError::Store(e)) => panic!("store: {e}"),
+    }
+}
+
+/// GET `path` over a fresh connection; returns (status, JSON body).
+async fn get(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::String(body.to_string())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_from_another_branch_is_not_found_on_main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = tmp.path().join("g");
+    let uri = uri.to_str().unwrap();
+    let store = Store::init("g", uri, SCHEMA, "test").await.unwrap();
+    let first = upsert(&store, "a").await;
+    let head = store.head().commit.clone();
+    drop(store);
+
+    // A commit on `dev`, forked from main's first change, appended to the log.
+    let loc = Location::parse(uri).unwrap();
+    let mut ds = loc.open(COMMITS_TABLE, None).await.unwrap();
+    let dev = CommitRecord {
+        commit_id: "01DEVCOMMIT0000000000000000".into(),
+        parents: vec![first.clone()],
+        branch: "dev".into(),
+        actor_id: "test".into(),
+        created_at: head.created_at.clone(),
+        tables: head.tables.clone(),
+        seq: head.seq + 1,
+    };
+    commits::append(&mut ds, &loc, &dev).await.unwrap();
+
+    let store = Store::open("g", uri).await.unwrap();
+    assert_eq!(store.head().commit.commit_id, first, "main's head is unchanged");
+    assert!(store.commit_on("main", &first).is_ok());
+    assert!(matches!(store.commit_on("main", &dev.commit_id), Err(StoreError::NotOnBranch { .. })));
+    assert!(store.commit_on("dev", &dev.commit_id).is_ok());
+    assert!(store.commit_on("dev", &first).is_ok(), "dev's history includes the commit it forked from");
+    assert!(matches!(store.snapshot_at("main", &dev.commit_id).await, Err(StoreError::NotOnBranch { .. })));
+    assert!(store.commits("main").iter().all(|c| c.commit_id != dev.commit_id));
+    assert_eq!(store.commits("dev").len(), 3, "dev, main's first change, init");
+
+    // A later main commit is still not on dev's history.
+    let later = upsert(&store, "b").await;
+    assert!(store.commit_on("dev", &later).is_err());
+
+    let app = router(AppState { store: Arc::new(store), worker_key: None, limits: Limits::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (status, body) = get(addr, "GET", &format!("/commits/{}", dev.commit_id), "").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, _) = get(addr, "GET", &format!("/commits/{first}?branch=main"), "").await;
+    assert_eq!(status, 200);
+    let q = r#"{"match": {"type": "Person"}}"#;
+    let (status, body) = get(addr, "POST", &format!("/read?commit={}", dev.commit_id), q).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    let cursor = format!(r#"{{"match": {{"type": "Person"}}, "cursor": "c1.{}.0"}}"#, dev.commit_id);
+    let (status, body) = get(addr, "POST", "/read", &cursor).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = get(addr, "POST", &format!("/read?commit={first}"), q).await;
+    assert_eq!((status, body["row_count"].as_u64()), (200, Some(1)), "{body}");
+    let (_, body) = get(addr, "GET", "/commits", "").await;
+    let ids: Vec<&str> = body["commits"].as_array().unwrap().iter().map(|c| c["commit_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[0], later);
+    assert!(!ids.contains(&dev.commit_id.as_str()));
+}
