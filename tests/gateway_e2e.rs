@@ -557,11 +557,13 @@ fn jwks_from_a_url_follows_key_rotation() {
     let gw = Gateway::start(&cfg);
     let rs = format!("Bearer {}", jwt(jsonwebtoken::Algorithm::RS256, "rsa-1", &claims("jane", json!({}))));
     let hs = format!("Bearer {}", jwt(jsonwebtoken::Algorithm::HS256, "hs-1", &claims("hank", json!({}))));
-    assert_eq!(call("GET", &gw.url("/graphs"), None, &[("authorization", &hs)]).status, 200, "keys fetched from the URL at start-up");
+    // The URL publishes only an HMAC (oct) key: a shared secret is never taken from the network.
+    assert_eq!(call("GET", &gw.url("/graphs"), None, &[("authorization", &hs)]).status, 401, "oct keys are accepted only from a file");
     assert_eq!(call("GET", &gw.url("/graphs"), None, &[("authorization", &rs)]).status, 401, "rsa-1 is not published yet");
     // The IdP rotates in rsa-1; the gateway picks it up on an unknown kid (at most once a second here).
     *doc.lock().unwrap() = full.to_string();
     assert!(eventually(Duration::from_secs(15), || call("GET", &gw.url("/graphs"), None, &[("authorization", &rs)]).status == 200));
+    assert_eq!(call("GET", &gw.url("/graphs"), None, &[("authorization", &hs)]).status, 401, "still no oct key from a URL");
 }
 
 #[test]

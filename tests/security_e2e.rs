@@ -512,8 +512,8 @@ fn commits_are_read_on_their_branch_only() {
 }
 
 #[test]
-fn creates_in_flight_are_capped_with_429() {
-    let e = admin_env("", "limits:\n  max_creates_in_flight: 1\ngraphs: {}\n");
+fn creates_past_the_queue_get_429() {
+    let e = admin_env("", "limits:\n  max_creates_in_flight: 1\n  max_creates_queued: 0\ngraphs: {}\n");
     let wrapper = slow_worker(e.path(), "2");
     let gw = e.start_env(&[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
     let url = gw.url("/graphs");

@@ -48,8 +48,10 @@ pub struct AppState {
     pub runtime_dir: PathBuf,
     /// The resolved folders and file a graph's storage must respect.
     pub fences: Fences,
-    /// `POST /graphs` requests being worked on; past `limits.max_creates_in_flight`, 429.
+    /// `POST /graphs` requests being worked on (`limits.max_creates_in_flight`);
+    /// at most `limits.max_creates_queued` wait for a turn, more get 429.
     pub creates: tokio::sync::Semaphore,
+    pub creates_waiting: std::sync::atomic::AtomicUsize,
     /// Held by a policy reload for its whole run and by a create while it
     /// publishes, so a new graph never keeps policies a reload replaced.
     reload_lock: std::sync::Mutex<()>,
@@ -159,6 +161,7 @@ impl AppState {
             runtime_dir,
             fences,
             creates: tokio::sync::Semaphore::new(limits.max_creates_in_flight.max(1)),
+            creates_waiting: std::sync::atomic::AtomicUsize::new(0),
             reload_lock: std::sync::Mutex::new(()),
             config,
         };

@@ -37,8 +37,10 @@ pub struct Config {
 pub struct Limits {
     /// Graphs one gateway serves, counting creates in flight.
     pub max_graphs: usize,
-    /// `POST /graphs` requests being worked on at once; more get 429.
+    /// `POST /graphs` requests being worked on at once; more wait their turn.
     pub max_creates_in_flight: usize,
+    /// `POST /graphs` requests that may wait for a turn; more get 429.
+    pub max_creates_queued: usize,
     /// Bytes in one request body (`POST /graphs` has its own 1 MiB cap).
     pub max_body_bytes: u64,
     /// Ops in one `/change` batch.
@@ -58,6 +60,7 @@ impl Default for Limits {
         Limits {
             max_graphs: 1000,
             max_creates_in_flight: 4,
+            max_creates_queued: 64,
             max_body_bytes: 16 * 1024 * 1024,
             max_change_ops: 100_000,
             max_traverse_steps: 8,

@@ -55,7 +55,8 @@ pub fn resolve_physical(p: &Path) -> Result<PathBuf, ContainmentError> {
                             ContainmentError::Unusable(format!("cannot resolve {}: {e} (a dangling symlink?)", cur.display()))
                         })?;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Missing, or under a file: created later, or refused then with a clear error.
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {}
                     Err(e) => return Err(ContainmentError::Unusable(format!("cannot inspect {}: {e}", cur.display()))),
                 }
             }

@@ -247,11 +247,39 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LifecycleErro
     tokio::task::spawn_blocking(f).await.map_err(|e| LifecycleError::Internal(format!("background task: {e}")))?
 }
 
+/// How long a create waits for its turn before it gets 429.
+const CREATE_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits for one of `limits.max_creates_in_flight` turns. Creates beyond
+/// those wait, in order, unless `limits.max_creates_queued` already wait:
+/// then 429 at once, so a flood of creates costs a counter, not memory.
+async fn create_turn(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, LifecycleError> {
+    use std::sync::atomic::Ordering;
+    if let Ok(p) = state.creates.try_acquire() {
+        return Ok(p);
+    }
+    let limits = &state.config.config.limits;
+    let busy = || {
+        LifecycleError::Busy(format!(
+            "{} graph creations are in flight and {} wait (limits.max_creates_in_flight, limits.max_creates_queued); retry shortly",
+            limits.max_creates_in_flight, limits.max_creates_queued
+        ))
+    };
+    if state.creates_waiting.fetch_add(1, Ordering::SeqCst) >= limits.max_creates_queued {
+        state.creates_waiting.fetch_sub(1, Ordering::SeqCst);
+        return Err(busy());
+    }
+    let turn = tokio::time::timeout(CREATE_QUEUE_WAIT, state.creates.acquire()).await;
+    state.creates_waiting.fetch_sub(1, Ordering::SeqCst);
+    match turn {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(busy()),
+    }
+}
+
 /// Handles `POST /graphs` once Cedar has allowed it, with the parsed body.
 pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, LifecycleError> {
-    let _in_flight = state.creates.try_acquire().map_err(|_| {
-        LifecycleError::Busy(format!("{} graph creations are already in flight (limits.max_creates_in_flight); retry shortly", state.config.config.limits.max_creates_in_flight))
-    })?;
+    let _in_flight = create_turn(state).await?;
     let st = state.clone();
     let v = blocking(move || validate(&st, body)).await?;
     let Validated { id, req, section, own, policy_write, data_dir, canonical } = v;
