@@ -36,16 +36,13 @@ test: deps
 	     END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 # Release builds only (a debug Pingora is ~10x slower). Results: docs/benchmarks.md.
-# The two binaries are built one package at a time: building them together with
-# the root package would unify dependency features differently and recompile
-# DataFusion and Lance (a cold release build takes ~30 min on 2 cores).
+# One plain build: the gateway never links Lance, so nothing is built twice.
 bench: deps
-	$(CARGO) build --release -p omnigraph-worker
-	$(CARGO) build --release -p omnigraph-gateway
-	$(CARGO) bench --bench gateway_auth
-	$(CARGO) bench --bench gateway_latency
-	$(CARGO) bench --bench graph_create
-	$(CARGO) bench --bench worker_load
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench -p omnigraph-benches --bench gateway_auth
+	$(CARGO) bench -p omnigraph-benches --bench gateway_latency
+	$(CARGO) bench -p omnigraph-benches --bench graph_create
+	$(CARGO) bench -p omnigraph-benches --bench worker_load
 
 clean-data:
 	rm -rf data .omnigraph

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cedar_policy::Policy;
-use omnigraph_worker::contract::{AuthSource, BranchName, GraphId, ResolvedActor};
+use omnigraph_contract::{AuthSource, BranchName, GraphId, ResolvedActor};
 
 use crate::authn::jwt::KeySource;
 use crate::authn::{Authenticator, JwtVerifier, StaticTokens};

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use miette::Diagnostic;
-use omnigraph_worker::contract::{AuthSource, ResolvedActor};
+use omnigraph_contract::{AuthSource, ResolvedActor};
 
 use crate::route::Action;
 

@@ -299,7 +299,7 @@ fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
     Ok(cwd.join(p))
 }
 
-pub use omnigraph_worker::contract::paths::local_path;
+pub use omnigraph_contract::paths::local_path;
 
 /// A graph URI resolved against the config folder: local paths made absolute
 /// and lexically normalised, object-store URLs unchanged.
@@ -337,7 +337,7 @@ pub fn uris_overlap(a: &str, b: &str) -> bool {
 }
 
 /// Resolves `.` and `..` lexically (the path need not exist).
-pub use omnigraph_worker::contract::paths::normalize_lexically as normalize;
+pub use omnigraph_contract::paths::normalize_lexically as normalize;
 
 #[cfg(test)]
 mod tests {

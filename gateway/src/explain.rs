@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use omnigraph_worker::contract::{AuthSource, BranchName, ResolvedActor};
+use omnigraph_contract::{AuthSource, BranchName, ResolvedActor};
 
 use crate::app::{load_engine, load_policies, StartupError};
 use crate::authn::StaticTokens;

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use omnigraph_worker::contract::{BranchName, ErrorCode, GraphId, GraphSchema};
+use omnigraph_contract::{BranchName, ErrorCode, GraphId, GraphSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use omnigraph_worker::contract::headers::{ACTOR_HEADER, LEGACY_ACTOR_HEADER, RESERVED_HEADER_PREFIX, WORKER_KEY_HEADER};
-use omnigraph_worker::contract::{BranchName, ErrorCode, GraphId, ResolvedActor};
+use omnigraph_contract::headers::{ACTOR_HEADER, LEGACY_ACTOR_HEADER, RESERVED_HEADER_PREFIX, WORKER_KEY_HEADER};
+use omnigraph_contract::{BranchName, ErrorCode, GraphId, ResolvedActor};
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use omnigraph_worker::contract::{BranchName, GraphId};
+use omnigraph_contract::{BranchName, GraphId};
 use serde::Serialize;
 
 use crate::authz::ActionSets;

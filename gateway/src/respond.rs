@@ -1,7 +1,7 @@
 //! Writing the gateway's own responses (management routes and errors).
 
 use bytes::Bytes;
-use omnigraph_worker::contract::{ErrorBody, ErrorCode};
+use omnigraph_contract::{ErrorBody, ErrorCode};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;

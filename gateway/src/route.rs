@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use omnigraph_worker::contract::{BranchName, GraphId};
+use omnigraph_contract::{BranchName, GraphId};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Every Cedar action, named as in `policies/omnigraph.cedarschema`.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omnigraph_worker::contract::headers::WORKER_KEY_ENV;
+use omnigraph_contract::headers::WORKER_KEY_ENV;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::metrics::Metrics;

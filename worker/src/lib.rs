@@ -1,19 +1,13 @@
 //! `omnigraph-worker`: one typed property graph on Lance, served over HTTP.
 //!
-//! `contract` is the pure wire contract the gateway shares. Everything else
-//! does I/O and sits behind the default `storage` feature.
+//! The wire contract it shares with the gateway lives in its own crate,
+//! `omnigraph-contract`, re-exported here as `contract`.
 
-pub mod contract;
+pub use omnigraph_contract as contract;
 
-#[cfg(feature = "storage")]
 pub mod change;
-#[cfg(feature = "storage")]
 pub mod http;
-#[cfg(feature = "storage")]
 pub mod limits;
-#[cfg(feature = "storage")]
 pub mod query;
-#[cfg(feature = "storage")]
 pub mod serve;
-#[cfg(feature = "storage")]
 pub mod store;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
-use omnigraph_worker::contract::{AuthSource, ResolvedActor};
+use omnigraph_contract::{AuthSource, ResolvedActor};
 use serde_json::{Map, Value};
 
 use super::AuthnError;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use omnigraph_worker::contract::ResolvedActor;
+use omnigraph_contract::ResolvedActor;
 use sha2::{Digest, Sha256};
 
 pub use jwt::JwtVerifier;

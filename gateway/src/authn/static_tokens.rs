@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use omnigraph_worker::contract::{AuthSource, ResolvedActor};
+use omnigraph_contract::{AuthSource, ResolvedActor};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 

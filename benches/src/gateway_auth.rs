@@ -17,7 +17,7 @@ use omnigraph_gateway::config::{ClaimMap, JwksSource, JwtIssuer};
 use omnigraph_gateway::route::Action;
 use serde_json::json;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 
 fn report(name: &str, samples: &mut [Duration], target: &str) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;

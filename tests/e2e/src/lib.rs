@@ -21,7 +21,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn bin_in(profile: &str, name: &str) -> PathBuf {
     let dir = std::env::var_os("OMNIGRAPH_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(profile));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(profile));
     let p = dir.join(name);
     assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", p.display());
     p

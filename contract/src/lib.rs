@@ -1,8 +1,8 @@
 //! The wire contract shared by `omnigraph-worker` and `omnigraph-gateway`.
 //!
-//! Everything here is pure: no I/O, no Lance, no async. The gateway depends on
-//! this module with the worker's default features turned off, so a change here
-//! is a change to both binaries at once. See DESIGN.md sections 1, 4 and 5.
+//! Everything here is pure: no I/O, no Lance, no async. Both binaries depend
+//! on this crate and never on each other, so a change here is a change to
+//! both at once. See DESIGN.md sections 1, 4, 5 and 7.
 
 pub mod actor;
 pub mod error;

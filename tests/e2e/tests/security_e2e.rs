@@ -297,7 +297,7 @@ fn listings_show_only_what_the_caller_may_read() {
 fn identity_gaps_are_closed() {
     let e = env(
         // The shipped server policies (fail-closed tenant isolation) plus a reader permit.
-        &format!("{}\npermit (principal in Omnigraph::Group::\"readers\", action == Omnigraph::Action::\"read\", resource);\n", std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/server.cedar")).unwrap()),
+        &format!("{}\npermit (principal in Omnigraph::Group::\"readers\", action == Omnigraph::Action::\"read\", resource);\n", std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies/server.cedar")).unwrap()),
         &[
             Tok { token: "tok-admin", actor: "admin", groups: &["admins"], tenant: None },
             Tok { token: "tok-acme", actor: "amy", groups: &["readers"], tenant: Some("acme") },

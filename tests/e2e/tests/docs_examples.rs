@@ -29,7 +29,7 @@ fn blocks(doc: &str, lang: &str) -> Vec<String> {
 
 #[test]
 fn the_worker_guide_examples_run() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/worker.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/worker.md")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let schema_src = blocks(&doc, "").into_iter().find(|b| b.contains("node Person {")).expect("the schema example");
     let schema = write_file(tmp.path(), "doc.pg", &schema_src);
@@ -51,7 +51,7 @@ fn the_worker_guide_examples_run() {
 #[test]
 fn the_policy_guide_examples_validate() {
     use omnigraph_gateway::authz::{Engine, BUILTIN_SCHEMA};
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/policy.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/policy.md")).unwrap();
     let engine = Engine::new("omnigraph.cedarschema", BUILTIN_SCHEMA).unwrap();
     let examples = blocks(&doc, "cedar");
     assert!(examples.len() >= 4, "found {}", examples.len());
