@@ -15,3 +15,7 @@ pub use actor::{AuthSource, ResolvedActor, Scope};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{BranchName, GraphId, IdError};
 pub use schema::{EdgeType, GraphSchema, NodeType, PropType, Property, SchemaError};
+pub mod openapi;
+pub mod routes;
+
+pub use routes::{Action, BranchFrom, RouteId, WorkerRoute};

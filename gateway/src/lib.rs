@@ -21,5 +21,9 @@ pub mod route;
 pub mod serve;
 pub mod supervisor;
 
-/// The OpenAPI description served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI description served at `/openapi.json`, generated once from
+/// the contract's route table (the same text as `docs/openapi.json`).
+pub fn openapi() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| omnigraph_contract::openapi::render(env!("CARGO_PKG_VERSION")))
+}

@@ -83,7 +83,7 @@ impl Gateway {
                 return self.reply(session, if ready { 200 } else { 503 }, &body).await;
             }
             Route::OpenApi => {
-                respond::send(session, 200, "application/json", Bytes::from_static(crate::OPENAPI.as_bytes()), &[]).await?;
+                respond::send(session, 200, "application/json", Bytes::from_static(crate::openapi().as_bytes()), &[]).await?;
                 return Ok(true);
             }
             Route::Metrics if st.config.config.server.metrics_public => return self.metrics(session).await,

@@ -10,68 +10,8 @@ use std::collections::HashSet;
 use omnigraph_contract::{BranchName, GraphId};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-/// Every Cedar action, named as in `policies/omnigraph.cedarschema`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
-    GraphList,
-    GraphCreate,
-    PolicyReload,
-    MetricsRead,
-    GraphRead,
-    GraphDelete,
-    Read,
-    Export,
-    Change,
-    SchemaApply,
-    BranchCreate,
-    BranchDelete,
-    BranchMerge,
-}
-
-impl Action {
-    pub const ALL: [Action; 13] = [
-        Action::GraphList,
-        Action::GraphCreate,
-        Action::PolicyReload,
-        Action::MetricsRead,
-        Action::GraphRead,
-        Action::GraphDelete,
-        Action::Read,
-        Action::Export,
-        Action::Change,
-        Action::SchemaApply,
-        Action::BranchCreate,
-        Action::BranchDelete,
-        Action::BranchMerge,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::GraphList => "graph_list",
-            Action::GraphCreate => "graph_create",
-            Action::PolicyReload => "policy_reload",
-            Action::MetricsRead => "metrics_read",
-            Action::GraphRead => "graph_read",
-            Action::GraphDelete => "graph_delete",
-            Action::Read => "read",
-            Action::Export => "export",
-            Action::Change => "change",
-            Action::SchemaApply => "schema_apply",
-            Action::BranchCreate => "branch_create",
-            Action::BranchDelete => "branch_delete",
-            Action::BranchMerge => "branch_merge",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|a| a.name() == s)
-    }
-
-    /// Server actions apply to `Server::"root"` and are decided by the server policies alone.
-    pub fn is_server_action(self) -> bool {
-        matches!(self, Action::GraphList | Action::GraphCreate | Action::PolicyReload | Action::MetricsRead)
-    }
-}
+pub use omnigraph_contract::routes::Action;
+use omnigraph_contract::routes::{find_worker_route, BranchFrom};
 
 /// What a request is, once parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,48 +92,6 @@ pub enum RouteError {
     #[error("method not allowed on this route")]
     MethodNotAllowed,
 }
-
-/// Where a query parameter's value goes, per worker route.
-#[derive(Clone, Copy)]
-enum BranchFrom {
-    /// `?branch=`, defaulting to `main`.
-    Query,
-    /// The last path segment (`DELETE /branches/{name}`).
-    Path,
-    /// `?branch=` is required (the new branch, the merge source).
-    QueryRequired,
-    /// The route acts on no branch.
-    None,
-}
-
-struct WorkerRoute {
-    method: &'static str,
-    /// Path segments; `*` matches one segment.
-    path: &'static [&'static str],
-    action: Action,
-    branch: BranchFrom,
-    /// Query parameters the worker route takes.
-    params: &'static [&'static str],
-    label: &'static str,
-}
-
-/// The one table from method and worker route to Cedar action (DESIGN.md section 5).
-const WORKER_ROUTES: &[WorkerRoute] = &[
-    WorkerRoute { method: "GET", path: &["healthz"], action: Action::GraphRead, branch: BranchFrom::None, params: &[], label: "GET /healthz" },
-    WorkerRoute { method: "GET", path: &["schema"], action: Action::Read, branch: BranchFrom::None, params: &[], label: "GET /schema" },
-    WorkerRoute { method: "POST", path: &["schema", "apply"], action: Action::SchemaApply, branch: BranchFrom::Query, params: &["branch", "allow_data_loss"], label: "POST /schema/apply" },
-    WorkerRoute { method: "GET", path: &["snapshot"], action: Action::Read, branch: BranchFrom::Query, params: &["branch"], label: "GET /snapshot" },
-    WorkerRoute { method: "POST", path: &["read"], action: Action::Read, branch: BranchFrom::Query, params: &["branch", "commit"], label: "POST /read" },
-    WorkerRoute { method: "POST", path: &["change"], action: Action::Change, branch: BranchFrom::Query, params: &["branch"], label: "POST /change" },
-    WorkerRoute { method: "POST", path: &["ingest"], action: Action::Change, branch: BranchFrom::Query, params: &["branch"], label: "POST /ingest" },
-    WorkerRoute { method: "POST", path: &["export"], action: Action::Export, branch: BranchFrom::Query, params: &["branch"], label: "POST /export" },
-    WorkerRoute { method: "GET", path: &["branches"], action: Action::Read, branch: BranchFrom::None, params: &[], label: "GET /branches" },
-    WorkerRoute { method: "POST", path: &["branches", "merge"], action: Action::BranchMerge, branch: BranchFrom::QueryRequired, params: &["branch", "target"], label: "POST /branches/merge" },
-    WorkerRoute { method: "POST", path: &["branches"], action: Action::BranchCreate, branch: BranchFrom::QueryRequired, params: &["branch", "from"], label: "POST /branches" },
-    WorkerRoute { method: "DELETE", path: &["branches", "*"], action: Action::BranchDelete, branch: BranchFrom::Path, params: &[], label: "DELETE /branches/{name}" },
-    WorkerRoute { method: "GET", path: &["commits"], action: Action::Read, branch: BranchFrom::Query, params: &["branch"], label: "GET /commits" },
-    WorkerRoute { method: "GET", path: &["commits", "*"], action: Action::Read, branch: BranchFrom::Query, params: &["branch"], label: "GET /commits/{id}" },
-];
 
 /// Characters left unescaped when re-encoding a segment or a query value.
 const SAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -296,13 +194,10 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route, Rou
 }
 
 fn proxy_route(method: &str, graph: GraphId, rest: &[&str], query: Option<&str>) -> Result<ProxyRoute, RouteError> {
-    let matches = |r: &&WorkerRoute| r.path.len() == rest.len() && r.path.iter().zip(rest).all(|(p, s)| *p == "*" || p == s);
-    let candidates: Vec<&WorkerRoute> = WORKER_ROUTES.iter().filter(matches).collect();
-    // A literal segment beats `*` (so POST /branches/merge is not DELETE /branches/{name}).
-    let r = candidates.iter().find(|r| r.method == method).ok_or(if candidates.is_empty() { RouteError::NotFound } else { RouteError::MethodNotAllowed })?;
+    let r = find_worker_route(method, rest).map_err(|path_exists| if path_exists { RouteError::MethodNotAllowed } else { RouteError::NotFound })?;
     let pairs = query_pairs(query)?;
     for (k, _) in &pairs {
-        if !r.params.contains(&k.as_str()) {
+        if !r.takes(k) {
             return Err(bad(format!("unknown query parameter {k:?} for {}", r.label)));
         }
     }

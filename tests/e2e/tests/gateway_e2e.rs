@@ -610,3 +610,19 @@ fn cedar_sees_the_issuer_and_odd_actor_ids_are_refused() {
 fn bearer_pair(token: &str) -> (&'static str, &'static str) {
     ("authorization", Box::leak(format!("Bearer {token}").into_boxed_str()))
 }
+
+/// `/openapi.json` is generated from the contract's route table and is the
+/// committed `docs/openapi.json`, byte for byte.
+#[test]
+fn openapi_is_the_committed_description_of_the_route_table() {
+    let (_d, cfg) = setup(ADMIN_POLICY, &[], &[tok("t", "a", &[])], "");
+    let gw = Gateway::start(&cfg);
+    let r = get(&gw.url("/openapi.json"));
+    assert_eq!(r.status, 200);
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).unwrap()).unwrap();
+    assert_eq!(r.body, committed);
+    for route in omnigraph_contract::routes::WORKER_ROUTES {
+        let path = format!("/graphs/{{graph_id}}{}", route.pattern);
+        assert!(r.body["paths"][&path][route.method.to_ascii_lowercase()].is_object(), "{path}");
+    }
+}

@@ -14,11 +14,12 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use crate::change;
+use crate::contract::routes::{worker_route, RouteId, WORKER_ROUTES};
 use crate::contract::{BranchName, ErrorCode};
 use crate::limits::{Cancel, CancelOnDrop, Limits};
 use crate::query::{self, Cursor, ReadRequest};
@@ -39,7 +40,8 @@ type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// The query string, refusing any parameter the route does not know: a
 /// misspelt `?brnach=` must not silently act on `main`.
-fn params(p: Params, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+fn params(p: Params, route: RouteId) -> Result<HashMap<String, String>, ApiError> {
+    let allowed = worker_route(route).params;
     let Query(map) = p.map_err(|e| ApiError::bad(format!("invalid query string: {}", e.body_text())))?;
     if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::bad(format!("unknown query parameter {k:?} (this route takes: {})", allowed.join(", "))));
@@ -61,23 +63,46 @@ fn json_body(limits: &Limits, body: Result<Bytes, BytesRejection>) -> Result<Val
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))
 }
 
+/// The handler of each route in the contract's table. The `match` is
+/// exhaustive, so a route added to the table is served (or explicitly not
+/// yet) before the worker compiles.
+fn handler(id: RouteId) -> MethodRouter<AppState> {
+    let f = match worker_route(id).method {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "DELETE" => MethodFilter::DELETE,
+        "PUT" => MethodFilter::PUT,
+        _ => MethodFilter::PATCH,
+    };
+    match id {
+        RouteId::Healthz => on(f, healthz),
+        RouteId::Schema => on(f, schema),
+        RouteId::Snapshot => on(f, snapshot),
+        RouteId::Read => on(f, read),
+        RouteId::Change => on(f, change),
+        RouteId::ListCommits => on(f, commits),
+        RouteId::GetCommit => on(f, commit),
+        RouteId::SchemaApply | RouteId::Ingest | RouteId::Export | RouteId::ListBranches | RouteId::MergeBranches | RouteId::CreateBranch | RouteId::DeleteBranch => {
+            on(f, || async { ApiError::new(ErrorCode::NotImplemented, "not implemented yet in this worker version") })
+        }
+    }
+}
+
+/// The worker's router, built from the contract's route table.
 pub fn router(state: AppState) -> Router {
-    let not_yet = || async { ApiError::new(ErrorCode::NotImplemented, "not implemented yet in this worker version") };
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/schema", get(schema))
-        .route("/schema/apply", post(not_yet))
-        .route("/snapshot", get(snapshot))
-        .route("/read", post(read))
-        .route("/change", post(change))
-        .route("/ingest", post(not_yet))
-        .route("/export", post(not_yet))
-        .route("/branches", get(not_yet).post(not_yet))
-        .route("/branches/merge", post(not_yet))
-        .route("/branches/{name}", delete(not_yet))
-        .route("/commits", get(commits))
-        .route("/commits/{id}", get(commit))
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+    let mut by_path: Vec<(&str, MethodRouter<AppState>)> = Vec::new();
+    for r in WORKER_ROUTES {
+        let h = handler(r.id);
+        match by_path.iter_mut().find(|(p, _)| *p == r.pattern) {
+            Some((_, m)) => *m = std::mem::take(m).merge(h),
+            None => by_path.push((r.pattern, h)),
+        }
+    }
+    let mut app = Router::new();
+    for (pattern, m) in by_path {
+        app = app.route(pattern, m);
+    }
+    app.fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate::gate))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
@@ -93,7 +118,7 @@ async fn schema(State(s): State<AppState>) -> Response {
 }
 
 async fn snapshot(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
-    let map = params(p, &["branch"])?;
+    let map = params(p, RouteId::Snapshot)?;
     let b = branch(&map)?;
     let snap = s.store.head();
     Ok(Json(json!({"branch": b.as_str(), "commit_id": snap.commit.commit_id, "tables": tables_json(&s.store, &snap)})))
@@ -109,7 +134,7 @@ fn tables_json(store: &Store, snap: &Snapshot) -> Vec<Value> {
 }
 
 async fn read(State(s): State<AppState>, p: Params, body: Result<Bytes, BytesRejection>) -> Result<Json<query::ReadResponse>, ApiError> {
-    let map = params(p, &["branch", "commit"])?;
+    let map = params(p, RouteId::Read)?;
     let b = branch(&map)?;
     let req: ReadRequest = serde_json::from_value(json_body(&s.limits, body)?).map_err(|e| ApiError::bad(format!("invalid read query: {e}")))?;
     let cursor = req.cursor.as_deref().map(Cursor::decode).transpose()?;
@@ -147,7 +172,7 @@ async fn change(
     p: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let map = params(p, &["branch"])?;
+    let map = params(p, RouteId::Change)?;
     branch(&map)?;
     let ops = change::parse_body(&json_body(&s.limits, body)?).map_err(|e| ApiError::bad(e.to_string()))?;
     s.limits.check_change_ops(ops.len())?;
@@ -166,14 +191,14 @@ async fn change(
 }
 
 async fn commits(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
-    let map = params(p, &["branch"])?;
+    let map = params(p, RouteId::ListCommits)?;
     let b = branch(&map)?;
     Ok(Json(json!({"commits": s.store.commits(b.as_str())})))
 }
 
 /// One commit, only if it is in `?branch=`'s history (default `main`).
 async fn commit(State(s): State<AppState>, Path(id): Path<String>, p: Params) -> Result<Json<Value>, ApiError> {
-    let map = params(p, &["branch"])?;
+    let map = params(p, RouteId::GetCommit)?;
     let b = branch(&map)?;
     Ok(Json(json!(s.store.commit_on(b.as_str(), &id)?)))
 }
