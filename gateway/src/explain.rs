@@ -24,6 +24,7 @@ pub fn explain(
     graph: Option<&str>,
     branch: Option<&str>,
     target: Option<&str>,
+    from: Option<&str>,
     groups: Vec<String>,
     tenant: Option<String>,
 ) -> Result<Explained, StartupError> {
@@ -42,7 +43,7 @@ pub fn explain(
         source: AuthSource::Static,
     };
     let parse_branch = |b: Option<&str>| b.map(BranchName::parse).transpose().map_err(|e| StartupError::Other(e.to_string()));
-    let (branch, target) = (parse_branch(branch)?, parse_branch(target)?);
+    let (branch, target, from) = (parse_branch(branch)?, parse_branch(target)?, parse_branch(from)?);
     let decision = if action.is_server_action() {
         engine.decide(&engine.slice(&server)?, &actor, action, Resource::Server, &RequestContext::default())
     } else {
@@ -51,14 +52,11 @@ pub fn explain(
         let own = graphs.iter().find(|(id, _)| id == gid).map(|(_, p)| p.clone()).unwrap_or_default();
         let sets = engine.slice(server.iter().chain(&own))?;
         let protected = |b: &BranchName| section.protected_branches.iter().any(|p| p == b.as_str());
-        let branch = branch.or_else(|| Some(BranchName::main()));
-        let ctx = RequestContext {
-            branch: branch.as_ref().map(|b| b.as_str()),
-            branch_protected: branch.as_ref().map(protected),
-            target_branch: target.as_ref().map(|b| b.as_str()),
-            target_protected: target.as_ref().map(protected),
-            ..Default::default()
-        };
+        // The branch a live request would carry: `main` when the action's routes default to it.
+        let main = BranchName::main();
+        let branch = branch.as_ref().or_else(|| crate::decision::defaults_to_main(action).then_some(&main));
+        let from = (action == Action::BranchCreate).then(|| from.as_ref().unwrap_or(&main));
+        let ctx = crate::decision::graph_context(crate::decision::Branches { branch, target: target.as_ref(), from }, protected);
         engine.decide(&sets, &actor, action, Resource::Graph { id: gid, tenant: section.tenant.as_deref() }, &ctx)
     };
     let groups: Vec<&str> = actor.groups.iter().map(|g| &**g).collect();

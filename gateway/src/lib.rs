@@ -1,7 +1,9 @@
 //! `omnigraph-gateway`: a policy-first authorization gateway in front of
-//! graph workers. The request path reads top to bottom: `route`, `authn`,
-//! `authz`, `proxy`, `audit`.
+//! graph workers. The request path reads top to bottom in `proxy`: `route`,
+//! `authn`, `authz` (via `decision`), then `admin` or `upstream`, and `audit`
+//! with `metrics` after the response.
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authn;
@@ -10,6 +12,7 @@ pub mod cli_graphs;
 pub mod config;
 pub mod config_store;
 pub mod containment;
+pub mod decision;
 pub mod drain;
 pub mod explain;
 pub mod lifecycle;
@@ -20,6 +23,7 @@ pub mod respond;
 pub mod route;
 pub mod serve;
 pub mod supervisor;
+pub mod upstream;
 
 /// The OpenAPI description served at `/openapi.json`, generated once from
 /// the contract's route table (the same text as `docs/openapi.json`).

@@ -78,6 +78,9 @@ enum PolicyCommand {
         branch: Option<String>,
         #[arg(long)]
         target: Option<String>,
+        /// The base of a new branch, for branch_create (default main).
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long = "group")]
         groups: Vec<String>,
         #[arg(long)]
@@ -129,9 +132,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command: PolicyCommand::Explain { config, actor, action, graph, branch, target, groups, tenant } } => {
+        Command::Policy { command: PolicyCommand::Explain { config, actor, action, graph, branch, target, from, groups, tenant } } => {
             let loaded = Loaded::load(&config)?;
-            let out = omnigraph_gateway::explain::explain(&loaded, &actor, &action, graph.as_deref(), branch.as_deref(), target.as_deref(), groups, tenant)?;
+            let out = omnigraph_gateway::explain::explain(&loaded, &actor, &action, graph.as_deref(), branch.as_deref(), target.as_deref(), from.as_deref(), groups, tenant)?;
             println!("{}", out.text);
             Ok(if out.allowed { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }

@@ -1,272 +1,207 @@
-//! The Pingora `ProxyHttp` implementation. Each phase calls one module:
-//! `request_filter` → route, authn, authz (and management routes);
-//! `upstream_peer` → the graph's Unix socket; `upstream_request_filter` →
-//! the re-encoded path and the identity headers; `logging` → metrics.
+//! The Pingora `ProxyHttp` implementation, one line per phase:
+//! `request_filter` → route → authn → authz → an admin handler or the
+//! upstream; `upstream_peer` and `upstream_request_filter` → `upstream`;
+//! `logging` → the audit line and every metric, from the typed [`Ctx`],
+//! after the response has been sent.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use omnigraph_contract::headers::{ACTOR_HEADER, LEGACY_ACTOR_HEADER, RESERVED_HEADER_PREFIX, WORKER_KEY_HEADER};
-use omnigraph_contract::{BranchName, ErrorCode, GraphId, ResolvedActor};
+use omnigraph_contract::{ErrorCode, ResolvedActor};
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::authn::AuthnError;
-use crate::authz::{Decision, RequestContext, Resource};
+use crate::authz::{Decision, Resource};
 use crate::drain::{Drain, InFlight};
-use crate::registry::{GraphEntry, Status};
-use crate::respond;
-use crate::lifecycle;
+use crate::lifecycle::{self, Requested};
 use crate::route::{self, Action, Route, RouteError};
-
-/// How long a client should wait before retrying a graph whose worker is down.
-const RETRY_AFTER_S: &str = "1";
+use crate::upstream::{self, Upstream, RETRY_AFTER_S};
+use crate::{admin, decision, respond};
 
 pub struct Gateway {
     pub state: Arc<AppState>,
     pub drain: Arc<Drain>,
 }
 
+/// One authorization, kept for the audit line.
+pub struct Decided {
+    pub action: Action,
+    pub resource: String,
+    pub decision: Decision,
+}
+
 /// Per-request state, filled phase by phase; `logging` reads it once.
 pub struct Ctx {
     _in_flight: InFlight,
     start: Instant,
-    route: &'static str,
-    decision: &'static str,
+    route: Option<Route>,
     actor: Option<Arc<ResolvedActor>>,
+    decided: Option<Decided>,
     upstream: Option<Upstream>,
 }
 
-struct Upstream {
-    graph: GraphId,
-    socket: String,
-    path: String,
-    key: Arc<str>,
-    sent: Option<Instant>,
+impl Ctx {
+    fn label(&self) -> &'static str {
+        self.route.as_ref().map_or("unrouted", Route::label)
+    }
+
+    fn decision_label(&self) -> &'static str {
+        match &self.decided {
+            Some(d) if d.decision.allowed => "allow",
+            Some(_) => "deny",
+            None => "none",
+        }
+    }
 }
 
-fn graph_json(e: &GraphEntry) -> serde_json::Value {
-    json!({"graph_id": e.id.as_str(), "uri": e.uri, "status": e.status().as_str()})
+/// What ends a request early: the answer the gateway gives itself.
+struct Answer {
+    code: ErrorCode,
+    message: String,
+    headers: Vec<(&'static str, String)>,
+    details: Option<Value>,
+}
+
+impl Answer {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Answer {
+        Answer { code, message: message.into(), headers: Vec::new(), details: None }
+    }
+
+    fn header(mut self, k: &'static str, v: impl Into<String>) -> Answer {
+        self.headers.push((k, v.into()));
+        self
+    }
+
+    async fn send(self, session: &mut Session) -> Result<bool> {
+        match self.details {
+            Some(d) => respond::error_with_details(session, self.code, self.message, d).await?,
+            None => respond::error(session, self.code, self.message, &self.headers).await?,
+        }
+        Ok(true)
+    }
 }
 
 impl Gateway {
-    async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let (method, path, query) = {
-            let req = session.req_header();
-            (req.method.as_str().to_string(), req.uri.path().to_string(), req.uri.query().map(str::to_string))
-        };
-        let route = match route::parse(&method, &path, query.as_deref()) {
-            Ok(r) => r,
-            Err(RouteError::BadRequest(m)) => return self.reply_err(session, ErrorCode::BadRequest, m, &[]).await,
-            Err(RouteError::NotFound) => return self.reply_err(session, ErrorCode::NotFound, "no such route", &[]).await,
-            Err(RouteError::MethodNotAllowed) => return self.reply_err(session, ErrorCode::MethodNotAllowed, "method not allowed on this route", &[]).await,
-        };
-        ctx.route = route.label();
-        let st = &self.state;
-        if self.drain.is_draining() {
-            session.set_keepalive(None);
-            let hdr = [("retry-after", RETRY_AFTER_S.to_string()), ("connection", "close".to_string())];
-            return self.reply_err(session, ErrorCode::WorkerUnavailable, "the gateway is shutting down", &hdr).await;
-        }
-        match &route {
-            Route::Healthz => return self.reply(session, 200, &json!({"status": "ok"})).await,
-            Route::Readyz => {
-                // Public: the status only. Graphs are listed by GET /graphs, to those allowed.
-                let ready = st.registry.ready();
-                let body = json!({"status": if ready { "ready" } else { "starting" }});
-                return self.reply(session, if ready { 200 } else { 503 }, &body).await;
-            }
-            Route::OpenApi => {
-                respond::send(session, 200, "application/json", Bytes::from_static(crate::openapi().as_bytes()), &[]).await?;
-                return Ok(true);
-            }
-            Route::Metrics if st.config.config.server.metrics_public => return self.metrics(session).await,
-            _ => {}
-        }
+    /// Route: parse, validate and re-encode the request line.
+    fn route(&self, session: &Session) -> std::result::Result<Route, Answer> {
+        let req = session.req_header();
+        route::parse(req.method.as_str(), req.uri.path(), req.uri.query()).map_err(|e| match e {
+            RouteError::BadRequest(m) => Answer::new(ErrorCode::BadRequest, m),
+            RouteError::NotFound => Answer::new(ErrorCode::NotFound, "no such route"),
+            RouteError::MethodNotAllowed => Answer::new(ErrorCode::MethodNotAllowed, "method not allowed on this route"),
+        })
+    }
 
-        // Authentication.
-        let actor = match &st.insecure {
-            Some(a) => a.clone(),
-            None => match crate::authn::authorization_header(&session.req_header().headers).and_then(|h| st.authn.authenticate(h)) {
-                Ok(a) => a,
-                Err(e) => {
-                    st.metrics.authn_failures.inc();
-                    tracing::debug!(reason = %e, "authentication failed");
-                    let hdr = [("www-authenticate", "Bearer realm=\"omnigraph\"".to_string())];
-                    return self.reply_err(session, ErrorCode::Unauthorized, AuthnError::PUBLIC_MESSAGE, &hdr).await;
-                }
-            },
+    /// A draining gateway takes no new work.
+    fn admit(&self, session: &mut Session) -> std::result::Result<(), Answer> {
+        if !self.drain.is_draining() {
+            return Ok(());
+        }
+        session.set_keepalive(None);
+        Err(Answer::new(ErrorCode::WorkerUnavailable, "the gateway is shutting down").header("retry-after", RETRY_AFTER_S).header("connection", "close"))
+    }
+
+    /// Authn: the one bearer token → the actor. Every failure is the same 401.
+    fn authenticate(&self, session: &Session) -> std::result::Result<Arc<ResolvedActor>, Answer> {
+        let st = &self.state;
+        if let Some(a) = &st.insecure {
+            return Ok(a.clone());
+        }
+        crate::authn::authorization_header(&session.req_header().headers).and_then(|h| st.authn.authenticate(h)).map_err(|e| {
+            st.metrics.authn_failures.inc();
+            tracing::debug!(reason = %e, "authentication failed");
+            Answer::new(ErrorCode::Unauthorized, AuthnError::PUBLIC_MESSAGE).header("www-authenticate", "Bearer realm=\"omnigraph\"")
+        })
+    }
+
+    /// A create is authorized with what it asks for (DESIGN.md section 2,
+    /// step 1): read at most 1 MiB, parse the JSON, then ask Cedar.
+    async fn create_body(&self, session: &mut Session, route: &Route) -> Result<std::result::Result<(Option<Value>, Requested), Answer>> {
+        if *route != Route::CreateGraph {
+            return Ok(Ok((None, Requested::default())));
+        }
+        let Some(body) = read_body(session, lifecycle::CREATE_BODY_LIMIT).await? else {
+            let msg = format!("the request body is larger than {} bytes", lifecycle::CREATE_BODY_LIMIT);
+            return Ok(Err(Answer::new(ErrorCode::PayloadTooLarge, msg)));
+        };
+        // Parsing up to 1 MiB of JSON is CPU work: off the proxy thread.
+        let parsed = tokio::task::spawn_blocking(move || lifecycle::requested(&body)).await;
+        Ok(match parsed {
+            Ok(r) => r.map(|(v, r)| (Some(v), r)).map_err(|e| Answer::new(e.code(), e.to_string())),
+            Err(e) => Err(Answer::new(ErrorCode::Internal, format!("body parse task: {e}"))),
+        })
+    }
+
+    /// Authz: Cedar decides; anything but an allow is a 403 naming the action and resource.
+    fn authorize(&self, ctx: &mut Ctx, actor: &ResolvedActor, route: &Route, entry: Option<&crate::registry::GraphEntry>, requested: &Requested) -> std::result::Result<(), Answer> {
+        let action = route.action().ok_or_else(|| Answer::new(ErrorCode::Internal, "route without an action"))?;
+        let d = decision::decide(&self.state, actor, action, route, entry, requested);
+        let resource = match route.graph() {
+            Some(g) if !action.is_server_action() => Resource::Graph { id: g.as_str(), tenant: None }.describe(),
+            _ => Resource::Server.describe(),
+        };
+        let allowed = d.allowed;
+        ctx.decided = Some(Decided { action, resource: resource.clone(), decision: d });
+        if allowed {
+            return Ok(());
+        }
+        let msg = format!("actor {:?} may not {} on {}", &*actor.actor_id, action.name(), resource);
+        Err(Answer { details: Some(json!({"action": action.name(), "resource": resource})), ..Answer::new(ErrorCode::Forbidden, msg) })
+    }
+
+    async fn filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let route = match self.route(session) {
+            Ok(r) => r,
+            Err(a) => return a.send(session).await,
+        };
+        ctx.route = Some(route.clone());
+        if let Err(a) = self.admit(session) {
+            return a.send(session).await;
+        }
+        if let Some(done) = admin::public(&self.state, session, &route).await? {
+            return Ok(done);
+        }
+        let actor = match self.authenticate(session) {
+            Ok(a) => a,
+            Err(a) => return a.send(session).await,
         };
         ctx.actor = Some(actor.clone());
-
-        // A create is authorized with what it asks for (DESIGN.md section 2,
-        // step 1): read at most 1 MiB, parse the JSON, then ask Cedar.
-        let mut create_body = None;
-        let mut requested = lifecycle::Requested::default();
-        if route == Route::CreateGraph {
-            let Some(body) = read_body(session, lifecycle::CREATE_BODY_LIMIT).await? else {
-                let msg = format!("the request body is larger than {} bytes", lifecycle::CREATE_BODY_LIMIT);
-                return self.reply_err(session, ErrorCode::PayloadTooLarge, msg, &[]).await;
-            };
-            match lifecycle::requested(&body) {
-                Ok((v, r)) => {
-                    create_body = Some(v);
-                    requested = r;
-                }
-                Err(e) => return self.reply_err(session, e.code(), e.to_string(), &[]).await,
-            }
-        }
-
-        // Authorization.
-        let Some(action) = route.action() else { return self.reply_err(session, ErrorCode::Internal, "route without an action", &[]).await };
-        let entry = route.graph().and_then(|g| st.registry.get(g));
-        let decision = self.decide(&actor, action, &route, entry.as_deref(), &requested);
-        let resource = match route.graph() {
-            Some(g) => Resource::Graph { id: g.as_str(), tenant: None }.describe(),
-            None => Resource::Server.describe(),
+        let (create_body, requested) = match self.create_body(session, &route).await? {
+            Ok(b) => b,
+            Err(a) => return a.send(session).await,
         };
-        crate::audit::log_decision(&actor.actor_id, action.name(), &resource, ctx.route, &decision);
-        st.metrics.decision_seconds.observe(decision.elapsed.as_secs_f64());
-        if !decision.errors.is_empty() {
-            st.metrics.authz_errors.inc();
-            tracing::warn!(errors = ?decision.errors, "authorization error: denied");
+        let entry = route.graph().and_then(|g| self.state.registry.get(g));
+        if let Err(a) = self.authorize(ctx, &actor, &route, entry.as_deref(), &requested) {
+            return a.send(session).await;
         }
-        ctx.decision = if decision.allowed { "allow" } else { "deny" };
-        if !decision.allowed {
-            let msg = format!("actor {:?} may not {} on {}", &*actor.actor_id, action.name(), resource);
-            respond::error_with_details(session, ErrorCode::Forbidden, msg, json!({"action": action.name(), "resource": resource})).await?;
-            return Ok(true);
-        }
-
         match route {
-            Route::Metrics => self.metrics(session).await,
-            Route::ListGraphs => {
-                // Only the graphs this caller may read (graph_read) are named at all.
-                let graphs: Vec<_> = st
-                    .registry
-                    .list()
-                    .iter()
-                    .filter(|e| self.decide_on(&actor, Action::GraphRead, e, &RequestContext::default()).allowed)
-                    .map(|e| graph_json(e))
-                    .collect();
-                self.reply(session, 200, &json!({ "graphs": graphs })).await
-            }
-            Route::GetGraph(id) => match entry {
-                Some(e) => {
-                    let s = e.state.load();
-                    let mut body = graph_json(&e);
-                    body["tenant"] = json!(e.tenant);
-                    body["protected_branches"] = json!(e.protected_branches.iter().map(|b| b.as_str()).collect::<Vec<_>>());
-                    body["restarts"] = json!(s.restarts);
-                    body["error"] = json!(s.error);
-                    self.reply(session, 200, &body).await
-                }
-                None => self.reply_err(session, ErrorCode::NotFound, format!("graph {:?} does not exist", id.as_str()), &[]).await,
-            },
             Route::Proxy(p) => {
-                let Some(e) = entry else {
-                    return self.reply_err(session, ErrorCode::NotFound, format!("graph {:?} does not exist", p.graph.as_str()), &[]).await;
-                };
-                let ws = e.state.load();
-                let (Status::Up, Some(key)) = (ws.status, ws.key.clone()) else {
-                    let msg = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
-                    return self.reply_err(session, ErrorCode::WorkerUnavailable, msg, &[("retry-after", RETRY_AFTER_S.into())]).await;
-                };
-                // A body past the limit is refused before it is sent; a chunked
-                // one the worker counts itself (it runs with the same limit).
-                let limit = st.config.config.limits.max_body_bytes;
-                if content_length(session).is_some_and(|n| n > limit) {
-                    session.set_keepalive(None);
-                    let msg = format!("the request body is larger than {limit} bytes (limits.max_body_bytes)");
-                    return self.reply_err(session, ErrorCode::PayloadTooLarge, msg, &[]).await;
-                }
-                ctx.upstream = Some(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: p.worker_path, key, sent: None });
-                Ok(false)
-            }
-            Route::CreateGraph => {
-                let body = create_body.unwrap_or_default();
-                match lifecycle::create(&self.state, body).await {
-                    Ok(v) => self.reply(session, 201, &v).await,
-                    Err(e) => {
-                        let hdr = if e.code() == ErrorCode::TooManyRequests { vec![("retry-after", RETRY_AFTER_S.to_string())] } else { Vec::new() };
-                        self.reply_err(session, e.code(), e.to_string(), &hdr).await
+                let limit = self.state.config.config.limits.max_body_bytes;
+                match upstream::select(&p, entry.as_deref(), content_length(session), limit) {
+                    Ok(up) => {
+                        ctx.upstream = Some(up);
+                        Ok(false)
+                    }
+                    Err(r) => {
+                        if r.code == ErrorCode::PayloadTooLarge {
+                            session.set_keepalive(None);
+                        }
+                        let mut a = Answer::new(r.code, r.message);
+                        if r.retry_after {
+                            a = a.header("retry-after", RETRY_AFTER_S);
+                        }
+                        a.send(session).await
                     }
                 }
             }
-            Route::DeleteGraph { graph, purge } => match lifecycle::delete(&self.state, &graph, purge).await {
-                Ok(v) => self.reply(session, 200, &v).await,
-                Err(e) => self.reply_err(session, e.code(), e.to_string(), &[]).await,
-            },
-            Route::ReloadPolicies => {
-                // Parsing and validating every file is CPU and file work: off the proxy thread.
-                let st = self.state.clone();
-                match tokio::task::spawn_blocking(move || st.reload_policies()).await {
-                    Ok(Ok(v)) => self.reply(session, 200, &v).await,
-                    Ok(Err(e)) => self.reply_err(session, ErrorCode::BadRequest, format!("policies not reloaded; the old ones stay in force: {}", e.rendered), &[]).await,
-                    Err(e) => self.reply_err(session, ErrorCode::Internal, format!("policy reload task: {e}"), &[]).await,
-                }
-            }
-            Route::Healthz | Route::Readyz | Route::OpenApi => Ok(true),
+            other => admin::handle(&self.state, session, other, &actor, entry, create_body).await,
         }
-    }
-
-    /// Decides `action` for `route`. A graph action on a graph that does not
-    /// exist is decided by the server policies alone, so a caller learns that
-    /// a graph is missing only if they would be allowed to use it.
-    fn decide(&self, actor: &ResolvedActor, action: Action, route: &Route, entry: Option<&GraphEntry>, requested: &lifecycle::Requested) -> Decision {
-        let st = &self.state;
-        let graph = match route.graph() {
-            Some(g) if !action.is_server_action() => g,
-            _ => {
-                let ctx = RequestContext { requested_graph: requested.graph.as_deref(), requested_tenant: requested.tenant.as_deref(), ..Default::default() };
-                return st.engine.decide(&st.server_sets.load(), actor, action, Resource::Server, &ctx);
-            }
-        };
-        let (branch, target, from) = match route {
-            Route::Proxy(p) => (p.branch.as_ref(), p.target.as_ref(), p.from.as_ref()),
-            _ => (None, None, None),
-        };
-        let protected = |b: &BranchName| entry.is_some_and(|e| e.is_protected(b));
-        let ctx = RequestContext {
-            branch: branch.map(|b| b.as_str()),
-            branch_protected: branch.map(protected),
-            target_branch: target.map(|b| b.as_str()),
-            target_protected: target.map(protected),
-            from_branch: from.map(|b| b.as_str()),
-            from_protected: from.map(protected),
-            ..Default::default()
-        };
-        match entry {
-            Some(e) => self.decide_on(actor, action, e, &ctx),
-            None => st.engine.decide(&st.server_sets.load(), actor, action, Resource::Graph { id: graph.as_str(), tenant: None }, &ctx),
-        }
-    }
-
-    /// Decides a graph action on a graph that exists, with its own policies.
-    fn decide_on(&self, actor: &ResolvedActor, action: Action, e: &GraphEntry, ctx: &RequestContext<'_>) -> Decision {
-        self.state.engine.decide(&e.policies.load(), actor, action, Resource::Graph { id: e.id.as_str(), tenant: e.tenant.as_deref() }, ctx)
-    }
-
-    async fn metrics(&self, session: &mut Session) -> Result<bool> {
-        let body = self.state.metrics.render();
-        respond::send(session, 200, "text/plain; version=0.0.4", Bytes::from(body), &[]).await?;
-        Ok(true)
-    }
-
-    async fn reply(&self, session: &mut Session, status: u16, body: &serde_json::Value) -> Result<bool> {
-        respond::json(session, status, body).await?;
-        Ok(true)
-    }
-
-    async fn reply_err(&self, session: &mut Session, code: ErrorCode, msg: impl Into<String>, headers: &[(&'static str, String)]) -> Result<bool> {
-        respond::error(session, code, msg, headers).await?;
-        Ok(true)
     }
 }
 
@@ -293,46 +228,23 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { _in_flight: self.drain.enter(), start: Instant::now(), route: "unrouted", decision: "none", actor: None, upstream: None }
+        Ctx { _in_flight: self.drain.enter(), start: Instant::now(), route: None, actor: None, decided: None, upstream: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.handle(session, ctx).await
+        self.filter(session, ctx).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let up = ctx.upstream.as_mut().ok_or_else(|| Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
-        let mut peer = HttpPeer::new_uds(&up.socket, false, String::new())?;
-        peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
-        peer.options.read_timeout = Some(std::time::Duration::from_secs(600));
-        up.sent = Some(Instant::now());
-        Ok(Box::new(peer))
+        upstream::peer(up)
     }
 
     async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let (Some(up), Some(actor)) = (&ctx.upstream, &ctx.actor) else {
             return Err(Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"));
         };
-        let uri: http::Uri = up.path.parse().map_err(|_| Error::explain(pingora::ErrorType::InternalError, "bad worker path"))?;
-        req.set_uri(uri);
-        // The spoof defence: no client-sent identity header ever reaches a worker.
-        let strip: Vec<http::HeaderName> = req
-            .headers
-            .keys()
-            .filter(|k| {
-                let n = k.as_str();
-                n.starts_with(RESERVED_HEADER_PREFIX) || n == LEGACY_ACTOR_HEADER || n == "authorization"
-            })
-            .cloned()
-            .collect();
-        for name in strip {
-            req.remove_header(&name);
-        }
-        req.insert_header(WORKER_KEY_HEADER, &*up.key)?;
-        // Raw UTF-8 bytes: an id such as "josé" reaches the worker unchanged
-        // (authn already refused ids with control characters or over 256 bytes).
-        req.insert_header(ACTOR_HEADER, actor.actor_id.as_bytes())?;
-        Ok(())
+        upstream::rewrite_headers(req, up, actor)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -350,12 +262,22 @@ impl ProxyHttp for Gateway {
         FailToProxy { error_code: code.status(), can_reuse_downstream: false }
     }
 
+    /// After the response: the audit line and every metric, read once from the context.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let st = &self.state;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.state.metrics.requests.with_label_values(&[ctx.route, status.to_string().as_str(), ctx.decision]).inc();
-        if let Some(sent) = ctx.upstream.as_ref().and_then(|u| u.sent) {
-            self.state.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
+        if let (Some(d), Some(actor)) = (&ctx.decided, &ctx.actor) {
+            crate::audit::log_decision(&actor.actor_id, d.action.name(), &d.resource, ctx.label(), &d.decision);
+            st.metrics.decision_seconds.observe(d.decision.elapsed.as_secs_f64());
+            if !d.decision.errors.is_empty() {
+                st.metrics.authz_errors.inc();
+                tracing::warn!(errors = ?d.decision.errors, "authorization error: denied");
+            }
         }
-        tracing::debug!(route = ctx.route, status, decision = ctx.decision, elapsed_us = ctx.start.elapsed().as_micros() as u64, "request");
+        st.metrics.requests.with_label_values(&[ctx.label(), status.to_string().as_str(), ctx.decision_label()]).inc();
+        if let Some(sent) = ctx.upstream.as_ref().and_then(|u| u.sent) {
+            st.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
+        }
+        tracing::debug!(route = ctx.label(), status, decision = ctx.decision_label(), elapsed_us = ctx.start.elapsed().as_micros() as u64, "request");
     }
 }

@@ -1,0 +1,134 @@
+//! The upstream phases: which worker a request goes to (`select`), how to
+//! reach it (`peer`), and what it is sent (`rewrite_headers`).
+//!
+//! `rewrite_headers` is the spoof defence: whatever identity headers a client
+//! sent are removed, and only the actor the gateway resolved is injected,
+//! with the worker's key. It is pure, so its unit tests pin it exactly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use omnigraph_contract::headers::{ACTOR_HEADER, LEGACY_ACTOR_HEADER, RESERVED_HEADER_PREFIX, WORKER_KEY_HEADER};
+use omnigraph_contract::{ErrorCode, GraphId, ResolvedActor};
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+
+use crate::registry::{GraphEntry, Status};
+use crate::route::ProxyRoute;
+
+/// How long a client should wait before retrying a graph whose worker is down.
+pub const RETRY_AFTER_S: &str = "1";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The worker a request was authorized for, chosen in `request_filter`.
+pub struct Upstream {
+    pub graph: GraphId,
+    pub socket: String,
+    /// The re-encoded path and query that Cedar authorized.
+    pub path: String,
+    pub key: Arc<str>,
+    /// When the request left for the worker.
+    pub sent: Option<Instant>,
+}
+
+/// Why a request cannot be proxied, as the answer to give.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after: bool,
+}
+
+/// Picks the worker of an allowed request: the graph must exist, its worker
+/// must be up, and a declared body must fit `max_body_bytes` (a chunked body
+/// is counted by the worker, which runs with the same limit).
+pub fn select(route: &ProxyRoute, entry: Option<&GraphEntry>, content_length: Option<u64>, max_body_bytes: u64) -> Result<Upstream, Refusal> {
+    let Some(e) = entry else {
+        return Err(Refusal { code: ErrorCode::NotFound, message: format!("graph {:?} does not exist", route.graph.as_str()), retry_after: false });
+    };
+    let ws = e.state.load();
+    let (Status::Up, Some(key)) = (ws.status, ws.key.clone()) else {
+        let message = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
+        return Err(Refusal { code: ErrorCode::WorkerUnavailable, message, retry_after: true });
+    };
+    if content_length.is_some_and(|n| n > max_body_bytes) {
+        let message = format!("the request body is larger than {max_body_bytes} bytes (limits.max_body_bytes)");
+        return Err(Refusal { code: ErrorCode::PayloadTooLarge, message, retry_after: false });
+    }
+    Ok(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: route.worker_path.clone(), key, sent: None })
+}
+
+/// The worker's Unix socket as a Pingora peer.
+pub fn peer(up: &mut Upstream) -> pingora::Result<Box<HttpPeer>> {
+    let mut peer = HttpPeer::new_uds(&up.socket, false, String::new())?;
+    peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+    peer.options.read_timeout = Some(READ_TIMEOUT);
+    up.sent = Some(Instant::now());
+    Ok(Box::new(peer))
+}
+
+/// True for a header a client may never send to a worker.
+fn is_identity_header(name: &str) -> bool {
+    name.starts_with(RESERVED_HEADER_PREFIX) || name == LEGACY_ACTOR_HEADER || name == "authorization"
+}
+
+/// Sets the authorized path, strips every client identity header and
+/// injects the worker key and the resolved actor (as raw UTF-8 bytes: an id
+/// such as "josé" reaches the worker unchanged; authn already refused ids
+/// with control characters or over 256 bytes).
+pub fn rewrite_headers(req: &mut RequestHeader, up: &Upstream, actor: &ResolvedActor) -> pingora::Result<()> {
+    let uri: http::Uri = up.path.parse().map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad worker path"))?;
+    req.set_uri(uri);
+    let strip: Vec<http::HeaderName> = req.headers.keys().filter(|k| is_identity_header(k.as_str())).cloned().collect();
+    for name in strip {
+        req.remove_header(&name);
+    }
+    req.insert_header(WORKER_KEY_HEADER, &*up.key)?;
+    req.insert_header(ACTOR_HEADER, actor.actor_id.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omnigraph_contract::AuthSource;
+
+    fn upstream() -> Upstream {
+        Upstream { graph: GraphId::parse("g").unwrap(), socket: "/s".into(), path: "/read?branch=dev".into(), key: Arc::from("k3y"), sent: None }
+    }
+
+    fn actor(id: &str) -> ResolvedActor {
+        ResolvedActor { actor_id: Arc::from(id), tenant_id: None, groups: Vec::new(), scopes: Vec::new(), source: AuthSource::Static }
+    }
+
+    #[test]
+    fn spoofed_identity_headers_are_replaced_by_the_resolved_actor() {
+        let mut req = RequestHeader::build("POST", b"/graphs/g/read?branch=dev", None).unwrap();
+        for (k, v) in [
+            ("x-omnigraph-actor", "mallory"),
+            ("X-Omnigraph-Worker-Key", "guess"),
+            ("x-omnigraph-anything", "x"),
+            ("x-actor-id", "mallory"),
+            ("authorization", "Bearer secret"),
+            ("content-type", "application/json"),
+        ] {
+            req.append_header(k, v).unwrap();
+        }
+        req.append_header("x-omnigraph-actor", "mallory2").unwrap();
+        rewrite_headers(&mut req, &upstream(), &actor("alice")).unwrap();
+        let all = |k: &str| req.headers.get_all(k).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(all("x-omnigraph-actor"), vec!["alice"]);
+        assert_eq!(all("x-omnigraph-worker-key"), vec!["k3y"]);
+        assert!(all("x-omnigraph-anything").is_empty() && all("x-actor-id").is_empty() && all("authorization").is_empty());
+        assert_eq!(all("content-type"), vec!["application/json"], "other headers pass");
+        assert_eq!(req.uri.to_string(), "/read?branch=dev", "the authorized path, not the client's");
+    }
+
+    #[test]
+    fn non_ascii_actor_ids_pass_as_utf8_bytes() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        rewrite_headers(&mut req, &upstream(), &actor("josé")).unwrap();
+        assert_eq!(req.headers.get("x-omnigraph-actor").unwrap().as_bytes(), "josé".as_bytes());
+    }
+}
