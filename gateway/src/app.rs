@@ -45,6 +45,8 @@ pub struct AppState {
     pub registry: Registry,
     pub supervisor: Arc<Supervisor>,
     pub metrics: Arc<Metrics>,
+    /// Requests in flight, and whether SIGTERM is draining them.
+    pub drain: Arc<crate::drain::Drain>,
     pub runtime_dir: PathBuf,
     /// The resolved folders and file a graph's storage must respect.
     pub fences: Fences,
@@ -158,6 +160,7 @@ impl AppState {
             registry: Registry::default(),
             supervisor,
             metrics,
+            drain: Arc::default(),
             runtime_dir,
             fences,
             creates: tokio::sync::Semaphore::new(limits.max_creates_in_flight.max(1)),

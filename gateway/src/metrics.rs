@@ -1,6 +1,6 @@
 //! Prometheus metrics, served at `/metrics`.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -12,6 +12,8 @@ pub struct Metrics {
     /// Errors inside authorization (each one was a deny).
     pub authz_errors: IntCounter,
     pub authn_failures: IntCounter,
+    /// Requests being served now (set from the drain counter when scraped).
+    pub in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -34,8 +36,10 @@ impl Metrics {
         registry.register(Box::new(upstream_seconds.clone()))?;
         registry.register(Box::new(worker_restarts.clone()))?;
         registry.register(Box::new(authz_errors.clone()))?;
+        let in_flight = IntGauge::new("omnigraph_requests_in_flight", "Requests being served, this scrape included")?;
         registry.register(Box::new(authn_failures.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures })
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight })
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -11,18 +11,80 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::app::{AppState, StartupError};
 use crate::config::Loaded;
-use crate::drain::{Drain, DrainingShutdown};
+use crate::drain::DrainingShutdown;
 use crate::proxy::Gateway;
 
 /// Starts one supervision task per graph, inside Pingora's runtime (so no
 /// thread is created before Pingora may fork).
 struct SupervisorService {
     state: Arc<AppState>,
+    /// The configured listen address; its port may be 0.
+    bind: String,
+}
+
+/// The address of this process's listening TCP socket that matches `want`
+/// (the same IP, and the same port unless `want`'s is 0): how the gateway
+/// learns the port the kernel chose for `:0`, since Pingora binds the socket
+/// itself. Found by asking each open descriptor, as `ss -l` would.
+fn bound_addr(want: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?;
+    for e in fds.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let mut listening: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt/getsockname only read the descriptor and write into our buffers.
+        let ok = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut listening as *mut libc::c_int).cast(), &mut len) } == 0;
+        if !ok || listening != 1 {
+            continue;
+        }
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut slen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if unsafe { libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut slen) } != 0 {
+            continue;
+        }
+        let addr = match storage.ss_family as libc::c_int {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let a: libc::sockaddr_in = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+                std::net::SocketAddr::from((std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let a: libc::sockaddr_in6 = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+                std::net::SocketAddr::from((std::net::Ipv6Addr::from(a.sin6_addr.s6_addr), u16::from_be(a.sin6_port)))
+            }
+            _ => continue,
+        };
+        if addr.ip() == want.ip() && (want.port() == 0 || addr.port() == want.port()) {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// Prints the address the gateway actually listens on, once Pingora has
+/// bound it: tests and scripts start the gateway on port 0 and read it here.
+async fn announce(bind: &str) {
+    let Ok(want) = bind.parse::<std::net::SocketAddr>() else {
+        println!("omnigraph-gateway listening on http://{bind}");
+        return;
+    };
+    for _ in 0..500 {
+        if let Some(addr) = bound_addr(want) {
+            tracing::info!(%addr, "omnigraph-gateway listening");
+            println!("omnigraph-gateway listening on http://{addr}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tracing::error!(%bind, "the listening socket did not appear; is the address in use?");
 }
 
 #[async_trait]
 impl BackgroundService for SupervisorService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let bind = self.bind.clone();
+        tokio::spawn(async move { announce(&bind).await });
         for entry in self.state.registry.list() {
             tokio::spawn(self.state.supervisor.clone().supervise(entry, None));
         }
@@ -54,7 +116,7 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
         let p = state.config.resolve(&f.file);
         crate::audit::log_to_file(&p).map_err(|e| StartupError::Other(format!("decision log {}: {e}", p.display())))?;
     }
-    let drain = Arc::new(Drain::default());
+    let drain = state.drain.clone();
     // Draining happens before Pingora's own shutdown starts (see drain.rs).
     let conf = ServerConf {
         grace_period_seconds: Some(0),
@@ -74,9 +136,8 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
         .build();
     proxy.add_tcp(&bind);
     server.add_service(proxy);
-    server.add_service(background_service("supervisor", SupervisorService { state: state.clone() }));
-    tracing::info!(%bind, graphs = state.registry.list().len(), "omnigraph-gateway listening");
-    println!("omnigraph-gateway listening on http://{bind}");
+    server.add_service(background_service("supervisor", SupervisorService { state: state.clone(), bind: bind.clone() }));
+    tracing::info!(%bind, graphs = state.registry.list().len(), "omnigraph-gateway starting");
     server.run(RunArgs { shutdown_signal: Box::new(DrainingShutdown { drain, grace: std::time::Duration::from_secs(grace) }) });
     tracing::info!("requests drained; stopping workers");
     state.supervisor.stop_all_blocking(&state.registry.list());

@@ -260,6 +260,10 @@ impl Gateway {
     pub fn start_in(profile: &str, config: &Path, extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(bin_in(profile, "omnigraph-gateway"));
         cmd.arg("serve").arg("--config").arg(config).args(extra);
+        // Port 0: the gateway prints the port the kernel chose, so no test races for a free one.
+        if !extra.contains(&"--bind") {
+            cmd.args(["--bind", "127.0.0.1:0"]);
+        }
         cmd.env_remove("OMNIGRAPH_WORKER_BIN");
         let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(60));
         let base = line.rsplit(' ').next().expect("address").trim().to_string();

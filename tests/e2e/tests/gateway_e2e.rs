@@ -389,7 +389,12 @@ fn sigterm_drains_requests_in_flight() {
     let ops: Vec<Value> = (0..20_000).map(|i| json!({"upsert": {"type": "Person", "key": format!("n{i}"), "props": {"age": i}}})).collect();
     let url = gw.url("/graphs/alpha/change");
     let slow = std::thread::spawn(move || post_with(&url, &json!({ "ops": ops }), &[("authorization", "Bearer tok-root")]));
-    std::thread::sleep(Duration::from_millis(300));
+    // Signal only once the change is in flight: the gauge counts it and this scrape.
+    let in_flight = || {
+        let m = call("GET", &gw.url("/metrics"), None, &[("authorization", "Bearer tok-root")]);
+        m.body.as_str().and_then(|t| t.lines().find_map(|l| l.strip_prefix("omnigraph_requests_in_flight "))).and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(20), || in_flight() >= 2), "the change never showed as in flight");
     gw.proc.signal(libc::SIGTERM);
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "the request in flight completed: {:?}", r.body);

@@ -372,8 +372,9 @@ fn a_delete_during_a_worker_start_leaves_no_worker_behind() {
     let r = call("DELETE", &gw.url("/graphs/slow"), None, &[ADMIN]);
     assert_eq!(r.status, 200, "{}", text(&r));
     // The start finishes after the delete; the worker must then be stopped, not adopted.
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(eventually(Duration::from_secs(10), || processes_matching(&marker).is_empty()), "an orphan worker for a deleted graph still runs");
+    assert!(eventually(Duration::from_secs(15), || processes_matching(&marker).is_empty()), "an orphan worker for a deleted graph still runs");
+    // And it stays gone: nothing restarts it.
+    assert!(!eventually(Duration::from_secs(2), || !processes_matching(&marker).is_empty()), "a worker came back for a deleted graph");
     assert_eq!(call("GET", &gw.url("/graphs/slow"), None, &[ADMIN]).status, 404);
     assert_eq!(call("POST", &gw.url("/graphs/slow/read"), Some(br#"{"match":{"type":"Person"}}"#), &[ADMIN]).status, 404);
 }
@@ -408,7 +409,9 @@ fn a_policy_reload_during_a_create_applies_to_the_new_graph() {
     let gw = e.start_env(&[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
     let url = gw.url("/graphs");
     let t = std::thread::spawn(move || post_with(&url, &graph_body("fresh", "data/fresh"), &[ADMIN]).status);
-    std::thread::sleep(Duration::from_millis(700));
+    // Reload once the create's worker is starting: the create is past validation then.
+    let marker = e.path().join("data/fresh").display().to_string();
+    assert!(eventually(Duration::from_secs(10), || !processes_matching(&marker).is_empty()), "the create started its worker");
     write_file(e.path(), "policies/server.cedar", &format!("{ADMINS}permit (principal == Omnigraph::Actor::\"rita\", action == Omnigraph::Action::\"read\", resource);\n"));
     let r = call("POST", &gw.url("/policies/reload"), None, &[ADMIN]);
     assert_eq!(r.status, 200, "{}", text(&r));
@@ -443,7 +446,9 @@ fn creates_past_the_queue_get_429() {
     let gw = e.start_env(&[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
     let url = gw.url("/graphs");
     let first = std::thread::spawn(move || post_with(&url, &graph_body("one", "data/one"), &[ADMIN]).status);
-    std::thread::sleep(Duration::from_millis(700));
+    // The first create holds the one turn once its (slow) worker is starting.
+    let marker = e.path().join("data/one").display().to_string();
+    assert!(eventually(Duration::from_secs(10), || !processes_matching(&marker).is_empty()), "the first create started its worker");
     let r = create(&gw, &graph_body("two", "data/two"));
     assert_eq!(r.status, 429, "{}", text(&r));
     assert_eq!(r.body["code"], "too_many_requests");
