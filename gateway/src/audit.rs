@@ -66,3 +66,27 @@ fn chrono_like_now() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file sink appends one JSON line per decision, with the fields a
+    /// security team reads.
+    #[test]
+    fn the_file_sink_appends_one_json_line_per_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        log_to_file(&path).unwrap();
+        let d = Decision { allowed: false, policies: vec!["tenant-isolation".into()], errors: Vec::new(), elapsed: std::time::Duration::from_micros(7) };
+        log_decision("amy", "read", "Omnigraph::Graph::\"g\"", "POST /read", &d);
+        log_decision("bob", "change", "Omnigraph::Graph::\"g\"", "POST /change", &Decision { allowed: true, policies: vec!["p".into()], ..d.clone() });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!((lines[0]["actor"].as_str(), lines[0]["decision"].as_str()), (Some("amy"), Some("deny")));
+        assert_eq!(lines[0]["policies"][0], "tenant-isolation");
+        assert_eq!(lines[1]["decision"], "allow");
+        assert!(lines[0]["latency_us"].as_f64().unwrap() > 0.0 && lines[0]["ts"].is_string());
+    }
+}

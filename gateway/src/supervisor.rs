@@ -136,9 +136,7 @@ impl Supervisor {
                         s.restarts += 1;
                         s.error = Some(format!("worker exited: {how}"));
                     });
-                    if started.elapsed() > STABLE_AFTER {
-                        backoff = BACKOFF_START;
-                    }
+                    backoff = Backoff::after_exit(backoff, started.elapsed());
                 }
                 Err(e) => {
                     tracing::error!(graph = %entry.id, error = %e, retry_in = ?backoff, "worker failed to start");
@@ -150,7 +148,7 @@ impl Supervisor {
                 }
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = Backoff::next(backoff);
         }
     }
 
@@ -234,6 +232,25 @@ impl Supervisor {
     }
 }
 
+/// The restart delay: doubling from [`BACKOFF_START`] to [`BACKOFF_MAX`], and
+/// back to the start after a worker that stayed up [`STABLE_AFTER`].
+struct Backoff;
+
+impl Backoff {
+    fn next(current: Duration) -> Duration {
+        (current * 2).min(BACKOFF_MAX)
+    }
+
+    /// The delay before restarting a worker that ran for `ran` and exited.
+    fn after_exit(current: Duration, ran: Duration) -> Duration {
+        if ran > STABLE_AFTER {
+            BACKOFF_START
+        } else {
+            current
+        }
+    }
+}
+
 /// Stops a worker's process group from a blocking context: SIGTERM, then SIGKILL.
 pub fn stop_group_blocking(pid: i32) {
     unsafe {
@@ -302,4 +319,32 @@ fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, rea
         let _ = r.send(Err(format!("the worker exited before it was ready ({status}): {tail}")));
     }
     let _ = exited.send(status);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets_after_a_stable_run() {
+        let mut d = BACKOFF_START;
+        let mut seen = vec![d];
+        for _ in 0..12 {
+            d = Backoff::next(d);
+            seen.push(d);
+        }
+        assert_eq!(&seen[..4], &[Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800)]);
+        assert_eq!(*seen.last().unwrap(), BACKOFF_MAX, "capped at 30 s");
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(Backoff::after_exit(BACKOFF_MAX, STABLE_AFTER + Duration::from_secs(1)), BACKOFF_START, "a stable worker starts over");
+        assert_eq!(Backoff::after_exit(Duration::from_secs(4), Duration::from_secs(1)), Duration::from_secs(4), "a crash loop keeps backing off");
+    }
+
+    #[test]
+    fn socket_paths_past_the_kernel_limit_are_refused() {
+        assert!(socket_path(Path::new("/run/og"), "alpha").is_ok());
+        let deep = PathBuf::from(format!("/{}", "d".repeat(100)));
+        let e = socket_path(&deep, "alpha").unwrap_err();
+        assert!(e.contains("107") && e.contains("runtime_dir"), "{e}");
+    }
 }

@@ -154,6 +154,19 @@ mod tests {
         }
     }
 
+    /// A verified JWT is served from the cache until its `exp`, and never after.
+    #[test]
+    fn cached_tokens_expire_with_their_exp() {
+        let a = Authenticator::new(StaticTokens::default(), Vec::new());
+        let token = "a.b.c";
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let actor = Arc::new(ResolvedActor { actor_id: Arc::from("jane"), tenant_id: None, groups: Vec::new(), scopes: Vec::new(), source: omnigraph_contract::AuthSource::Static });
+        a.cache.insert(digest, Cached { actor: actor.clone(), exp: now_unix() + 60 });
+        assert_eq!(a.authenticate(Some(b"Bearer a.b.c")).unwrap(), actor, "served from the cache");
+        a.cache.insert(digest, Cached { actor, exp: now_unix().saturating_sub(1) });
+        assert!(a.authenticate(Some(b"Bearer a.b.c")).is_err(), "an expired entry is verified again (and this token fails)");
+    }
+
     #[test]
     fn two_authorization_headers_are_refused() {
         let mut h = http::HeaderMap::new();

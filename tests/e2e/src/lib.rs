@@ -24,7 +24,37 @@ pub fn bin_in(profile: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(profile));
     let p = dir.join(name);
     assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", p.display());
+    if let Some(stale) = newer_source(name, &p) {
+        panic!(
+            "{} is older than {}: a test would run yesterday's code. Run `cargo build --workspace --bins` first (make test does)",
+            p.display(),
+            stale.display()
+        );
+    }
     p
+}
+
+/// A source file of `binary` that changed after the binary was built, if any.
+fn newer_source(binary: &str, built: &Path) -> Option<PathBuf> {
+    let crate_dir = match binary {
+        "omnigraph-gateway" => "gateway",
+        "omnigraph-worker" => "worker",
+        _ => return None,
+    };
+    let built_at = std::fs::metadata(built).and_then(|m| m.modified()).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut stack = vec![root.join(crate_dir).join("src"), root.join("contract/src")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t > built_at) {
+                return Some(path);
+            }
+        }
+    }
+    None
 }
 
 pub fn free_port() -> u16 {
