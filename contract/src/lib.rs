@@ -5,6 +5,7 @@
 //! both at once. See DESIGN.md sections 1, 4, 5 and 7.
 
 pub mod actor;
+pub mod diagnostic;
 pub mod error;
 pub mod headers;
 pub mod ids;

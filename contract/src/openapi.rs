@@ -206,9 +206,23 @@ pub fn document(version: &str) -> Value {
     })
 }
 
-/// [`document`] as the committed text: pretty JSON with a final newline.
+/// `v` with every object's keys in sorted order, whether or not another
+/// crate in the build turned on serde_json's `preserve_order`.
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+/// [`document`] as the committed text: pretty JSON, keys sorted, with a final newline.
 pub fn render(version: &str) -> String {
-    let mut s = serde_json::to_string_pretty(&document(version)).unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(&sorted(document(version))).unwrap_or_default();
     s.push('\n');
     s
 }

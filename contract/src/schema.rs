@@ -130,9 +130,7 @@ pub struct SchemaError {
 impl SchemaError {
     /// `file:line:col: message`, the source line, and a caret under the column.
     pub fn render(&self, file: &str, src: &str) -> String {
-        let text = src.lines().nth(self.line.saturating_sub(1)).unwrap_or("");
-        let pad = " ".repeat(self.col.saturating_sub(1));
-        format!("{file}:{}:{}: {}\n  {text}\n  {pad}^", self.line, self.col, self.message)
+        crate::diagnostic::render(file, src, self.line, self.col, &self.message)
     }
 }
 

@@ -41,8 +41,7 @@ pub struct PolicyError {
 impl PolicyError {
     fn at(file: &str, src: &str, offset: Option<usize>, message: String) -> PolicyError {
         let (line, col) = offset.map_or((1, 1), |o| line_col(src, o));
-        let text = src.lines().nth(line - 1).unwrap_or("");
-        let rendered = format!("{file}:{line}:{col}: {message}\n  {text}\n  {}^", " ".repeat(col.saturating_sub(1)));
+        let rendered = omnigraph_contract::diagnostic::render(file, src, line, col, &message);
         PolicyError { file: file.to_string(), line, col, message, rendered }
     }
 
@@ -80,12 +79,7 @@ impl PolicyError {
     }
 }
 
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let before = &src[..offset.min(src.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
+use omnigraph_contract::diagnostic::line_col;
 
 /// The resource of a request.
 #[derive(Debug, Clone, Copy)]
@@ -256,6 +250,35 @@ pub struct Engine {
     graph_type: EntityTypeName,
     server_uid: EntityUid,
     actions: Vec<EntityUid>,
+    /// Where each `@id` policy of each file was written (`file` → `(id,
+    /// line, col)`), so a clash names both places. Replaced per file on
+    /// every parse, so it holds one entry per policy file at most.
+    origins: DashMap<String, Vec<(String, usize, usize)>>,
+}
+
+/// Each `@id("...")` annotation in `src`, in order, with its byte offset.
+/// Only the ids are read; a policy's text is never kept.
+fn id_annotations(src: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = src[from..].find("@id") {
+        let at = from + i;
+        from = at + 3;
+        let rest = src[from..].trim_start();
+        let Some(rest) = rest.strip_prefix('(') else { continue };
+        let Some(body) = rest.trim_start().strip_prefix('"') else { continue };
+        let mut id = String::new();
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => id.extend(chars.next()),
+                c => id.push(c),
+            }
+        }
+        out.push((id, at));
+    }
+    out
 }
 
 fn type_name(s: &str) -> EntityTypeName {
@@ -281,6 +304,7 @@ impl Engine {
             graph_type: type_name("Omnigraph::Graph"),
             server_uid: EntityUid::from_type_name_and_id(type_name("Omnigraph::Server"), EntityId::new("root")),
             actions,
+            origins: DashMap::new(),
         })
     }
 
@@ -298,10 +322,26 @@ impl Engine {
             .collect();
         numbered.sort_by_key(|(n, _)| *n);
         let mut renamed = Vec::with_capacity(numbered.len());
+        let mut annotations = id_annotations(src).into_iter();
+        let mut origins = Vec::new();
         for (n, p) in numbered {
-            let id = p.annotation("id").map_or_else(|| format!("{label}#{n}"), str::to_string);
+            let id = match p.annotation("id") {
+                Some(id) => {
+                    if let Some((_, at)) = annotations.by_ref().find(|(a, _)| a == id) {
+                        let (line, col) = line_col(src, at);
+                        if let Some((_, l0, c0)) = origins.iter().find(|(o, _, _)| o == id) {
+                            let message = format!("policy id {id:?} is used twice in this file (first at {label}:{l0}:{c0}); give each policy a unique @id");
+                            return Err(PolicyError::at(label, src, Some(at), message));
+                        }
+                        origins.push((id.to_string(), line, col));
+                    }
+                    id.to_string()
+                }
+                None => format!("{label}#{n}"),
+            };
             renamed.push(p.new_id(PolicyId::new(id)));
         }
+        self.origins.insert(label.to_string(), origins);
         let checked = PolicySet::from_policies(renamed.iter().cloned()).map_err(|e| PolicyError::at(label, src, None, e.to_string()))?;
         let result = Validator::new(self.schema.clone()).validate(&checked, ValidationMode::Strict);
         if let Some(e) = result.validation_errors().next() {
@@ -316,6 +356,21 @@ impl Engine {
         self.parse_file(&label, &src)
     }
 
+    /// The error for an `@id` used in two files, naming where each was written.
+    fn duplicate_id(&self, id: &str) -> PolicyError {
+        let mut places: Vec<(String, usize, usize)> = self
+            .origins
+            .iter()
+            .flat_map(|e| e.value().iter().filter(|(o, _, _)| o == id).map(|(_, l, c)| (e.key().clone(), *l, *c)).collect::<Vec<_>>())
+            .collect();
+        places.sort();
+        let listed: Vec<String> = places.iter().map(|(f, l, c)| format!("{f}:{l}:{c}")).collect();
+        let message = format!("policy id {id:?} is used twice ({}); give each policy a unique @id", if listed.is_empty() { "in two files".to_string() } else { listed.join(" and ") });
+        let (file, line, col) = places.pop().unwrap_or_else(|| ("policies".into(), 1, 1));
+        let rendered = format!("{file}:{line}:{col}: {message}");
+        PolicyError { file, line, col, message, rendered }
+    }
+
     /// Slices `policies` by action (and buckets them by principal). Two
     /// policies with one id (for example the same `@id` in two files) are an
     /// error, never a silent rename.
@@ -327,7 +382,7 @@ impl Engine {
         for p in policies {
             count += 1;
             if !seen.insert(p.id().clone()) {
-                return Err(PolicyError::at("policies", "", None, format!("policy id {:?} is used twice; give each policy a unique @id", p.id().to_string())));
+                return Err(self.duplicate_id(&p.id().to_string()));
             }
             let applies: Vec<usize> = match p.action_constraint() {
                 ActionConstraint::Any => (0..Action::ALL.len()).collect(),
@@ -558,8 +613,13 @@ mod tests {
         let a = e.parse_file("a.cedar", "permit (principal, action, resource);\n@id(\"x\") permit (principal, action, resource);").unwrap();
         let ids: Vec<String> = a.iter().map(|p| p.id().to_string()).collect();
         assert_eq!(ids, vec!["a.cedar#0", "x"]);
-        let b = e.parse_file("b.cedar", "@id(\"x\") forbid (principal, action, resource);").unwrap();
-        assert!(e.slice(a.iter().chain(&b)).unwrap_err().message.contains("used twice"));
+        let b = e.parse_file("b.cedar", "// b\n\n  @id(\"x\") forbid (principal, action, resource);").unwrap();
+        let err = e.slice(a.iter().chain(&b)).unwrap_err();
+        assert!(err.message.contains("used twice") && err.message.contains("a.cedar:2:1") && err.message.contains("b.cedar:3:3"), "{err}");
+        assert_eq!((err.file.as_str(), err.line, err.col), ("b.cedar", 3, 3));
+        let same = e.parse_file("s.cedar", "@id(\"y\") permit (principal, action, resource);\n@id( \"y\" ) forbid (principal, action, resource);").unwrap_err();
+        assert_eq!((same.file.as_str(), same.line, same.col), ("s.cedar", 2, 1), "{same}");
+        assert!(same.message.contains("first at s.cedar:1:1"), "{same}");
         let b2 = e.parse_file("b.cedar", "permit (principal, action, resource);").unwrap();
         assert!(e.slice(a.iter().chain(&b2)).is_ok(), "file-based ids do not collide across files");
     }
