@@ -11,8 +11,7 @@
 //! folder, fsync it, rename it over the config, fsync the folder and move the
 //! baseline.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -148,23 +147,7 @@ fn edit_graphs_in_place(original: &str, before: &Config, after: &Config) -> Opti
     Some(out)
 }
 
-/// Temp file in the same folder, fsync, rename, fsync the folder.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use omnigraph_durable::write_atomically;
 
 #[cfg(test)]
 mod tests {

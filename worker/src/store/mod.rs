@@ -17,7 +17,6 @@ pub mod tables;
 pub mod value;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -139,16 +138,6 @@ fn table_names(schema: &GraphSchema) -> impl Iterator<Item = &str> {
     schema.nodes.iter().map(|n| n.name.as_str()).chain(schema.edges.iter().map(|e| e.name.as_str()))
 }
 
-/// Writes `bytes` to `path` durably: temp file, fsync, rename, fsync the folder.
-fn write_file_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent folder"))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
 
 impl Store {
     /// Creates a graph at an empty location, then opens it.
@@ -160,7 +149,7 @@ impl Store {
         }
         let dir = loc.local.clone().ok_or_else(|| StoreError::BadUri(loc.display.clone()))?;
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
-        write_file_durably(&dir.join(SCHEMA_FILE), schema_source.as_bytes()).map_err(|e| StoreError::Io(format!("write schema: {e}")))?;
+        omnigraph_durable::write_atomically(&dir.join(SCHEMA_FILE), schema_source.as_bytes()).map_err(|e| StoreError::Io(format!("write schema: {e}")))?;
         let mut versions = BTreeMap::new();
         let creates = schema
             .nodes
