@@ -10,5 +10,8 @@ pub const LEGACY_ACTOR_HEADER: &str = "x-actor-id";
 pub const RESERVED_HEADER_PREFIX: &str = "x-omnigraph-";
 /// The environment variable that carries the worker key (never argv, which `ps` shows).
 pub const WORKER_KEY_ENV: &str = "OMNIGRAPH_WORKER_KEY";
+/// Set by the gateway on the workers it starts: their log lines go into the
+/// gateway's log, which stamps them, so a worker then writes none of its own.
+pub const LOG_BARE_ENV: &str = "OMNIGRAPH_LOG_BARE";
 /// The actor recorded when no trusted gateway vouches for the caller.
 pub const LOCAL_ACTOR: &str = "local";

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omnigraph_contract::headers::WORKER_KEY_ENV;
+use omnigraph_contract::headers::{LOG_BARE_ENV, WORKER_KEY_ENV};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::metrics::Metrics;
@@ -172,7 +172,7 @@ impl Supervisor {
         if let Some(s) = &init_schema {
             cmd.arg("--init").arg("--schema").arg(s);
         }
-        cmd.env(WORKER_KEY_ENV, &key).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        cmd.env(WORKER_KEY_ENV, &key).env(LOG_BARE_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let parent = std::process::id() as i32;
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         unsafe {

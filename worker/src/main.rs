@@ -86,11 +86,14 @@ impl LimitArgs {
 fn main() -> anyhow::Result<()> {
     // Read the key before any thread exists, then drop it from the environment.
     let worker_key = serve::take_worker_key()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMNIGRAPH_LOG").unwrap_or_else(|_| "info,lance=warn".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OMNIGRAPH_LOG").unwrap_or_else(|_| "info,lance=warn".into());
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var_os(omnigraph_worker::contract::headers::LOG_BARE_ENV).is_some() {
+        // Under the gateway: one timestamp per line (the gateway's), no colours.
+        log.without_time().with_ansi(false).init();
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
     let Command::Serve(a) = Cli::parse().command;
     omnigraph_worker::contract::GraphId::parse(&a.graph_id)?;
     let init_schema = match &a.schema {
