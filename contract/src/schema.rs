@@ -118,6 +118,11 @@ impl GraphSchema {
     }
 }
 
+/// The most node and edge types one schema may declare.
+pub const MAX_TYPES: usize = 256;
+/// The most properties one type may declare.
+pub const MAX_PROPERTIES: usize = 256;
+
 /// A schema error at a 1-based line and column.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{line}:{col}: {message}")]
@@ -248,6 +253,15 @@ impl Parser {
         }
     }
 
+    /// Each type is one Lance dataset and each property a column: the bounds
+    /// keep one schema from making a graph that takes minutes to initialise.
+    fn check_type_count(&self, schema: &GraphSchema, l: usize, c: usize) -> Result<(), SchemaError> {
+        if schema.nodes.len() + schema.edges.len() >= MAX_TYPES {
+            return self.err_at(l, c, format!("a schema may declare at most {MAX_TYPES} node and edge types"));
+        }
+        Ok(())
+    }
+
     fn parse_schema(mut self) -> Result<GraphSchema, SchemaError> {
         if let Some(e) = self.lex_error.take() {
             return Err(e);
@@ -260,6 +274,7 @@ impl Parser {
                 (Tok::Eof, ..) => break,
                 (Tok::Ident(kw), ..) if kw == "node" => {
                     let (name, l, c) = self.expect_ident("a node type name")?;
+                    self.check_type_count(&schema, l, c)?;
                     check_type_name(&name, l, c)?;
                     if !names.insert(name.clone()) {
                         return self.err_at(l, c, format!("type {name:?} is declared twice"));
@@ -269,6 +284,7 @@ impl Parser {
                 }
                 (Tok::Ident(kw), ..) if kw == "edge" => {
                     let (name, l, c) = self.expect_ident("an edge type name")?;
+                    self.check_type_count(&schema, l, c)?;
                     check_type_name(&name, l, c)?;
                     if !names.insert(name.clone()) {
                         return self.err_at(l, c, format!("type {name:?} is declared twice"));
@@ -310,6 +326,9 @@ impl Parser {
             }
             if props.iter().any(|p| p.name == name) {
                 return self.err_at(l, c, format!("property {name:?} is declared twice in {owner}"));
+            }
+            if props.len() >= MAX_PROPERTIES {
+                return self.err_at(l, c, format!("{owner} may have at most {MAX_PROPERTIES} properties"));
             }
             self.expect_punct(':')?;
             let ty = self.parse_type(false)?;
@@ -396,6 +415,18 @@ mod tests {
 
     fn err(src: &str) -> SchemaError {
         GraphSchema::parse(src).unwrap_err()
+    }
+
+    #[test]
+    fn schemas_are_bounded_in_types_and_properties() {
+        let types: String = (0..MAX_TYPES).map(|i| format!("node T{i} {{ k: String @key }}\n")).collect();
+        assert!(GraphSchema::parse(&types).is_ok());
+        let e = GraphSchema::parse(&format!("{types}node Extra {{ k: String @key }}\n")).unwrap_err();
+        assert_eq!(e.line, MAX_TYPES + 1, "{e}");
+        assert!(e.message.contains("at most 256"));
+        let props: String = (0..=MAX_PROPERTIES).map(|i| format!("p{i}: I64? ")).collect();
+        let e = GraphSchema::parse(&format!("node P {{ k: String @key {props} }}")).unwrap_err();
+        assert!(e.message.contains("at most 256 properties"), "{e}");
     }
 
     #[test]

@@ -256,6 +256,73 @@ pub struct Engine {
     origins: DashMap<String, Vec<(String, usize, usize)>>,
 }
 
+/// The deepest bracket nesting a policy may have.
+const MAX_POLICY_NESTING: usize = 32;
+/// The most operators (`&&`, `==`, `.`, `if`, `in`, ...) one policy may hold.
+const MAX_POLICY_OPERATORS: usize = 256;
+
+/// Refuses a policy file whose expressions are too deep or too long before
+/// Cedar sees it: Cedar's parser, validator and evaluator recurse over the
+/// expression tree, and a few hundred bytes of nested parentheses would
+/// otherwise overflow a thread's stack and abort the whole gateway. The
+/// limits sit far above what a policy a person writes needs.
+fn check_complexity(label: &str, src: &str) -> Result<(), PolicyError> {
+    let b = src.as_bytes();
+    let (mut depth, mut ops, mut i) = (0usize, 0usize, 0usize);
+    let too = |at: usize, m: String| Err(PolicyError::at(label, src, Some(at), m));
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' => {
+                // A string literal: skip it, escapes included.
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_POLICY_NESTING {
+                    return too(i, format!("expressions nest more than {MAX_POLICY_NESTING} deep"));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b';' if depth == 0 => ops = 0,
+            b'&' | b'|' | b'=' | b'!' | b'<' | b'>' | b'+' | b'-' | b'*' | b'.' => {
+                ops += 1;
+                // `&&`, `==`, `<=`, ... are one operator.
+                if matches!(b.get(i + 1), Some(b'&' | b'|' | b'=')) {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                if matches!(&src[start..i], "if" | "in" | "has" | "like" | "is") {
+                    ops += 1;
+                }
+                if ops > MAX_POLICY_OPERATORS {
+                    return too(start, format!("one policy holds more than {MAX_POLICY_OPERATORS} operators; split it"));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if ops > MAX_POLICY_OPERATORS {
+            return too(i, format!("one policy holds more than {MAX_POLICY_OPERATORS} operators; split it"));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// Each `@id("...")` annotation in `src`, in order, with its byte offset.
 /// Only the ids are read; a policy's text is never kept.
 fn id_annotations(src: &str) -> Vec<(String, usize)> {
@@ -311,6 +378,7 @@ impl Engine {
     /// Parses one policy file, names each policy by its origin and validates
     /// the file strictly against the schema.
     pub fn parse_file(&self, label: &str, src: &str) -> Result<Vec<Policy>, PolicyError> {
+        check_complexity(label, src)?;
         let set = PolicySet::from_str(src).map_err(|e| PolicyError::from_diag(label, src, &e))?;
         if set.templates().next().is_some() {
             return Err(PolicyError::at(label, src, None, "policy templates are not supported".into()));
@@ -605,6 +673,24 @@ mod tests {
         assert_eq!(err.line, 2, "{err}");
         let err = e.parse_file("attr.cedar", "permit (principal, action, resource) when { principal.shoe == 1 };").unwrap_err();
         assert_eq!((err.line, err.col > 1), (1, true), "{err}");
+    }
+
+    /// Deep or long expressions are refused before Cedar recurses over them,
+    /// at the place they go too far; ordinary policies are untouched.
+    #[test]
+    fn expressions_that_would_exhaust_the_stack_are_refused() {
+        let e = engine();
+        let deep = format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(60), ")".repeat(60));
+        let err = e.parse_file("deep.cedar", &deep).unwrap_err();
+        assert!(err.message.contains("nest more than 32") && err.line == 1, "{err}");
+        let long = format!("permit (principal, action, resource) when {{ true{} }};", " && true".repeat(300));
+        assert!(e.parse_file("long.cedar", &long).unwrap_err().message.contains("more than 256 operators"));
+        let unary = format!("permit (principal, action, resource) when {{ {}true }};", "!".repeat(300));
+        assert!(e.parse_file("not.cedar", &unary).is_err());
+        // Many ordinary policies in one file are fine: the count is per policy.
+        let many = "permit (principal, action == Omnigraph::Action::\"read\", resource) when { context has branch && context.branch == \"x(\" };\n".repeat(200);
+        assert_eq!(e.parse_file("many.cedar", &many).unwrap().len(), 200);
+        assert!(e.parse_file("server.cedar", SERVER).is_ok());
     }
 
     #[test]

@@ -311,16 +311,40 @@ pub fn resolve_uri(dir: &Path, uri: &str) -> String {
 }
 
 /// A graph URI as a comparable key: local paths resolved as the kernel
-/// would (symlinks and `..` through the deepest existing ancestor, see
-/// `containment::resolve_physical`), so every spelling of one folder collides;
-/// URLs as given minus a trailing slash.
+/// would (symlinks and `..` in order, through the deepest existing ancestor,
+/// see `containment::resolve_physical`), so every spelling of one folder
+/// collides and the key is the folder the worker will open; URLs as given
+/// minus a trailing slash.
 pub fn canonical_uri(dir: &Path, uri: &str) -> String {
-    if local_path(uri).is_none() {
+    let Some(local) = local_path(uri) else {
         return uri.trim_end_matches('/').to_string();
-    }
-    let p = PathBuf::from(resolve_uri(dir, uri));
-    let p = crate::containment::resolve_physical(&p).unwrap_or(p);
+    };
+    // Never fold `..` as text first: after a symlink it climbs from where
+    // the link points, not from the link.
+    let joined = resolve_in(dir, local);
+    let p = crate::containment::resolve_physical(&joined).unwrap_or_else(|_| normalize(&joined));
     p.display().to_string().trim_end_matches('/').to_string()
+}
+
+/// How a resolved local folder is written into `omnigraph.yaml`: relative to
+/// the config's own (resolved) folder when it lies under the same root, so
+/// the file stays portable, and never in a spelling (a `/proc/<pid>` link, a
+/// `..` after a symlink) that could resolve elsewhere on the next start.
+pub fn stored_uri(config_dir: &Path, resolved: &Path) -> String {
+    let base = crate::containment::resolve_physical(config_dir).unwrap_or_else(|_| config_dir.to_path_buf());
+    let (b, r): (Vec<_>, Vec<_>) = (base.components().collect(), resolved.components().collect());
+    let common = b.iter().zip(&r).take_while(|(x, y)| x == y).count();
+    if common <= 1 {
+        return resolved.display().to_string();
+    }
+    let mut rel = PathBuf::new();
+    for _ in common..b.len() {
+        rel.push("..");
+    }
+    for c in &r[common..] {
+        rel.push(c.as_os_str());
+    }
+    rel.display().to_string()
 }
 
 /// True when two canonical URIs equal, contain or lie inside one another:
@@ -384,6 +408,26 @@ graphs:
         assert_eq!(canonical_uri(d, "data/a"), canonical_uri(d, "./data/x/../a/"));
         assert_eq!(canonical_uri(d, "data/a"), canonical_uri(d, "/srv/og/data/a"));
         assert_eq!(canonical_uri(d, "s3://b/a/"), "s3://b/a");
+    }
+
+    #[test]
+    fn stored_uris_are_relative_to_the_config_when_they_can_be() {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::create_dir_all(root.join("cfg")).unwrap();
+        assert_eq!(stored_uri(&root.join("cfg"), &root.join("cfg/data/a")), "data/a");
+        assert_eq!(stored_uri(&root.join("cfg"), &root.join("data/a")), "../data/a");
+        assert_eq!(stored_uri(&root.join("cfg"), Path::new("/x/y")), "/x/y");
+    }
+
+    #[test]
+    fn dots_after_a_link_climb_from_its_target() {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::create_dir_all(root.join("data/deep/er")).unwrap();
+        std::os::unix::fs::symlink(root.join("data/deep/er"), root.join("data/l")).unwrap();
+        // The kernel: data/l/.. is data/deep; folding as text would say data.
+        assert_eq!(canonical_uri(&root, "data/l/../x"), root.join("data/deep/x").display().to_string());
     }
 
     #[test]

@@ -51,13 +51,13 @@ pub fn resolve_physical(p: &Path) -> Result<PathBuf, ContainmentError> {
                 cur.push(name);
                 match std::fs::symlink_metadata(&cur) {
                     Ok(_) => {
-                        cur = std::fs::canonicalize(&cur).map_err(|e| {
-                            ContainmentError::Unusable(format!("cannot resolve {}: {e} (a dangling symlink?)", cur.display()))
-                        })?;
+                        // The error names no host path: it may reach a client.
+                        cur = std::fs::canonicalize(&cur)
+                            .map_err(|_| ContainmentError::Unusable("a part of the path cannot be resolved (a dangling link, or no permission)".into()))?;
                     }
                     // Missing, or under a file: created later, or refused then with a clear error.
                     Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {}
-                    Err(e) => return Err(ContainmentError::Unusable(format!("cannot inspect {}: {e}", cur.display()))),
+                    Err(_) => return Err(ContainmentError::Unusable("a part of the path cannot be inspected".into())),
                 }
             }
         }
@@ -96,14 +96,12 @@ impl Fences {
     pub fn check_graph_dir(&self, dir: &Path, shown: &str) -> Result<(), ContainmentError> {
         if !dir.starts_with(&self.data_root) || dir == self.data_root {
             return Err(ContainmentError::Outside(format!(
-                "the URI {shown:?} resolves to {}, which is not inside server.data_root ({}); local graphs live in a folder of their own under it",
-                dir.display(),
-                self.data_root.display()
+                "the URI {shown:?} is not inside server.data_root; local graphs live in a folder of their own under it"
             )));
         }
-        for (what, fence) in [("the runtime folder", &self.runtime_dir), ("the policy folder", &self.policy_dir)] {
+        for (what, fence) in [("the gateway's runtime folder", &self.runtime_dir), ("the policy folder", &self.policy_dir)] {
             if overlaps(dir, fence) {
-                return Err(ContainmentError::Overlap(format!("the URI {shown:?} overlaps {what} ({})", fence.display())));
+                return Err(ContainmentError::Overlap(format!("the URI {shown:?} overlaps {what}")));
             }
         }
         if self.config_file.starts_with(dir) {
@@ -119,8 +117,7 @@ impl Fences {
         let resolved = resolve_physical(path)?;
         if !resolved.starts_with(&self.policy_dir) || resolved == self.policy_dir {
             return Err(ContainmentError::Outside(format!(
-                "policy file {shown:?} is not inside server.policy_dir ({}); name a file in that folder or pass the policy as {{\"source\": ...}}",
-                self.policy_dir.display()
+                "policy file {shown:?} is not inside server.policy_dir; name a file in that folder or pass the policy as {{\"source\": ...}}"
             )));
         }
         Ok(resolved)

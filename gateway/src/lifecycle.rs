@@ -213,7 +213,7 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
         return Err(bad(format!("uri {:?}: only local paths are supported by this build", req.uri)));
     };
     let cfg_dir = &state.config.dir;
-    let data_dir = resolve_physical(&crate::config::resolve_in(cfg_dir, local))?;
+    let data_dir = resolve_physical(&crate::config::resolve_in(cfg_dir, local)).map_err(|e| bad(format!("the URI {:?} cannot be used: {e}", req.uri)))?;
     state.fences.check_graph_dir(&data_dir, &req.uri)?;
     let policy_dir = Path::new(&state.config.config.server.policy_dir);
     let label = format!("{id}.cedar");
@@ -237,7 +237,10 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
     for b in &req.protected_branches {
         BranchName::parse(b).map_err(|e| bad(e.to_string()))?;
     }
-    let section = GraphSection { uri: req.uri.clone(), tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
+    // The YAML gets the folder that was checked, in a spelling that resolves
+    // to it again on the next start (not, say, `/proc/<pid>/cwd/...`).
+    let uri = crate::config::stored_uri(&state.config.dir, &data_dir);
+    let section = GraphSection { uri, tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
     let canonical = data_dir.display().to_string().trim_end_matches('/').to_string();
     Ok(Validated { id, req, section, own, policy_write, data_dir, canonical })
 }
@@ -285,7 +288,8 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
     let Validated { id, req, section, own, policy_write, data_dir, canonical } = v;
     let _reservation = state.registry.reserve(&id, &canonical, state.config.config.limits.max_graphs).map_err(|e| match e {
         ReserveError::Id => LifecycleError::Conflict(format!("graph {:?} already exists", id.as_str())),
-        ReserveError::Uri(other) => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of {other} (the same folder, or one inside the other)", req.uri)),
+        // Which graph is not said: the caller may not be allowed to know it exists.
+        ReserveError::Uri(_) => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", req.uri)),
         ReserveError::Full(n) => bad(format!("the gateway already serves limits.max_graphs ({n}) graphs")),
     })?;
     let st = state.clone();
@@ -293,7 +297,11 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
     let (entry, claim, journal) = blocking(move || {
         let claim = claim_uri(&st.config.dir, &canon)?;
         // Validates the policy against the live server policies too (duplicate @id).
-        let entry = st.graph_entry(gid.as_str(), &sec, &own_for_entry).map_err(|e| bad(e.to_string()))?;
+        // With the live server policies (a clashing @id): say where, not what they hold.
+        let entry = st.graph_entry(gid.as_str(), &sec, &own_for_entry).map_err(|e| match e {
+            crate::app::StartupError::Policy(p) => bad(format!("invalid policy: {}", p.without_source())),
+            other => bad(other.to_string()),
+        })?;
         if !uri_is_empty(&entry.resolved_uri) {
             return Err(LifecycleError::Conflict(format!("the URI {:?} is not empty; a new graph needs an empty location", sec.uri)));
         }
@@ -327,7 +335,11 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
         })
         .await?;
         entry.schema_file = Some(schema_file);
-        let running = state.supervisor.start(&entry).await.map_err(|e| LifecycleError::Internal(format!("the worker failed to start: {e}")))?;
+        let running = state.supervisor.start(&entry).await.map_err(|e| {
+            // The worker's own words (paths, a backtrace) go to the log, not to the client.
+            tracing::error!(graph = %entry.id, error = %e, "the new graph's worker failed to start");
+            LifecycleError::Internal("the graph's worker failed to start; the gateway's log says why".into())
+        })?;
         if let Ok(mut u) = undo.lock() {
             u.worker_pid = Some(running.pid);
         }
@@ -348,8 +360,8 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
                     return Err(LifecycleError::Conflict(format!("graph {gid:?} already exists in the config file")));
                 }
                 // Inside the lock: what another gateway wrote meanwhile counts too.
-                if let Some((other, _)) = cfg.graphs.iter().find(|(_, g)| uris_overlap(&canonical_uri(&dir, &g.uri), &canon)) {
-                    return Err(LifecycleError::Conflict(format!("the URI overlaps the storage of graph {other:?} in the config file")));
+                if cfg.graphs.values().any(|g| uris_overlap(&canonical_uri(&dir, &g.uri), &canon)) {
+                    return Err(LifecycleError::Conflict("the URI overlaps the storage of another graph in the config file".to_string()));
                 }
                 cfg.graphs.insert(gid.clone(), sec);
                 Ok(())
@@ -375,8 +387,8 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
                 state.registry.insert(entry.clone());
             }
             tokio::spawn(state.supervisor.clone().supervise(entry.clone(), Some(running)));
-            tracing::info!(graph = %id, uri = %req.uri, "graph created");
-            Ok(json!({"graph_id": id.as_str(), "uri": req.uri, "status": "up"}))
+            tracing::info!(graph = %id, uri = %section.uri, "graph created");
+            Ok(json!({"graph_id": id.as_str(), "uri": section.uri, "status": "up"}))
         }
         Err(e) => {
             tracing::warn!(graph = %id, error = %e, "graph create failed; undoing what it made");
@@ -393,6 +405,10 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
 /// its contents are ours.
 fn make_graph_dir(dir: &Path, shown: &str, undo: &mut Undo) -> Result<(), LifecycleError> {
     if dir.exists() {
+        // Checked again here, on the very folder the undo would empty.
+        if std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_some()) {
+            return Err(LifecycleError::Conflict(format!("the URI {shown:?} is not empty; a new graph needs an empty location")));
+        }
         undo.emptied_dir = Some(dir.to_path_buf());
         return Ok(());
     }
@@ -457,6 +473,8 @@ fn claim_uri(cfg_dir: &Path, canonical: &str) -> Result<UriClaim, LifecycleError
 /// folder or the config file. Only that folder is removed.
 pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<Value, LifecycleError> {
     let entry = state.registry.get(id).ok_or_else(|| LifecycleError::NotFound(format!("graph {:?} does not exist", id.as_str())))?;
+    // Until the delete (and its purge) is over, nothing may be created at or inside this folder.
+    let _held = state.registry.hold(id, &entry.canonical_uri);
     // Taken as create takes it, so no create can be initialising this folder meanwhile.
     let claim = if purge {
         let (st, e) = (state.clone(), entry.clone());
@@ -501,6 +519,11 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
         let (st, e) = (state.clone(), entry.clone());
         purged = blocking(move || {
             let dir = purge_target(&st, &e)?;
+            // The policy file a create wrote from `{"source"}` belongs to the graph too.
+            let own_policy = st.fences.policy_dir.join(format!("{}.cedar", e.id));
+            if e.policy_file.as_deref().and_then(|p| resolve_physical(p).ok()).is_some_and(|p| p == own_policy) {
+                let _ = std::fs::remove_file(&own_policy);
+            }
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(true),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),

@@ -255,6 +255,17 @@ impl Registry {
         Ok(Reservation { registry: self, id: id.clone(), uri: canonical_uri.to_string() })
     }
 
+    /// Holds a published graph's id and URI as if it were being created, so
+    /// that while a `DELETE` removes it (and purges its folder) no create can
+    /// take the id or put a graph inside the folder. Released on drop.
+    pub fn hold(&self, id: &GraphId, canonical_uri: &str) -> Reservation<'_> {
+        if let Ok(mut p) = self.pending.lock() {
+            p.ids.insert(id.clone());
+            p.uris.push(canonical_uri.to_string());
+        }
+        Reservation { registry: self, id: id.clone(), uri: canonical_uri.to_string() }
+    }
+
     /// Ready when every graph is up or has definitively failed.
     pub fn ready(&self) -> bool {
         self.graphs.iter().all(|e| matches!(e.status(), Status::Up | Status::Failed))
@@ -284,6 +295,16 @@ mod tests {
         let inner = r.reserve(&id("inner"), "/d/tenants/acme", 10).unwrap();
         drop((sibling, inner));
         assert!(r.pending.lock().unwrap().uris.is_empty());
+    }
+
+    #[test]
+    fn a_held_graph_blocks_nested_creates_until_released() {
+        let r = Registry::default();
+        let held = r.hold(&id("c0"), "/d/c0");
+        assert!(matches!(r.reserve(&id("inner"), "/d/c0/inner", 10), Err(ReserveError::Uri(_))));
+        assert_eq!(r.reserve(&id("c0"), "/d/elsewhere", 10).err(), Some(ReserveError::Id));
+        drop(held);
+        assert!(r.reserve(&id("inner"), "/d/c0/inner", 10).is_ok());
     }
 
     #[test]

@@ -457,3 +457,92 @@ fn creates_past_the_queue_get_429() {
     assert_eq!(first.join().unwrap(), 201);
     assert_eq!(create(&gw, &graph_body("two", "data/two")).status, 201, "the slot is free again");
 }
+
+/// A URI is resolved once, the way the kernel resolves it, and that one
+/// folder is what is checked, created, opened by the worker and written to
+/// the YAML: `..` after a link, or a `/proc/self/root` prefix, cannot make
+/// the check and the use disagree (found by the hostile review).
+#[test]
+fn the_folder_checked_is_the_folder_used() {
+    let e = admin_env("", "graphs: {}\n");
+    let data = std::fs::canonicalize(e.path().join("data")).unwrap();
+    std::fs::create_dir_all(data.join("a/b/c")).unwrap();
+    std::os::unix::fs::symlink(data.join("a/b/c"), data.join("l")).unwrap();
+    write_file(&data.join("victim"), "keep.txt", "precious");
+    let gw = e.start();
+    // data/l/../../../x is data/x for the kernel, ../x as text.
+    let r = create(&gw, &graph_body("dots", "data/l/../../../x"));
+    assert_eq!(r.status, 201, "{}", text(&r));
+    assert_eq!(r.body["uri"], "data/x", "the YAML and the answer hold the folder that was checked");
+    assert!(data.join("x/_commits.lance").exists(), "the worker opened the checked folder");
+    assert!(!e.path().join("x").exists() && !e.path().parent().unwrap().join("x").exists());
+    // An absolute spelling through /proc/self/root lands in the same rules.
+    let via_proc = format!("/proc/self/root{}", data.join("y").display());
+    let r = create(&gw, &graph_body("proc", &via_proc));
+    assert_eq!(r.status, 201, "{}", text(&r));
+    assert_eq!(r.body["uri"], "data/y");
+    // A non-empty folder is never taken over (nor emptied by a failed create's undo).
+    let r = create(&gw, &graph_body("victim", &format!("/proc/self/root{}", data.join("victim").display())));
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert_eq!(std::fs::read_to_string(data.join("victim/keep.txt")).unwrap(), "precious");
+    // The YAML spelling resolves the same way on the next start.
+    let yaml = std::fs::read_to_string(&e.cfg).unwrap();
+    assert!(yaml.contains("uri: data/x") && yaml.contains("uri: data/y") && !yaml.contains("/proc/"), "{yaml}");
+    drop(gw);
+    let gw = e.start();
+    for g in ["dots", "proc"] {
+        let r = call("POST", &gw.url(&format!("/graphs/{g}/read")), Some(br#"{"match":{"type":"Person"}}"#), &[ADMIN]);
+        assert_eq!(r.status, 200, "{g} after a restart: {}", text(&r));
+    }
+}
+
+/// Inputs that once overflowed a stack: a deeply nested policy (the whole
+/// gateway), a read with a long `where` (a worker), and a schema with
+/// thousands of types (minutes of create). Each is now a clear 400.
+#[test]
+fn inputs_that_would_exhaust_a_stack_or_a_create_slot_are_400() {
+    let e = admin_env("", "graphs:\n  g:\n    uri: data/g\n    schema: { file: s.pg }\n");
+    let gw = e.start();
+    let deep = format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(5000), ")".repeat(5000));
+    let r = create(&gw, &json!({"graph_id": "deep", "uri": "data/deep", "schema": {"source": SOCIAL_SCHEMA}, "policy": {"source": deep}}));
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(text(&r).contains("deep.cedar:1:") && text(&r).contains("nest more than"), "{}", text(&r));
+    let long = format!("permit (principal, action, resource) when {{ true{} }};", " && true".repeat(20_000));
+    let r = create(&gw, &json!({"graph_id": "long", "uri": "data/long", "schema": {"source": SOCIAL_SCHEMA}, "policy": {"source": long}}));
+    assert_eq!(r.status, 400, "{}", text(&r));
+    let types: String = (0..300).map(|i| format!("node T{i} {{ k: String @key }}\n")).collect();
+    let r = create(&gw, &json!({"graph_id": "wide", "uri": "data/wide", "schema": {"source": types}}));
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(!e.path().join("data/wide").exists());
+    let wheres: Vec<Value> = (0..120).map(|i| json!({"prop": "age", "op": ">=", "value": i})).collect();
+    let r = post_with(&gw.url("/graphs/g/read"), &json!({"match": {"type": "Person", "where": wheres}}), &[ADMIN]);
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert!(text(&r).contains("more than 32"), "{}", text(&r));
+    // Everything still serves.
+    assert_eq!(get(&gw.url("/healthz")).status, 200);
+    let r = call("POST", &gw.url("/graphs/g/read"), Some(br#"{"match":{"type":"Person"}}"#), &[ADMIN]);
+    assert_eq!(r.status, 200, "the worker is alive: {}", text(&r));
+}
+
+/// A creator learns nothing about graphs it may not read: an overlap names
+/// no graph, and errors name no resolved host path.
+#[test]
+fn create_errors_name_no_hidden_graph_and_no_host_path() {
+    let e = env(
+        &format!("{ADMINS}permit (principal == Omnigraph::Actor::\"cora\", action == Omnigraph::Action::\"graph_create\", resource);\n"),
+        &[Tok { token: "tok-admin", actor: "admin", groups: &["admins"], tenant: None }, Tok { token: "tok-cora", actor: "cora", groups: &[], tenant: None }],
+        "",
+        "graphs:\n  secret-project:\n    uri: data/secret-project\n    schema: { file: s.pg }\n",
+    );
+    let gw = e.start();
+    let cora = ("authorization", "Bearer tok-cora");
+    let r = post_with(&gw.url("/graphs"), &graph_body("mine", "data/secret-project/inner"), &[cora]);
+    assert_eq!(r.status, 409, "{}", text(&r));
+    assert!(!text(&r).contains("secret-project\\\"") && !text(&r).contains("graph \\\"secret"), "names the hidden graph: {}", text(&r));
+    let gw_dir = std::fs::canonicalize(e.path()).unwrap().display().to_string();
+    for uri in ["/proc/self/fd/1/x", "/proc/1/cwd/x", "/etc/x"] {
+        let r = post_with(&gw.url("/graphs"), &graph_body("mine", uri), &[cora]);
+        assert_eq!(r.status, 400, "{uri}: {}", text(&r));
+        assert!(!text(&r).contains(&gw_dir) && !text(&r).contains("Permission denied") && !text(&r).contains("/tmp/"), "{uri}: {}", text(&r));
+    }
+}

@@ -110,16 +110,27 @@ pub fn compile(t: &NodeType, p: &Predicate) -> Result<Expr, QueryError> {
 }
 
 /// All predicates, joined with AND.
+/// The most predicates one `where` may hold. Each becomes a node of the
+/// expression tree that DataFusion and Lance walk recursively, so the bound
+/// keeps a small request from exhausting a worker thread's stack.
+pub const MAX_WHERE: usize = 32;
+
+/// ANDs the predicates (`query::validate` has bounded their number).
 pub fn compile_all(t: &NodeType, preds: &[Predicate]) -> Result<Option<Expr>, QueryError> {
-    let mut out: Option<Expr> = None;
-    for p in preds {
-        let e = compile(t, p)?;
-        out = Some(match out {
-            None => e,
-            Some(acc) => acc.and(e),
-        });
+    let mut level = preds.iter().map(|p| compile(t, p)).collect::<Result<Vec<Expr>, _>>()?;
+    // A balanced tree of ANDs: its depth grows with log2 of the predicates.
+    while level.len() > 1 {
+        let mut next = Vec::with_capacity(level.len().div_ceil(2));
+        let mut it = level.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) => a.and(b),
+                None => a,
+            });
+        }
+        level = next;
     }
-    Ok(out)
+    Ok(level.pop())
 }
 
 #[cfg(test)]
@@ -134,6 +145,14 @@ mod tests {
 
     fn pred(prop: &str, op: &str, value: Value) -> Predicate {
         Predicate { prop: prop.into(), op: op.into(), value: Some(value) }
+    }
+
+    #[test]
+    fn where_lists_fold_into_a_shallow_tree() {
+        let many: Vec<Predicate> = (0..MAX_WHERE).map(|i| pred("age", ">=", json!(i))).collect();
+        assert!(compile_all(&person(), &many).unwrap().is_some());
+        let three = compile_all(&person(), &[pred("age", ">=", json!(1)), pred("age", "<", json!(9)), pred("name", "=", json!("x"))]).unwrap().unwrap();
+        assert_eq!(three.to_string().matches(" AND ").count(), 2);
     }
 
     #[test]

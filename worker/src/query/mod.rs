@@ -123,6 +123,12 @@ pub fn validate(schema: &GraphSchema, req: &ReadRequest, limits: &Limits) -> Res
         schema.edge(&s.edge).ok_or_else(|| bad(format!("traverse: unknown edge type {:?}", s.edge)))?;
         traverse::hop_range(s)?;
     }
+    if req.matcher.filters.len() > filter::MAX_WHERE {
+        return Err(bad(format!("where: {} predicates, more than {}", req.matcher.filters.len(), filter::MAX_WHERE)));
+    }
+    if req.order_by.len() > filter::MAX_WHERE {
+        return Err(bad(format!("order_by: {} keys, more than {}", req.order_by.len(), filter::MAX_WHERE)));
+    }
     for p in req.matcher.filters.iter().filter(|p| p.op == "in") {
         if let Some(Value::Array(items)) = &p.value {
             limits.check_in_list(&p.prop, items.len())?;
@@ -365,6 +371,9 @@ mod tests {
             let in_list = |n: usize| req(json!({"match": {"type": "P", "where": [{"prop": "n", "op": "in", "value": (0..n).collect::<Vec<_>>()}]}}));
             assert!(validate(&schema, &in_list(3), &l).is_ok());
             assert_eq!(limit_of(validate(&schema, &in_list(4), &l).unwrap_err()), "max_in_list");
+            let mut wide = in_list(1);
+            wide.matcher.filters = (0..=filter::MAX_WHERE).map(|_| wide.matcher.filters[0].clone()).collect();
+            assert!(validate(&schema, &wide, &Limits::default()).unwrap_err().to_string().contains("more than 32"));
             // A bad hop range in a later step is refused before any work.
             let e = validate(&schema, &req(json!({"match": {"type": "P"}, "traverse": [step, {"edge": "E", "max_hops": 99}]})), &l).unwrap_err();
             assert!(matches!(e, QueryError::BadRequest(_)), "{e:?}");
