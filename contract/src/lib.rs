@@ -9,6 +9,7 @@ pub mod diagnostic;
 pub mod error;
 pub mod headers;
 pub mod ids;
+pub mod limits;
 pub mod paths;
 pub mod schema;
 

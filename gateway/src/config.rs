@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use omnigraph_contract::limits::WorkerLimits;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,16 +58,17 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
+        let w = WorkerLimits::DEFAULT;
         Limits {
             max_graphs: 1000,
             max_creates_in_flight: 4,
             max_creates_queued: 64,
-            max_body_bytes: 16 * 1024 * 1024,
-            max_change_ops: 100_000,
-            max_traverse_steps: 8,
-            max_in_list: 10_000,
-            max_visited: 1_000_000,
-            read_timeout_ms: 10_000,
+            max_body_bytes: w.max_body_bytes,
+            max_change_ops: w.max_change_ops,
+            max_traverse_steps: w.max_traverse_steps,
+            max_in_list: w.max_in_list,
+            max_visited: w.max_visited,
+            read_timeout_ms: w.read_timeout_ms,
         }
     }
 }
@@ -76,19 +78,16 @@ impl Limits {
         *self == Limits::default()
     }
 
-    /// The flags that hand the worker-side limits to `omnigraph-worker serve`.
-    pub fn worker_args(&self) -> Vec<String> {
-        [
-            ("--max-body-bytes", self.max_body_bytes),
-            ("--max-change-ops", self.max_change_ops),
-            ("--max-traverse-steps", self.max_traverse_steps),
-            ("--max-in-list", self.max_in_list),
-            ("--max-visited", self.max_visited),
-            ("--read-timeout-ms", self.read_timeout_ms),
-        ]
-        .into_iter()
-        .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
-        .collect()
+    /// The limits each worker enforces, handed over as `serve` flags.
+    pub fn worker(&self) -> WorkerLimits {
+        WorkerLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_change_ops: self.max_change_ops,
+            max_traverse_steps: self.max_traverse_steps,
+            max_in_list: self.max_in_list,
+            max_visited: self.max_visited,
+            read_timeout_ms: self.read_timeout_ms,
+        }
     }
 }
 

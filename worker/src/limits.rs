@@ -32,13 +32,21 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        Limits::from(crate::contract::limits::WorkerLimits::DEFAULT)
+    }
+}
+
+impl From<crate::contract::limits::WorkerLimits> for Limits {
+    /// The contract's limits, as this machine's sizes.
+    fn from(w: crate::contract::limits::WorkerLimits) -> Limits {
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Limits {
-            max_body_bytes: 16 * 1024 * 1024,
-            max_change_ops: 100_000,
-            max_traverse_steps: 8,
-            max_in_list: 10_000,
-            max_visited: 1_000_000,
-            read_timeout_ms: 10_000,
+            max_body_bytes: size(w.max_body_bytes),
+            max_change_ops: size(w.max_change_ops),
+            max_traverse_steps: size(w.max_traverse_steps),
+            max_in_list: size(w.max_in_list),
+            max_visited: size(w.max_visited),
+            read_timeout_ms: w.read_timeout_ms,
         }
     }
 }

@@ -71,15 +71,14 @@ struct LimitArgs {
 
 impl LimitArgs {
     fn limits(&self) -> anyhow::Result<Limits> {
-        let size = |name: &str, v: u64| usize::try_from(v).with_context(|| format!("--{name} {v} is too large for this platform"));
-        Ok(Limits {
-            max_body_bytes: size("max-body-bytes", self.max_body_bytes)?,
-            max_change_ops: size("max-change-ops", self.max_change_ops)?,
-            max_traverse_steps: size("max-traverse-steps", self.max_traverse_steps)?,
-            max_in_list: size("max-in-list", self.max_in_list)?,
-            max_visited: size("max-visited", self.max_visited)?,
+        Ok(Limits::from(omnigraph_worker::contract::limits::WorkerLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_change_ops: self.max_change_ops,
+            max_traverse_steps: self.max_traverse_steps,
+            max_in_list: self.max_in_list,
+            max_visited: self.max_visited,
             read_timeout_ms: self.read_timeout_ms,
-        })
+        }))
     }
 }
 
