@@ -14,6 +14,8 @@ pub struct Metrics {
     pub authn_failures: IntCounter,
     /// Requests being served now (set from the drain counter when scraped).
     pub in_flight: IntGauge,
+    /// Decision-log lines the writer could not take (set when scraped).
+    pub decision_log_dropped: IntGauge,
 }
 
 impl Metrics {
@@ -39,7 +41,9 @@ impl Metrics {
         let in_flight = IntGauge::new("omnigraph_requests_in_flight", "Requests being served, this scrape included")?;
         registry.register(Box::new(authn_failures.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight })
+        let decision_log_dropped = IntGauge::new("omnigraph_decision_log_dropped", "Decision-log lines dropped because the writer fell behind")?;
+        registry.register(Box::new(decision_log_dropped.clone()))?;
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped })
     }
 
     pub fn render(&self) -> Vec<u8> {

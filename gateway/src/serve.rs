@@ -140,6 +140,7 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     tracing::info!(%bind, graphs = state.registry.list().len(), "omnigraph-gateway starting");
     server.run(RunArgs { shutdown_signal: Box::new(DrainingShutdown { drain, grace: std::time::Duration::from_secs(grace) }) });
     tracing::info!("requests drained; stopping workers");
+    crate::audit::flush();
     state.supervisor.stop_all_blocking(&state.registry.list());
     Ok(())
 }
