@@ -29,7 +29,7 @@ fn start_nginx(dir: &std::path::Path, port: u16, worker: &str) -> Option<Proc> {
     let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
+         http {{\n  access_log off; keepalive_requests 10000000; keepalive_timeout 600s;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
          upstream w {{ server {worker}; keepalive 64; }}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://w; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
         d = dir.display()

@@ -23,22 +23,23 @@ struct Line<'a> {
     route: &'a str,
 }
 
-/// Lines waiting for the writer. Past this many the writer is stuck (a full
-/// disk, a blocked pipe) and further lines are counted as dropped, never
-/// allowed to stall the proxy.
-const QUEUE: usize = 65_536;
-
-enum Msg {
-    Line(Vec<u8>),
-    Flush(std::sync::mpsc::SyncSender<()>),
-}
+/// Bytes of lines waiting for the writer. Past this the writer is stuck (a
+/// full disk, a blocked pipe) and further lines are counted as dropped,
+/// never allowed to stall or grow the proxy.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
+/// How often the writer wakes to write what has gathered: the proxy thread
+/// appends to a buffer and never wakes another thread per request.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 static SINK: OnceLock<Mutex<Option<std::fs::File>>> = OnceLock::new();
-static WRITER: OnceLock<std::sync::mpsc::SyncSender<Msg>> = OnceLock::new();
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static WRITER: OnceLock<()> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Bumped by the writer after each write, so `flush` can wait for one.
+static WRITTEN: (Mutex<u64>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
 
-/// Records one decision. The line is built here and written by a writer
-/// thread, in batches, so the proxy thread never waits on the disk.
+/// Records one decision: the line is built here and appended to a buffer
+/// that a writer thread writes out every [`FLUSH_EVERY`].
 pub fn log_decision(actor: &str, action: &str, resource: &str, route: &str, d: &Decision) {
     let line = Line {
         ts: chrono_like_now(),
@@ -51,64 +52,74 @@ pub fn log_decision(actor: &str, action: &str, resource: &str, route: &str, d: &
         latency_us: d.elapsed.as_secs_f64() * 1e6,
         route,
     };
-    let Ok(mut bytes) = serde_json::to_vec(&line) else { return };
-    bytes.push(b'\n');
-    if writer().try_send(Msg::Line(bytes)).is_err() {
+    start_writer();
+    let Ok(mut pending) = PENDING.lock() else {
         DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if pending.len() > MAX_PENDING {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if serde_json::to_writer(&mut *pending, &line).is_ok() {
+        pending.push(b'\n');
     }
 }
 
-/// Decision lines the writer could not take (its queue was full).
+/// Decision lines that were not written (the writer fell behind or failed).
 pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
 /// Waits until every line logged so far is written (tests, shutdown).
 pub fn flush() {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    if writer().send(Msg::Flush(tx)).is_ok() {
-        let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+    if WRITER.get().is_none() {
+        return;
+    }
+    let Ok(mut n) = WRITTEN.0.lock() else { return };
+    let target = *n + 2;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while *n < target && std::time::Instant::now() < deadline {
+        match WRITTEN.1.wait_timeout(n, FLUSH_EVERY * 5) {
+            Ok((g, _)) => n = g,
+            Err(_) => return,
+        }
     }
 }
 
-fn writer() -> &'static std::sync::mpsc::SyncSender<Msg> {
+fn start_writer() {
     WRITER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE);
-        let spawned = std::thread::Builder::new().name("decision-log".into()).spawn(move || write_loop(rx));
-        if let Err(e) = spawned {
+        if let Err(e) = std::thread::Builder::new().name("decision-log".into()).spawn(write_loop) {
             tracing::error!(error = %e, "cannot start the decision-log writer; decisions will be counted as dropped");
         }
-        tx
-    })
+    });
 }
 
-/// Writes whatever is queued, then flushes once: one write for a burst.
-fn write_loop(rx: std::sync::mpsc::Receiver<Msg>) {
+/// Every [`FLUSH_EVERY`], takes what has gathered and writes it in one go.
+fn write_loop() {
     let file = SINK.get().and_then(|m| m.lock().ok().and_then(|mut f| f.take()));
     let mut out: Box<dyn Write> = match file {
-        Some(f) => Box::new(std::io::BufWriter::with_capacity(64 * 1024, f)),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        Some(f) => Box::new(f),
+        None => Box::new(std::io::stdout()),
     };
-    while let Ok(first) = rx.recv() {
-        let mut waiting = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Line(b) => {
-                    if out.write_all(&b).is_err() {
-                        DROPPED.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Msg::Flush(done) => waiting.push(done),
+    let mut batch = Vec::new();
+    loop {
+        std::thread::sleep(FLUSH_EVERY);
+        if let Ok(mut p) = PENDING.lock() {
+            std::mem::swap(&mut *p, &mut batch);
+        }
+        if !batch.is_empty() {
+            if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
+                let lines = batch.iter().filter(|b| **b == b'\n').count() as u64;
+                DROPPED.fetch_add(lines, Ordering::Relaxed);
+                tracing::warn!(lines, "the decision log could not be written");
             }
-            next = rx.try_recv().ok();
+            batch.clear();
         }
-        if out.flush().is_err() {
-            tracing::warn!("the decision log could not be written");
+        if let Ok(mut n) = WRITTEN.0.lock() {
+            *n += 1;
         }
-        for w in waiting {
-            let _ = w.send(());
-        }
+        WRITTEN.1.notify_all();
     }
 }
 

@@ -155,9 +155,19 @@ pub async fn execute(
     let mut budget = VisitBudget::new(limits, cancel);
     let t = schema.node(&req.matcher.ty).ok_or_else(|| bad(format!("match: unknown node type {:?}", req.matcher.ty)))?;
     let scanned = scan_start(t, &snap, &req.matcher, &mut budget).await?;
+    if is_point_lookup(&req) {
+        // One key, no traversal: bounded work, cheaper than a thread hop.
+        return evaluate(&schema, &snap, &req, scanned, offset, &mut budget);
+    }
     tokio::task::spawn_blocking(move || evaluate(&schema, &snap, &req, scanned, offset, &mut budget))
         .await
         .map_err(|e| QueryError::Store(StoreError::Internal(format!("the read task failed: {e}"))))?
+}
+
+/// A read of one node by key with nothing to traverse: at most one row, so
+/// it runs in place instead of on a blocking thread.
+fn is_point_lookup(req: &ReadRequest) -> bool {
+    req.matcher.key.is_some() && req.matcher.filters.is_empty() && req.traverse.is_empty()
 }
 
 /// The CPU-bound part of a read. `scanned` is the start set when a Lance
