@@ -8,6 +8,7 @@ pub use omnigraph_contract as contract;
 pub mod change;
 pub mod http;
 pub mod limits;
+pub mod merge;
 pub mod query;
 pub mod serve;
 pub mod store;

@@ -7,7 +7,7 @@ use arrow_array::RecordBatchIterator;
 use lance::dataset::WriteMode;
 use omnigraph_worker::change;
 use omnigraph_worker::store::location::Location;
-use omnigraph_worker::store::{tables, ApplyError, Store};
+use omnigraph_worker::store::{tables, ApplyError, Store, WriteTo};
 use serde_json::json;
 
 const SCHEMA: &str = "node Person { name: String @key age: I64? }\nedge Knows: Person -> Person\n";
@@ -15,7 +15,7 @@ const SCHEMA: &str = "node Person { name: String @key age: I64? }\nedge Knows: P
 async fn apply(store: &Store, ops: serde_json::Value) {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
     let schema = store.schema.clone();
-    match store.apply("test", |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::main(), "test", |base| change::plan(&schema, base, ops)).await {
         Ok(_) => {}
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
@@ -29,7 +29,7 @@ async fn an_uncommitted_table_write_is_invisible_and_repaired_on_open() {
     let uri = uri.to_str().unwrap();
     let store = Store::init("g", uri, SCHEMA, "test").await.unwrap();
     apply(&store, json!([{"upsert": {"type": "Person", "key": "a", "props": {"age": 1}}}])).await;
-    let pinned = store.head().commit.tables["Person"];
+    let pinned = store.head("main").unwrap().commit.tables["Person"].version;
     let schema = store.schema.clone();
     drop(store);
 
@@ -43,7 +43,7 @@ async fn an_uncommitted_table_write_is_invisible_and_repaired_on_open() {
     assert_eq!(ds.version().version, pinned + 1);
 
     let store = Store::open("g", uri).await.unwrap();
-    let head = store.head();
+    let head = store.head("main").unwrap();
     assert!(head.data.nodes["Person"].rows.get("ghost").is_none(), "the uncommitted row is not visible");
     assert_eq!(head.data.nodes["Person"].rows.len(), 1);
     let latest = loc.open("Person", None).await.unwrap();
@@ -53,7 +53,7 @@ async fn an_uncommitted_table_write_is_invisible_and_repaired_on_open() {
     apply(&store, json!([{"upsert": {"type": "Person", "key": "b", "props": {}}}])).await;
     drop(store);
     let store = Store::open("g", uri).await.unwrap();
-    let mut keys: Vec<String> = store.head().data.nodes["Person"].rows.keys().map(|k| k.to_string()).collect();
+    let mut keys: Vec<String> = store.head("main").unwrap().data.nodes["Person"].rows.keys().map(|k| k.to_string()).collect();
     keys.sort();
     assert_eq!(keys, vec!["a", "b"]);
 }

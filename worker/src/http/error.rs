@@ -17,11 +17,21 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Option<Value>,
+    /// Fields the contract puts beside `error` and `code` for one answer,
+    /// such as a merge's `conflicts`.
+    pub extra: Option<(&'static str, Value)>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into(), details: None }
+        ApiError { code, message: message.into(), details: None, extra: None }
+    }
+
+    /// 409 for a merge that conflicts: `{"error", "code": "conflict", "conflicts": [...]}`.
+    pub fn merge_conflicts(conflicts: &[crate::merge::Conflict]) -> ApiError {
+        let mut e = ApiError::new(ErrorCode::Conflict, format!("the merge has {} conflict(s); nothing was written", conflicts.len()));
+        e.extra = Some(("conflicts", serde_json::to_value(conflicts).unwrap_or_default()));
+        e
     }
 
     pub fn bad(message: impl Into<String>) -> ApiError {
@@ -35,7 +45,7 @@ impl ApiError {
         body.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 let e = limits.body_too_large();
-                ApiError { code: ErrorCode::PayloadTooLarge, message: e.to_string(), details: Some(e.details()) }
+                ApiError { details: Some(e.details()), ..ApiError::new(ErrorCode::PayloadTooLarge, e.to_string()) }
             } else {
                 ApiError::bad(r.body_text())
             }
@@ -50,21 +60,33 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code.as_str(), error = %self.message, "request failed");
         }
         let body = ErrorBody { error: self.message, code: self.code, details: self.details };
-        (status, Json(body)).into_response()
+        match self.extra {
+            None => (status, Json(body)).into_response(),
+            Some((key, value)) => {
+                let mut v = serde_json::to_value(&body).unwrap_or_default();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert(key.to_string(), value);
+                }
+                (status, Json(v)).into_response()
+            }
+        }
     }
 }
 
 /// A limit other than the body size is a 400 with the limit in `details`.
 impl From<LimitExceeded> for ApiError {
     fn from(e: LimitExceeded) -> ApiError {
-        ApiError { code: ErrorCode::BadRequest, details: Some(e.details()), message: e.message }
+        ApiError { details: Some(e.details()), ..ApiError::new(ErrorCode::BadRequest, e.message) }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let code = match &e {
-            StoreError::NotOnBranch { .. } => ErrorCode::NotFound,
+            StoreError::NotOnBranch { .. } | StoreError::NoBranch(_) => ErrorCode::NotFound,
+            StoreError::BranchExists(_) => ErrorCode::Conflict,
+            StoreError::BadBranch(_) | StoreError::MainIsPermanent => ErrorCode::BadRequest,
+            StoreError::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
             StoreError::Poisoned => ErrorCode::WorkerUnavailable,
             _ => ErrorCode::Internal,
         };

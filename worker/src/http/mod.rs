@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Extension, Json, Router};
@@ -23,7 +23,7 @@ use crate::contract::routes::{worker_route, RouteId, WORKER_ROUTES};
 use crate::contract::{BranchName, ErrorCode};
 use crate::limits::{Cancel, CancelOnDrop, Limits};
 use crate::query::{self, Cursor, ReadRequest};
-use crate::store::{ApplyError, Snapshot, Store};
+use crate::store::{ApplyError, MergeOutcome, Snapshot, Store, WriteTo};
 pub use error::ApiError;
 use gate::Actor;
 
@@ -49,13 +49,34 @@ fn params(p: Params, route: RouteId) -> Result<HashMap<String, String>, ApiError
     Ok(map)
 }
 
-/// Resolves `?branch=`, defaulting to `main`. Branches other than `main` arrive with the branches feature.
+/// Parses `?branch=`, defaulting to `main`. Whether it exists is the
+/// store's answer (404), given under the same snapshot the request uses.
 fn branch(map: &HashMap<String, String>) -> Result<BranchName, ApiError> {
-    let b = BranchName::parse_or_main(map.get("branch").map(String::as_str)).map_err(|e| ApiError::bad(e.to_string()))?;
-    if b.as_str() != BranchName::MAIN {
-        return Err(ApiError::new(ErrorCode::NotFound, format!("branch {:?} does not exist", b.as_str())));
+    BranchName::parse_or_main(map.get("branch").map(String::as_str)).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// A branch-valued parameter the route cannot do without (`?branch=` of a
+/// new branch or a merge source, `?target=`).
+fn required_branch(map: &HashMap<String, String>, key: &str) -> Result<BranchName, ApiError> {
+    let v = map.get(key).ok_or_else(|| ApiError::bad(format!("this route needs ?{key}=")))?;
+    BranchName::parse(v).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// `?if_commit=`: the head the branch must be at for a write to proceed.
+fn if_commit(map: &HashMap<String, String>) -> Result<Option<&str>, ApiError> {
+    match map.get("if_commit").map(String::as_str) {
+        Some("") => Err(ApiError::bad("?if_commit= needs a commit id")),
+        other => Ok(other),
     }
-    Ok(b)
+}
+
+/// A `true`/`false` flag such as `?dry_run=`; absent is false.
+fn flag(map: &HashMap<String, String>, key: &str) -> Result<bool, ApiError> {
+    match map.get(key).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(ApiError::bad(format!("?{key}= is true or false, not {v:?}"))),
+    }
 }
 
 fn json_body(limits: &Limits, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
@@ -82,7 +103,11 @@ fn handler(id: RouteId) -> MethodRouter<AppState> {
         RouteId::Change => on(f, change),
         RouteId::ListCommits => on(f, commits),
         RouteId::GetCommit => on(f, commit),
-        RouteId::SchemaApply | RouteId::Ingest | RouteId::Export | RouteId::ListBranches | RouteId::MergeBranches | RouteId::CreateBranch | RouteId::DeleteBranch => {
+        RouteId::ListBranches => on(f, list_branches),
+        RouteId::CreateBranch => on(f, create_branch),
+        RouteId::DeleteBranch => on(f, delete_branch),
+        RouteId::MergeBranches => on(f, merge_branches),
+        RouteId::SchemaApply | RouteId::Ingest | RouteId::Export => {
             on(f, || async { ApiError::new(ErrorCode::NotImplemented, "not implemented yet in this worker version") })
         }
     }
@@ -120,7 +145,7 @@ async fn schema(State(s): State<AppState>) -> Response {
 async fn snapshot(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
     let map = params(p, RouteId::Snapshot)?;
     let b = branch(&map)?;
-    let snap = s.store.head();
+    let snap = s.store.head(b.as_str())?;
     Ok(Json(json!({"branch": b.as_str(), "commit_id": snap.commit.commit_id, "tables": tables_json(&s.store, &snap)})))
 }
 
@@ -128,7 +153,7 @@ fn tables_json(store: &Store, snap: &Snapshot) -> Vec<Value> {
     let kinds = store.schema.nodes.iter().map(|n| (&n.name, "node")).chain(store.schema.edges.iter().map(|e| (&e.name, "edge")));
     kinds
         .map(|(name, kind)| {
-            json!({"name": name, "kind": kind, "version": snap.commit.tables.get(name.as_str()), "rows": snap.data.row_count(name)})
+            json!({"name": name, "kind": kind, "version": snap.commit.tables.get(name.as_str()).map(|p| p.version), "rows": snap.data.row_count(name)})
         })
         .collect()
 }
@@ -153,7 +178,7 @@ async fn read(State(s): State<AppState>, p: Params, body: Result<Bytes, BytesRej
     let work = async {
         let snap = match commit {
             Some(c) => s.store.snapshot_at(b.as_str(), &c).await?,
-            None => s.store.head(),
+            None => s.store.head(b.as_str())?,
         };
         Ok::<_, ApiError>(query::execute(s.store.schema.clone(), snap, req, offset, &limits, cancel).await?)
     };
@@ -173,15 +198,16 @@ async fn change(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let map = params(p, RouteId::Change)?;
-    branch(&map)?;
+    let b = branch(&map)?;
+    let to = WriteTo { branch: b.as_str(), if_commit: if_commit(&map)? };
     let ops = change::parse_body(&json_body(&s.limits, body)?).map_err(|e| ApiError::bad(e.to_string()))?;
     s.limits.check_change_ops(ops.len())?;
     let schema = s.store.schema.clone();
-    let (snap, affected) = s.store.apply(&actor, |base| change::plan(&schema, base, ops)).await.map_err(|e| match e {
+    let (snap, affected) = s.store.apply(to, &actor, |base| change::plan(&schema, base, ops)).await.map_err(|e| match e {
         ApplyError::Plan(e) => ApiError::bad(e.to_string()),
         ApplyError::Store(e) => e.into(),
     })?;
-    tracing::info!(commit = %snap.commit.commit_id, actor = %actor, nodes = affected.nodes, edges = affected.edges, "change committed");
+    tracing::info!(commit = %snap.commit.commit_id, branch = %b, actor = %actor, nodes = affected.nodes, edges = affected.edges, "change committed");
     Ok(Json(json!({
         "commit_id": snap.commit.commit_id,
         "affected_nodes": affected.nodes,
@@ -193,7 +219,7 @@ async fn change(
 async fn commits(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
     let map = params(p, RouteId::ListCommits)?;
     let b = branch(&map)?;
-    Ok(Json(json!({"commits": s.store.commits(b.as_str())})))
+    Ok(Json(json!({"commits": s.store.commits(b.as_str())?})))
 }
 
 /// One commit, only if it is in `?branch=`'s history (default `main`).
@@ -201,4 +227,47 @@ async fn commit(State(s): State<AppState>, Path(id): Path<String>, p: Params) ->
     let map = params(p, RouteId::GetCommit)?;
     let b = branch(&map)?;
     Ok(Json(json!(s.store.commit_on(b.as_str(), &id)?)))
+}
+
+async fn list_branches(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
+    params(p, RouteId::ListBranches)?;
+    let list: Vec<Value> = s.store.branches().into_iter().map(|(name, head)| json!({"name": name, "head": head})).collect();
+    Ok(Json(json!({"branches": list})))
+}
+
+/// `POST /branches?branch=NEW&from=BASE`: 201, 409 when NEW exists, 404 when BASE does not.
+async fn create_branch(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, p: Params) -> Result<Response, ApiError> {
+    let map = params(p, RouteId::CreateBranch)?;
+    let name = required_branch(&map, "branch")?;
+    let from = BranchName::parse_or_main(map.get("from").map(String::as_str)).map_err(|e| ApiError::bad(e.to_string()))?;
+    let head = s.store.create_branch(name.as_str(), from.as_str(), &actor).await?;
+    let body = json!({"name": name.as_str(), "head": head.commit.commit_id, "from": from.as_str()});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `DELETE /branches/{name}`; `main` is 400.
+async fn delete_branch(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, Path(name): Path<String>, p: Params) -> Result<Json<Value>, ApiError> {
+    params(p, RouteId::DeleteBranch)?;
+    let name = BranchName::parse(&name).map_err(|e| ApiError::bad(e.to_string()))?;
+    s.store.delete_branch(name.as_str(), &actor).await?;
+    Ok(Json(json!({"name": name.as_str(), "deleted": true})))
+}
+
+/// `POST /branches/merge?branch=SRC&target=DST[&dry_run=true]`: 200 with
+/// the result, or 409 with every conflict and nothing written.
+async fn merge_branches(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, p: Params) -> Result<Json<Value>, ApiError> {
+    let map = params(p, RouteId::MergeBranches)?;
+    let source = required_branch(&map, "branch")?;
+    let target = required_branch(&map, "target")?;
+    let dry_run = flag(&map, "dry_run")?;
+    match s.store.merge(source.as_str(), target.as_str(), dry_run, &actor).await? {
+        MergeOutcome::Done { result, commit_id } => {
+            let mut body = json!({"result": result.as_str(), "commit_id": commit_id});
+            if dry_run {
+                body["dry_run"] = json!(true);
+            }
+            Ok(Json(body))
+        }
+        MergeOutcome::Conflicts(conflicts) => Err(ApiError::merge_conflicts(&conflicts)),
+    }
 }

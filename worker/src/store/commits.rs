@@ -3,6 +3,9 @@
 //! A commit row is the atomic publish point of a change: the change's table
 //! writes land first, and only the appended row makes them visible, because
 //! readers check out every table at the version the head commit records.
+//!
+//! Which commit is a branch's head is not stored here: the branch registry
+//! (`branches.rs`) replays this log together with its own ref log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -13,21 +16,71 @@ use arrow_array::{ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, String
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lance::dataset::{Dataset, WriteMode};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::location::{Location, COMMITS_TABLE};
 use super::StoreError;
 
+/// Where one table's content at a commit lives: a version of one lineage
+/// of the table's dataset. A lineage is a Lance branch of that dataset
+/// (`None` is Lance's own main); see `lineage.rs` for why writes fork them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TablePin {
+    pub lineage: Option<Arc<str>>,
+    pub version: u64,
+}
+
+impl TablePin {
+    pub fn main(version: u64) -> TablePin {
+        TablePin { lineage: None, version }
+    }
+}
+
+/// A pin as the `tables` column stores it: a bare version on Lance's main
+/// (the only form graphs written before branches have), or an object.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredPin {
+    Main(u64),
+    Lineage { lineage: String, version: u64 },
+}
+
+impl From<&TablePin> for StoredPin {
+    fn from(p: &TablePin) -> StoredPin {
+        match &p.lineage {
+            None => StoredPin::Main(p.version),
+            Some(l) => StoredPin::Lineage { lineage: l.to_string(), version: p.version },
+        }
+    }
+}
+
+impl From<StoredPin> for TablePin {
+    fn from(p: StoredPin) -> TablePin {
+        match p {
+            StoredPin::Main(version) => TablePin::main(version),
+            StoredPin::Lineage { lineage, version } => TablePin { lineage: Some(Arc::from(lineage)), version },
+        }
+    }
+}
+
+/// `/commits` shows each table's version; the lineage is storage detail.
+fn versions_only<S: Serializer>(tables: &BTreeMap<String, TablePin>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(tables.iter().map(|(k, p)| (k, p.version)))
+}
+
 /// One graph commit, exactly as `/commits` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommitRecord {
     pub commit_id: String,
+    /// The commit it was made on; a merge commit has two, the target's head first.
     pub parents: Vec<String>,
+    /// The branch it was written on (a fast-forward can later make it another branch's head too).
     pub branch: String,
     pub actor_id: String,
     pub created_at: String,
-    /// Table name → the Lance version this commit pins.
-    pub tables: BTreeMap<String, u64>,
+    /// Table name → where this commit's content of the table lives.
+    #[serde(serialize_with = "versions_only")]
+    pub tables: BTreeMap<String, TablePin>,
     /// Position in the log; orders commits without trusting clocks.
     #[serde(skip)]
     pub seq: i64,
@@ -63,21 +116,16 @@ impl CommitLog {
         self.by_id.get(commit_id).and_then(|&i| self.records.get(i))
     }
 
-    pub fn last(&self) -> Option<&CommitRecord> {
-        self.records.last()
+    pub fn records(&self) -> &[CommitRecord] {
+        &self.records
     }
 
-    /// The newest commit written on `branch`: its head.
-    pub fn head(&self, branch: &str) -> Option<&CommitRecord> {
-        self.records.iter().rev().find(|c| c.branch == branch)
-    }
-
-    /// `commit_id`, when it is in `branch`'s history: the head itself or an
-    /// ancestor reached through parents. Ancestors never have a larger `seq`,
-    /// so the walk skips every commit older than the one it looks for.
-    pub fn on_branch(&self, branch: &str, commit_id: &str) -> Option<&CommitRecord> {
+    /// `commit_id`, when it is `head` or one of its ancestors through
+    /// parents. Ancestors never have a larger `seq`, so the walk skips every
+    /// commit older than the one it looks for.
+    pub fn reaches(&self, head: &str, commit_id: &str) -> Option<&CommitRecord> {
         let target = self.get(commit_id)?;
-        let head = self.head(branch)?;
+        let head = self.get(head)?;
         if head.seq < target.seq {
             return None;
         }
@@ -98,14 +146,13 @@ impl CommitLog {
         None
     }
 
-    /// `branch`'s history (every commit its head reaches), newest first.
-    pub fn history(&self, branch: &str) -> Vec<CommitRecord> {
-        let Some(head) = self.head(branch) else { return Vec::new() };
-        let mut seen: HashSet<&str> = HashSet::from([head.commit_id.as_str()]);
-        let mut stack = vec![head];
-        let mut out = Vec::new();
+    /// Every commit `head` reaches (itself included), unordered.
+    pub fn ancestors(&self, head: &str) -> HashSet<&str> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let Some(h) = self.get(head) else { return seen };
+        seen.insert(h.commit_id.as_str());
+        let mut stack = vec![h];
         while let Some(c) = stack.pop() {
-            out.push(c);
             for p in &c.parents {
                 if let Some(pc) = self.get(p) {
                     if seen.insert(pc.commit_id.as_str()) {
@@ -114,6 +161,20 @@ impl CommitLog {
                 }
             }
         }
+        seen
+    }
+
+    /// The merge base of two heads: their newest common ancestor (by `seq`).
+    /// With criss-cross merges there can be several "best" ancestors; the
+    /// newest is taken, which is what a merge needs in the common cases.
+    pub fn merge_base(&self, a: &str, b: &str) -> Option<&CommitRecord> {
+        let of_a = self.ancestors(a);
+        self.ancestors(b).into_iter().filter(|id| of_a.contains(id)).filter_map(|id| self.get(id)).max_by_key(|c| c.seq)
+    }
+
+    /// `head`'s history (every commit it reaches), newest first.
+    pub fn history(&self, head: &str) -> Vec<CommitRecord> {
+        let mut out: Vec<&CommitRecord> = self.ancestors(head).into_iter().filter_map(|id| self.get(id)).collect();
         out.sort_by_key(|c| std::cmp::Reverse(c.seq));
         out.into_iter().cloned().collect()
     }
@@ -139,12 +200,12 @@ fn to_batch(c: &CommitRecord) -> Result<RecordBatch, StoreError> {
         Arc::new(StringArray::from(vec![c.branch.as_str()])),
         Arc::new(StringArray::from(vec![c.actor_id.as_str()])),
         Arc::new(StringArray::from(vec![c.created_at.as_str()])),
-        Arc::new(StringArray::from(vec![json(&c.tables)])),
+        Arc::new(StringArray::from(vec![json(&c.tables.iter().map(|(k, p)| (k, StoredPin::from(p))).collect::<BTreeMap<_, _>>())])),
     ];
     RecordBatch::try_new(schema(), cols).map_err(|e| StoreError::Internal(format!("commit batch: {e}")))
 }
 
-/// Vectors of strings and maps of string → u64 always serialise.
+/// Vectors of strings and maps of string → pins always serialise.
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -199,7 +260,11 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
                 branch: branch.value(i).to_string(),
                 actor_id: actor.value(i).to_string(),
                 created_at: created.value(i).to_string(),
-                tables: serde_json::from_str(tables.value(i)).map_err(|e| corrupt("tables", e))?,
+                tables: serde_json::from_str::<BTreeMap<String, StoredPin>>(tables.value(i))
+                    .map_err(|e| corrupt("tables", e))?
+                    .into_iter()
+                    .map(|(k, p)| (k, TablePin::from(p)))
+                    .collect(),
             });
         }
     }
@@ -223,7 +288,7 @@ mod tests {
         }
     }
 
-    /// main: m0 - m1 - m3 ; dev forks at m1: d2 - d4 ; m5 merges d4 into main.
+    /// main: m0 - m1 - m3 ; dev forks at m1: d2 - d4.
     fn log() -> CommitLog {
         CommitLog::new(vec![
             rec(0, "m0", "main", &[]),
@@ -238,27 +303,45 @@ mod tests {
     fn a_commit_is_on_a_branch_only_through_its_heads_parents() {
         let l = log();
         for id in ["m0", "m1", "m3"] {
-            assert!(l.on_branch("main", id).is_some(), "{id} is on main");
+            assert!(l.reaches("m3", id).is_some(), "{id} is on main");
         }
-        assert!(l.on_branch("main", "d2").is_none(), "a dev commit is not on main");
-        assert!(l.on_branch("main", "d4").is_none());
+        assert!(l.reaches("m3", "d2").is_none(), "a dev commit is not on main");
+        assert!(l.reaches("m3", "d4").is_none());
         for id in ["m0", "m1", "d2", "d4"] {
-            assert!(l.on_branch("dev", id).is_some(), "{id} is on dev");
+            assert!(l.reaches("d4", id).is_some(), "{id} is on dev");
         }
-        assert!(l.on_branch("dev", "m3").is_none(), "main's commit after the fork is not on dev");
-        assert!(l.on_branch("main", "nope").is_none());
-        assert!(l.on_branch("ghost", "m0").is_none());
+        assert!(l.reaches("d4", "m3").is_none(), "main's commit after the fork is not on dev");
+        assert!(l.reaches("m3", "nope").is_none());
+        assert!(l.reaches("ghost", "m0").is_none());
         let ids = |v: Vec<CommitRecord>| v.into_iter().map(|c| c.commit_id).collect::<Vec<_>>();
-        assert_eq!(ids(l.history("main")), ["m3", "m1", "m0"]);
-        assert_eq!(ids(l.history("dev")), ["d4", "d2", "m1", "m0"]);
+        assert_eq!(ids(l.history("m3")), ["m3", "m1", "m0"]);
+        assert_eq!(ids(l.history("d4")), ["d4", "d2", "m1", "m0"]);
     }
 
     #[test]
-    fn a_merge_brings_the_other_branch_into_history() {
+    fn a_merge_brings_the_other_branch_into_history_and_moves_the_base() {
         let mut l = log();
+        assert_eq!(l.merge_base("m3", "d4").map(|c| c.commit_id.as_str()), Some("m1"));
+        assert_eq!(l.merge_base("m1", "d4").map(|c| c.commit_id.as_str()), Some("m1"));
         l.push(rec(5, "m5", "main", &["m3", "d4"]));
-        assert!(l.on_branch("main", "d2").is_some());
-        assert_eq!(l.history("main").len(), 6);
-        assert!(l.on_branch("dev", "m5").is_none());
+        assert!(l.reaches("m5", "d2").is_some());
+        assert_eq!(l.history("m5").len(), 6);
+        assert!(l.reaches("d4", "m5").is_none());
+        l.push(rec(6, "d6", "dev", &["d4"]));
+        assert_eq!(l.merge_base("m5", "d6").map(|c| c.commit_id.as_str()), Some("d4"), "the last merge is the new base");
+    }
+
+    #[test]
+    fn pins_round_trip_and_old_rows_still_read() {
+        let mut c = rec(0, "c", "main", &[]);
+        c.tables.insert("A".into(), TablePin::main(3));
+        c.tables.insert("B".into(), TablePin { lineage: Some(Arc::from("og-x")), version: 7 });
+        let stored = json(&c.tables.iter().map(|(k, p)| (k, StoredPin::from(p))).collect::<BTreeMap<_, _>>());
+        assert_eq!(stored, r#"{"A":3,"B":{"lineage":"og-x","version":7}}"#);
+        let back: BTreeMap<String, StoredPin> = serde_json::from_str(&stored).unwrap();
+        let back: BTreeMap<String, TablePin> = back.into_iter().map(|(k, p)| (k, p.into())).collect();
+        assert_eq!(back, c.tables);
+        // The API shows versions only.
+        assert_eq!(serde_json::to_value(&c).unwrap()["tables"], serde_json::json!({"A": 3, "B": 7}));
     }
 }

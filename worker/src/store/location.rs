@@ -71,11 +71,25 @@ impl Location {
     }
 
     pub async fn open(&self, table: &str, version: Option<u64>) -> Result<Dataset, StoreError> {
+        self.open_on(table, None, version).await
+    }
+
+    /// Opens `table` on `lineage` (a Lance branch; `None` is Lance's main),
+    /// at `version` or at the lineage's latest version.
+    pub async fn open_on(&self, table: &str, lineage: Option<&str>, version: Option<u64>) -> Result<Dataset, StoreError> {
         let mut b = DatasetBuilder::from_uri(self.table_uri(table)).with_store_params(self.store_params());
-        if let Some(v) = version {
-            b = b.with_version(v);
+        match (lineage, version) {
+            (Some(l), v) => b = b.with_branch(l, v),
+            (None, Some(v)) => b = b.with_version(v),
+            (None, None) => {}
         }
-        b.load().await.map_err(|e| StoreError::lance(format!("open {table}"), e))
+        b.load().await.map_err(|e| StoreError::lance(format!("open {table}{}", lineage.map(|l| format!(" on {l}")).unwrap_or_default()), e))
+    }
+
+    /// The object-store parameters every dataset of this graph is opened and
+    /// written with (fsync on for local paths).
+    pub fn params(&self) -> ObjectStoreParams {
+        self.store_params()
     }
 
     /// True when the location holds nothing: a missing or empty directory.

@@ -1,35 +1,45 @@
-//! Lance storage for one graph: the tables, the commit log and the in-memory
-//! state of the head commit.
+//! Lance storage for one graph: the tables, the commit log, the branches and
+//! the in-memory state of each branch head.
 //!
-//! Write path (one writer at a time, behind a mutex): validate the whole batch
-//! against the head state, write each touched table (one delete and one append
-//! at most), then append the commit row. Only that row publishes the change;
-//! a failure before it restores every touched table to the version the head
-//! commit pins, and a crash before it is repaired the same way on the next open.
+//! Write path (one writer at a time, behind a mutex; `write.rs`): validate
+//! the whole batch against the branch head, write each touched table (one
+//! delete and one append at most, on a lineage the branch owns; see
+//! `lineage.rs`), then append the commit row. Only that row publishes the
+//! change; a failure before it restores every touched table to the version
+//! the head pins, and a crash before it is repaired the same way on the next
+//! open. Branch operations append one row to the ref log (`branches.rs`).
 //!
-//! Read path: readers load the head snapshot from an `ArcSwap` and never wait
-//! on the writer.
+//! Read path: readers load the map of branch heads from an `ArcSwap` and
+//! never wait on the writer. Each head is an `Arc<Snapshot>`; branches at
+//! the same commit share one, and a commit's new state shares all but what
+//! it changed with its parent (persistent maps, `state.rs`).
 
+mod branch_ops;
+pub mod branches;
 pub mod commits;
+pub mod lineage;
 pub mod location;
 pub mod state;
 pub mod tables;
 pub mod value;
+mod write;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use arrow_array::{RecordBatch, RecordBatchIterator};
-use datafusion_common::{Column, ScalarValue};
-use datafusion_expr::{lit, Expr};
 use futures::future::try_join_all;
-use lance::dataset::{Dataset, DeleteBuilder, WriteMode};
+use lance::dataset::{Dataset, WriteMode};
 
-use crate::contract::{GraphSchema, SchemaError};
-pub use commits::{CommitLog, CommitRecord};
+use crate::contract::{BranchName, GraphSchema, SchemaError};
+use branches::{RefEvent, RefOp};
+pub use commits::{CommitLog, CommitRecord, TablePin};
+use lineage::Lineages;
 use location::{Location, COMMITS_TABLE, SCHEMA_FILE};
-use state::{edge_id, GraphData, Key};
+use state::GraphData;
+pub use branch_ops::{MergeOutcome, MergeResult};
+pub use write::{ApplyError, Plan, TableWrite, WriteTo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +63,17 @@ pub enum StoreError {
     /// so a commit id never reveals or reads another branch.
     #[error("no commit {commit:?} on branch {branch:?}")]
     NotOnBranch { commit: String, branch: String },
+    #[error("branch {0:?} does not exist")]
+    NoBranch(String),
+    #[error("branch {0:?} already exists")]
+    BranchExists(String),
+    #[error("invalid branch name: {0}")]
+    BadBranch(String),
+    #[error("branch main cannot be deleted")]
+    MainIsPermanent,
+    /// `?if_commit=` named another commit than the branch head.
+    #[error("branch {branch:?} is at {head}, not at {expected} (?if_commit=); nothing was written")]
+    PreconditionFailed { branch: String, expected: String, head: String },
     #[error("writes are stopped: a failed change could not be rolled back; restart the worker to repair the tables")]
     Poisoned,
 }
@@ -73,47 +94,17 @@ pub struct Snapshot {
     pub datasets: BTreeMap<String, Arc<Dataset>>,
 }
 
-/// What a change writes to one table: rows to remove (they exist in the base
-/// state) and rows to append (their final values are in [`Plan::data`]).
-pub struct TableWrite<K> {
-    pub remove: Vec<K>,
-    pub put: Vec<K>,
-}
+/// Every live branch and its head. An `OrdMap`, so it lists sorted and a
+/// new map shares everything but the changed entry with the old one.
+pub type Heads = imbl::OrdMap<String, Arc<Snapshot>>;
 
-impl<K> TableWrite<K> {
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.put.is_empty()
-    }
-}
-
-/// One table's share of a commit, ready to write.
-struct TableJob<'a> {
-    table: String,
-    id_column: &'a str,
-    remove: Vec<String>,
-    batch: Option<RecordBatch>,
-}
-
-impl<K> Default for TableWrite<K> {
-    fn default() -> Self {
-        TableWrite { remove: Vec::new(), put: Vec::new() }
-    }
-}
-
-/// A validated change, ready to commit.
-pub struct Plan {
-    pub data: GraphData,
-    pub nodes: BTreeMap<String, TableWrite<Key>>,
-    pub edges: BTreeMap<String, TableWrite<(Key, Key)>>,
-}
-
-pub enum ApplyError<E> {
-    Plan(E),
-    Store(StoreError),
-}
-
+/// The writer's state; only the holder of the writer lock touches it.
 struct Writer {
     commits: Dataset,
+    refs: Dataset,
+    lineages: Lineages,
+    /// The `seq` of the next row of `_commits` or `_branches`.
+    next_seq: i64,
     poisoned: bool,
 }
 
@@ -124,7 +115,7 @@ pub struct Store {
     loc: Location,
     pub schema: Arc<GraphSchema>,
     pub schema_source: Arc<str>,
-    head: ArcSwap<Snapshot>,
+    heads: ArcSwap<Heads>,
     log: ArcSwap<CommitLog>,
     writer: tokio::sync::Mutex<Writer>,
     history: Mutex<VecDeque<Arc<Snapshot>>>,
@@ -161,13 +152,13 @@ impl Store {
             let ds = Dataset::write(reader, loc.table_uri(&name).as_str(), Some(loc.write_params(WriteMode::Create)))
                 .await
                 .map_err(|e| StoreError::lance(format!("create {name}"), e))?;
-            versions.insert(name, ds.version().version);
+            versions.insert(name, TablePin::main(ds.version().version));
         }
         // The commit log goes last: a graph without `_commits` is not a graph yet.
         let first = CommitRecord {
             commit_id: ulid::Ulid::new().to_string(),
             parents: Vec::new(),
-            branch: crate::contract::BranchName::MAIN.to_string(),
+            branch: BranchName::MAIN.to_string(),
             actor_id: actor.to_string(),
             created_at: now_rfc3339(),
             tables: versions,
@@ -177,8 +168,9 @@ impl Store {
         Self::open(graph_id, uri).await
     }
 
-    /// Opens an existing graph, repairs tables a crashed change left ahead of
-    /// the head commit, and loads the head state.
+    /// Opens an existing graph: replays the commit and ref logs into the
+    /// live branches, loads each head, and repairs tables a crashed change
+    /// left ahead of the head that owns them.
     pub async fn open(graph_id: &str, uri: &str) -> Result<Store, StoreError> {
         let loc = Location::parse(uri)?;
         if let Some(dir) = &loc.local {
@@ -193,72 +185,89 @@ impl Store {
             Some(dir) => std::fs::read_to_string(dir.join(SCHEMA_FILE)).map_err(|e| StoreError::Corrupt(format!("read {SCHEMA_FILE}: {e}")))?,
             None => return Err(StoreError::BadUri(format!("{}: only local paths are supported by this build", loc.display))),
         };
-        let schema = GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?;
+        let schema = Arc::new(GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?);
         let commits_ds = loc.open(COMMITS_TABLE, None).await?;
         let log = CommitLog::new(commits::read_all(&commits_ds).await?);
-        let head = log
-            .head(crate::contract::BranchName::MAIN)
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt("the commit log has no commit on main".into()))?;
-        let mut restored = Vec::new();
-        for name in table_names(&schema) {
-            let pinned = *head.tables.get(name).ok_or_else(|| StoreError::Corrupt(format!("head commit does not pin table {name}")))?;
-            let latest = loc.open(name, None).await?;
-            let v = latest.version().version;
-            if v > pinned {
-                tracing::warn!(table = name, latest = v, pinned, "table is ahead of the head commit (a change crashed before committing); restoring");
-                restored.push((name.to_string(), restore(&loc, name, pinned).await?));
-            } else if v < pinned {
-                return Err(StoreError::Corrupt(format!("table {name} is at version {v}, behind the head commit's {pinned}")));
+        let refs_ds = branches::open_or_create(&loc).await?;
+        let replayed = branches::replay(&log, &branches::read_all(&refs_ds).await?)?;
+        let mut lineages = replayed.lineages;
+
+        // One snapshot per distinct head commit; tables pinned alike are shared.
+        let mut loaded: Vec<Arc<Snapshot>> = Vec::new();
+        let mut heads = Heads::new();
+        for (name, commit_id) in &replayed.heads {
+            let snap = match loaded.iter().find(|s| s.commit.commit_id == *commit_id) {
+                Some(s) => s.clone(),
+                None => {
+                    let record = log.get(commit_id).cloned().ok_or_else(|| StoreError::Corrupt(format!("head {commit_id} of {name} is not in the log")))?;
+                    let s = Arc::new(load_snapshot(&loc, &schema, record, &loaded).await?);
+                    loaded.push(s.clone());
+                    s
+                }
+            };
+            heads.insert(name.clone(), snap);
+        }
+        for (name, snap) in heads.clone() {
+            if let Some(repaired) = repair(&loc, &schema, &name, &snap, &mut lineages).await? {
+                heads.insert(name, Arc::new(repaired));
             }
         }
-        let schema = Arc::new(schema);
-        let mut snapshot = load_snapshot(&loc, &schema, head).await?;
-        // The next write must build on the restored version, or Lance sees a conflict.
-        snapshot.datasets.extend(restored);
         Ok(Store {
             graph_id: graph_id.to_string(),
             loc,
             schema,
             schema_source: Arc::from(schema_source),
-            head: ArcSwap::from_pointee(snapshot),
+            heads: ArcSwap::from_pointee(heads),
             log: ArcSwap::from_pointee(log),
-            writer: tokio::sync::Mutex::new(Writer { commits: commits_ds, poisoned: false }),
+            writer: tokio::sync::Mutex::new(Writer { commits: commits_ds, refs: refs_ds, lineages, next_seq: replayed.next_seq, poisoned: false }),
             history: Mutex::new(VecDeque::new()),
         })
     }
 
-    pub fn head(&self) -> Arc<Snapshot> {
-        self.head.load_full()
+    /// `branch`'s head.
+    pub fn head(&self, branch: &str) -> Result<Arc<Snapshot>, StoreError> {
+        self.heads.load().get(branch).cloned().ok_or_else(|| StoreError::NoBranch(branch.to_string()))
+    }
+
+    /// Every branch and its head commit id, sorted by name.
+    pub fn branches(&self) -> Vec<(String, String)> {
+        self.heads.load().iter().map(|(name, s)| (name.clone(), s.commit.commit_id.clone())).collect()
     }
 
     /// `branch`'s history, newest first.
-    pub fn commits(&self, branch: &str) -> Vec<CommitRecord> {
-        self.log.load().history(branch)
+    pub fn commits(&self, branch: &str) -> Result<Vec<CommitRecord>, StoreError> {
+        let head = self.head(branch)?;
+        Ok(self.log.load().history(&head.commit.commit_id))
     }
 
     /// `commit_id`, when it is in `branch`'s history.
     pub fn commit_on(&self, branch: &str, commit_id: &str) -> Result<CommitRecord, StoreError> {
+        let head = self.head(branch)?;
         self.log
             .load()
-            .on_branch(branch, commit_id)
+            .reaches(&head.commit.commit_id, commit_id)
             .cloned()
             .ok_or_else(|| StoreError::NotOnBranch { commit: commit_id.to_string(), branch: branch.to_string() })
     }
 
-    /// The graph at `commit_id`, which must be in `branch`'s history: the
-    /// head itself, a cached snapshot, or one loaded from the table versions
+    /// The graph at `commit_id`, which must be in `branch`'s history: a
+    /// branch head, a cached snapshot, or one loaded from the table versions
     /// the commit pins.
     pub async fn snapshot_at(&self, branch: &str, commit_id: &str) -> Result<Arc<Snapshot>, StoreError> {
         let record = self.commit_on(branch, commit_id)?;
-        let head = self.head();
-        if head.commit.commit_id == commit_id {
-            return Ok(head);
+        self.snapshot_of(record).await
+    }
+
+    /// The graph at `record`, whatever branch it is on (callers check that).
+    async fn snapshot_of(&self, record: CommitRecord) -> Result<Arc<Snapshot>, StoreError> {
+        let heads: Vec<Arc<Snapshot>> = self.heads.load().values().cloned().collect();
+        if let Some(s) = heads.iter().find(|s| s.commit.commit_id == record.commit_id) {
+            return Ok(s.clone());
         }
-        if let Some(s) = self.cached(commit_id) {
+        if let Some(s) = self.cached(&record.commit_id) {
             return Ok(s);
         }
-        let snap = Arc::new(load_snapshot(&self.loc, &self.schema, record).await?);
+        let snap = Arc::new(load_snapshot(&self.loc, &self.schema, record, &heads).await?);
         let mut cache = self.history.lock().map_err(|_| StoreError::Internal("history cache lock".into()))?;
         if cache.len() >= HISTORY_CACHE {
             cache.pop_front();
@@ -272,148 +281,100 @@ impl Store {
         cache.iter().find(|s| s.commit.commit_id == commit_id).cloned()
     }
 
-    /// Runs `plan` against the head under the writer lock and commits its
-    /// result as one graph commit by `actor`.
-    pub async fn apply<E, R>(
-        &self,
-        actor: &str,
-        plan: impl FnOnce(&Snapshot) -> Result<(Plan, R), E>,
-    ) -> Result<(Arc<Snapshot>, R), ApplyError<E>> {
-        let mut w = self.writer.lock().await;
-        if w.poisoned {
-            return Err(ApplyError::Store(StoreError::Poisoned));
-        }
-        let base = self.head();
-        let (plan, extra) = plan(&base).map_err(ApplyError::Plan)?;
-        let snap = match self.commit_plan(&mut w, &base, plan, actor).await {
-            Ok(s) => Arc::new(s),
-            Err((e, touched)) => {
-                let mut repaired = Snapshot::clone(&base);
-                for name in touched {
-                    let pinned = base.commit.tables.get(&name).copied().unwrap_or_default();
-                    match restore(&self.loc, &name, pinned).await {
-                        Ok(ds) => {
-                            repaired.datasets.insert(name, ds);
-                        }
-                        Err(re) => {
-                            tracing::error!(table = %name, error = %re, "rollback failed; refusing further writes");
-                            w.poisoned = true;
-                        }
-                    }
-                }
-                self.head.store(Arc::new(repaired));
-                return Err(ApplyError::Store(e));
-            }
-        };
-        let mut log = CommitLog::clone(&self.log.load());
-        log.push(snap.commit.clone());
-        self.log.store(Arc::new(log));
-        self.head.store(snap.clone());
-        Ok((snap, extra))
+    /// Publishes `snap` as `branch`'s head (writer lock held).
+    fn set_head(&self, branch: &str, snap: Arc<Snapshot>) {
+        let mut heads = Heads::clone(&self.heads.load());
+        heads.insert(branch.to_string(), snap);
+        self.heads.store(Arc::new(heads));
     }
 
-    async fn commit_plan(&self, w: &mut Writer, base: &Snapshot, plan: Plan, actor: &str) -> Result<Snapshot, (StoreError, Vec<String>)> {
-        let mut touched = Vec::new();
-        let mut datasets = base.datasets.clone();
-        let mut versions = base.commit.tables.clone();
-        let jobs = match self.table_jobs(&plan) {
-            Ok(j) => j,
-            Err(e) => return Err((e, touched)),
-        };
-        for job in jobs {
-            touched.push(job.table.clone());
-            match self.write_table(base.datasets.get(&job.table), &job.table, job.id_column, job.remove, job.batch).await {
-                Ok(ds) => {
-                    versions.insert(job.table.clone(), ds.version().version);
-                    datasets.insert(job.table, ds);
-                }
-                Err(e) => return Err((e, touched)),
-            }
-        }
-        let record = CommitRecord {
-            commit_id: ulid::Ulid::new().to_string(),
-            parents: vec![base.commit.commit_id.clone()],
-            branch: base.commit.branch.clone(),
+    /// The next `seq`, for a row of either log (writer lock held).
+    fn take_seq(w: &mut Writer) -> i64 {
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        seq
+    }
+
+    /// Appends one ref event: the publish point of a branch operation.
+    async fn append_ref(&self, w: &mut Writer, branch: &str, op: RefOp, head: &str, from: &str, actor: &str) -> Result<(), StoreError> {
+        let event = RefEvent {
+            seq: Self::take_seq(w),
+            branch: branch.to_string(),
+            op,
+            head: head.to_string(),
+            from: from.to_string(),
             actor_id: actor.to_string(),
             created_at: now_rfc3339(),
-            tables: versions,
-            seq: self.log.load().last().map_or(0, |c| c.seq) + 1,
         };
-        if let Err(e) = commits::append(&mut w.commits, &self.loc, &record).await {
-            return Err((e, touched));
-        }
-        Ok(Snapshot { commit: record, data: plan.data, datasets })
-    }
-
-    /// Turns a plan into one write per touched table (ids to delete, rows to append).
-    fn table_jobs(&self, plan: &Plan) -> Result<Vec<TableJob<'_>>, StoreError> {
-        let mut jobs = Vec::new();
-        for (name, tw) in plan.nodes.iter().filter(|(_, tw)| !tw.is_empty()) {
-            let t = self.schema.node(name).ok_or_else(|| StoreError::Internal(format!("unknown node type {name}")))?;
-            let table = plan.data.nodes.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
-            let rows: Vec<_> = tw.put.iter().filter_map(|k| table.rows.get(k)).collect();
-            let batch = if rows.is_empty() { None } else { Some(tables::node_batch(t, &rows)?) };
-            let remove = tw.remove.iter().map(|k| k.to_string()).collect();
-            jobs.push(TableJob { table: name.clone(), id_column: &t.key_prop().name, remove, batch });
-        }
-        for (name, tw) in plan.edges.iter().filter(|(_, tw)| !tw.is_empty()) {
-            let t = self.schema.edge(name).ok_or_else(|| StoreError::Internal(format!("unknown edge type {name}")))?;
-            let table = plan.data.edges.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
-            let rows: Vec<_> = tw.put.iter().filter_map(|(f, to)| table.rows.get(&(f.clone(), to.clone())).map(|p| (f, to, p))).collect();
-            let batch = if rows.is_empty() { None } else { Some(tables::edge_batch(t, &rows)?) };
-            let remove = tw.remove.iter().map(|(f, to)| edge_id(f, to)).collect();
-            jobs.push(TableJob { table: name.clone(), id_column: tables::EDGE_ID, remove, batch });
-        }
-        Ok(jobs)
-    }
-
-    /// One delete (by id column) and one append on a table; returns the new head of that table.
-    async fn write_table(
-        &self,
-        base: Option<&Arc<Dataset>>,
-        name: &str,
-        id_column: &str,
-        remove: Vec<String>,
-        batch: Option<RecordBatch>,
-    ) -> Result<Arc<Dataset>, StoreError> {
-        let mut ds = base.cloned().ok_or_else(|| StoreError::Internal(format!("table {name} is not open")))?;
-        if !remove.is_empty() {
-            // Built as an expression, never as filter text: keys are user input.
-            let ids: Vec<Expr> = remove.into_iter().map(|id| lit(ScalarValue::Utf8(Some(id)))).collect();
-            let predicate = Expr::Column(Column::new_unqualified(id_column)).in_list(ids, false);
-            ds = DeleteBuilder::from_expr(ds, predicate).execute().await.map_err(|e| StoreError::lance(format!("delete from {name}"), e))?.new_dataset;
-        }
-        if let Some(batch) = batch {
-            let mut next = Dataset::clone(&ds);
-            let schema = batch.schema();
-            next.append(RecordBatchIterator::new(vec![Ok(batch)], schema), Some(self.loc.write_params(WriteMode::Append)))
-                .await
-                .map_err(|e| StoreError::lance(format!("append to {name}"), e))?;
-            ds = Arc::new(next);
-        }
-        Ok(ds)
+        branches::append(&mut w.refs, &self.loc, &event).await
     }
 }
 
-/// Makes `pinned` the latest version of `table` again (a new version with
-/// that content) and returns the table at that new version.
-async fn restore(loc: &Location, table: &str, pinned: u64) -> Result<Arc<Dataset>, StoreError> {
-    let mut ds = loc.open(table, Some(pinned)).await?;
-    ds.restore().await.map_err(|e| StoreError::lance(format!("restore {table} to v{pinned}"), e))?;
-    Ok(Arc::new(loc.open(table, None).await?))
+/// Makes `version` the latest version of `table`'s `lineage` again (a new
+/// version with that content) and returns the table at that new version.
+/// Versions are immutable, so every commit that pins a later one still reads it.
+async fn restore(loc: &Location, table: &str, lineage: Option<&str>, version: u64) -> Result<Arc<Dataset>, StoreError> {
+    let mut ds = loc.open_on(table, lineage, Some(version)).await?;
+    ds.restore().await.map_err(|e| StoreError::lance(format!("restore {table} to v{version}"), e))?;
+    Ok(Arc::new(loc.open_on(table, lineage, None).await?))
 }
 
-async fn load_snapshot(loc: &Location, schema: &GraphSchema, commit: CommitRecord) -> Result<Snapshot, StoreError> {
-    let version = |name: &str| commit.tables.get(name).copied().ok_or_else(|| StoreError::Corrupt(format!("commit does not pin table {name}")));
+/// On open, for every table whose lineage `branch` owns: records the
+/// lineage's tip, after restoring it to the pinned version when a change
+/// crashed between its table writes and its commit row. Returns the head
+/// with the restored datasets, when any was.
+async fn repair(loc: &Location, schema: &GraphSchema, branch: &str, snap: &Snapshot, lineages: &mut Lineages) -> Result<Option<Snapshot>, StoreError> {
+    let mut repaired: Option<Snapshot> = None;
+    for name in table_names(schema) {
+        let pin = snap.commit.tables.get(name).ok_or_else(|| StoreError::Corrupt(format!("head commit does not pin table {name}")))?;
+        if lineages.owner(pin.lineage.as_ref()) != Some(branch) {
+            continue;
+        }
+        let latest = loc.open_on(name, pin.lineage.as_deref(), None).await?;
+        let v = latest.version().version;
+        if v > pin.version {
+            tracing::warn!(table = name, branch, latest = v, pinned = pin.version, "table is ahead of the head commit (a change crashed before committing); restoring");
+            let ds = restore(loc, name, pin.lineage.as_deref(), pin.version).await?;
+            lineages.set_tip(name, pin.lineage.as_ref(), ds.version().version);
+            // The next write must build on the restored version, or Lance sees a conflict.
+            repaired.get_or_insert_with(|| snap.clone()).datasets.insert(name.to_string(), ds);
+        } else if v < pin.version {
+            return Err(StoreError::Corrupt(format!("table {name} is at version {v}, behind the head commit's {}", pin.version)));
+        } else {
+            lineages.set_tip(name, pin.lineage.as_ref(), v);
+        }
+    }
+    Ok(repaired)
+}
+
+/// Loads the graph at `commit`. A table pinned exactly as in one of `known`
+/// is shared with it rather than read again, so branches that did not touch
+/// a table share its state, and the common ancestor of a merge costs only
+/// the tables that changed.
+async fn load_snapshot(loc: &Location, schema: &GraphSchema, commit: CommitRecord, known: &[Arc<Snapshot>]) -> Result<Snapshot, StoreError> {
+    let pin = |name: &str| commit.tables.get(name).ok_or_else(|| StoreError::Corrupt(format!("commit does not pin table {name}")));
+    let same = |name: &str, p: &TablePin| known.iter().find(|s| s.commit.tables.get(name) == Some(p));
     let node_loads = schema.nodes.iter().map(|t| async {
-        let ds = loc.open(&t.name, Some(version(&t.name)?)).await?;
+        let p = pin(&t.name)?;
+        if let Some(s) = same(&t.name, p) {
+            if let (Some(table), Some(ds)) = (s.data.nodes.get(&t.name), s.datasets.get(&t.name)) {
+                return Ok::<_, StoreError>((t.name.clone(), table.clone(), ds.clone()));
+            }
+        }
+        let ds = loc.open_on(&t.name, p.lineage.as_deref(), Some(p.version)).await?;
         let table = tables::load_nodes(t, &ds).await?;
-        Ok::<_, StoreError>((t.name.clone(), table, Arc::new(ds)))
+        Ok((t.name.clone(), table, Arc::new(ds)))
     });
     let edge_loads = schema.edges.iter().map(|t| async {
-        let ds = loc.open(&t.name, Some(version(&t.name)?)).await?;
+        let p = pin(&t.name)?;
+        if let Some(s) = same(&t.name, p) {
+            if let (Some(table), Some(ds)) = (s.data.edges.get(&t.name), s.datasets.get(&t.name)) {
+                return Ok::<_, StoreError>((t.name.clone(), table.clone(), ds.clone()));
+            }
+        }
+        let ds = loc.open_on(&t.name, p.lineage.as_deref(), Some(p.version)).await?;
         let table = tables::load_edges(t, &ds).await?;
-        Ok::<_, StoreError>((t.name.clone(), table, Arc::new(ds)))
+        Ok((t.name.clone(), table, Arc::new(ds)))
     });
     let (nodes, edges) = futures::try_join!(try_join_all(node_loads), try_join_all(edge_loads))?;
     let mut data = GraphData::default();
