@@ -45,6 +45,35 @@ fn the_worker_guide_examples_run() {
         ran += 1;
     }
     assert!(ran >= 2);
+    run_shell_examples(&doc, &w.url(""));
+}
+
+/// Runs every ```bash block of a guide, in order, against the worker at
+/// `base` (as `$W`), under `set -euo pipefail`: an example that fails, or
+/// whose `curl -f` gets an error status, fails the test. The blocks use
+/// curl and jq; without them the examples cannot run here, and this says so.
+fn run_shell_examples(doc: &str, base: &str) {
+    let have = |tool: &str| std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !(have("curl") && have("jq")) {
+        eprintln!("curl or jq is missing: the ```bash examples of docs/worker.md were not run");
+        return;
+    }
+    let scripts = blocks(doc, "bash");
+    assert!(scripts.len() >= 3, "found {} bash examples", scripts.len());
+    for script in scripts {
+        let out = std::process::Command::new("bash")
+            .args(["-c", &format!("set -euo pipefail\n{script}")])
+            .env("W", base)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "a docs/worker.md example failed ({}):\n{script}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Every Cedar example in docs/policy.md validates strictly against the schema.

@@ -218,10 +218,10 @@ fn every_route_is_gated_by_its_action() {
         ("POST", "/graphs/alpha/change".into(), Some(change_ops("x")), "change", 200),
         ("POST", "/graphs/alpha/ingest".into(), Some(json!({})), "change", 501),
         ("POST", "/graphs/alpha/export".into(), Some(json!({})), "export", 501),
-        ("GET", "/graphs/alpha/branches".into(), None, "read", 501),
-        ("POST", "/graphs/alpha/branches?branch=dev".into(), None, "branch_create", 501),
-        ("DELETE", "/graphs/alpha/branches/dev".into(), None, "branch_delete", 501),
-        ("POST", "/graphs/alpha/branches/merge?branch=dev&target=main".into(), None, "branch_merge", 501),
+        ("GET", "/graphs/alpha/branches".into(), None, "read", 200),
+        ("POST", "/graphs/alpha/branches?branch=dev".into(), None, "branch_create", 201),
+        ("POST", "/graphs/alpha/branches/merge?branch=dev&target=main".into(), None, "branch_merge", 200),
+        ("DELETE", "/graphs/alpha/branches/dev".into(), None, "branch_delete", 200),
         ("GET", "/graphs/alpha/commits".into(), None, "read", 200),
         ("GET", format!("/graphs/alpha/commits/{commit}"), None, "read", 200),
         ("POST", "/policies/reload".into(), None, "policy_reload", 0),
@@ -278,7 +278,7 @@ fn server_forbid_beats_graph_permit_and_branch_rules_apply() {
     let r = post_with(&gw.url("/graphs/alpha/change"), &change_ops("z"), &[(acme.0, &acme.1)]);
     assert_eq!(r.status, 403, "{:?}", r.body);
     let r = post_with(&gw.url("/graphs/alpha/change?branch=dev"), &change_ops("z"), &[(acme.0, &acme.1)]);
-    assert_eq!((r.status, r.body["code"].as_str()), (404, Some("not_found")), "allowed by Cedar; the worker has no branch dev yet: {:?}", r.body);
+    assert_eq!((r.status, r.body["code"].as_str()), (404, Some("not_found")), "allowed by Cedar; the worker has no branch dev: {:?}", r.body);
     // An unknown graph answers 404 only to someone allowed to use it.
     let r = post_with(&gw.url("/graphs/nosuch/read"), &read, &[(acme.0, &acme.1)]);
     assert_eq!(r.status, 403);

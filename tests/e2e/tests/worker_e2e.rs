@@ -295,17 +295,29 @@ fn routes_branches_and_errors_follow_the_contract() {
     assert!(h.body["version"].is_string());
     let s = get(&w.url("/schema"));
     assert_eq!(s.body, Value::String(SOCIAL_SCHEMA.to_string()));
-    for (method, path) in [
-        ("POST", "/schema/apply"),
-        ("POST", "/ingest"),
-        ("POST", "/export"),
-        ("GET", "/branches"),
-        ("POST", "/branches?branch=dev"),
-        ("DELETE", "/branches/dev"),
-        ("POST", "/branches/merge?branch=a&target=b"),
-    ] {
+    for (method, path) in [("POST", "/schema/apply"), ("POST", "/ingest"), ("POST", "/export")] {
         let r = call(method, &w.url(path), Some(b"{}"), &[]);
         assert_eq!((r.status, r.body["code"].as_str()), (501, Some("not_implemented")), "{method} {path}");
+    }
+    // The branch routes, in the contract's shapes.
+    let main_head = get(&w.url("/snapshot")).body["commit_id"].clone();
+    for (method, path, status, body) in [
+        ("GET", "/branches", 200, json!({"branches": [{"name": "main", "head": main_head}]})),
+        ("POST", "/branches?branch=dev", 201, json!({"name": "dev", "head": main_head, "from": "main"})),
+        ("POST", "/branches/merge?branch=dev&target=main", 200, json!({"result": "already_up_to_date", "commit_id": main_head})),
+        ("DELETE", "/branches/dev", 200, json!({"name": "dev", "deleted": true})),
+    ] {
+        let r = call(method, &w.url(path), None, &[]);
+        assert_eq!((r.status, &r.body), (status, &body), "{method} {path}");
+    }
+    for (method, path, status, code) in [
+        ("POST", "/branches/merge?branch=a&target=main", 404, "not_found"),
+        ("DELETE", "/branches/main", 400, "bad_request"),
+        ("POST", "/branches?branch=main", 409, "conflict"),
+        ("POST", "/change?if_commit=01NOTTHEHEAD", 412, "precondition_failed"),
+    ] {
+        let r = call(method, &w.url(path), Some(br#"{"ops": [{"upsert": {"type": "Person", "key": "x", "props": {}}}]}"#), &[]);
+        assert_eq!((r.status, r.body["code"].as_str()), (status, Some(code)), "{method} {path}: {:?}", r.body);
     }
     assert_eq!(get(&w.url("/nowhere")).body["code"], "not_found");
     assert_eq!(get(&w.url("/nowhere")).status, 404);
