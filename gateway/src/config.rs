@@ -122,6 +122,11 @@ pub struct ServerSection {
     /// small machine (measured: docs/benchmarks.md); raise it for throughput.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Milliseconds a client has to send a whole request header, counted
+    /// from the accept or from its first byte after the previous answer
+    /// (the slowloris defence, header_clock.rs).
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
     /// Where the decision log goes; stdout when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_log: Option<FileRef>,
@@ -145,6 +150,10 @@ fn default_policy_dir() -> String {
 
 fn default_grace_s() -> u64 {
     10
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_threads() -> usize {
@@ -322,7 +331,7 @@ pub fn canonical_uri(dir: &Path, uri: &str) -> String {
     // the link points, not from the link.
     let joined = resolve_in(dir, local);
     let p = crate::containment::resolve_physical(&joined).unwrap_or_else(|_| normalize(&joined));
-    p.display().to_string().trim_end_matches('/').to_string()
+    crate::containment::uri_key(&p)
 }
 
 /// How a resolved local folder is written into `omnigraph.yaml`: relative to

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Decision-log lines the writer could not take (set when scraped).
     pub decision_log_dropped: IntGauge,
+    /// Connections closed because a request header did not arrive in time.
+    pub header_timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -43,7 +45,9 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         let decision_log_dropped = IntGauge::new("omnigraph_decision_log_dropped", "Decision-log lines dropped because the writer fell behind")?;
         registry.register(Box::new(decision_log_dropped.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped })
+        let header_timeouts = IntCounter::new("omnigraph_header_timeouts_total", "Connections closed because a request header did not arrive within server.header_timeout_ms")?;
+        registry.register(Box::new(header_timeouts.clone()))?;
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, header_timeouts })
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -12,6 +12,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::app::{AppState, StartupError};
 use crate::config::Loaded;
 use crate::drain::DrainingShutdown;
+use crate::header_clock::HeaderClock;
 use crate::proxy::Gateway;
 
 /// Starts one supervision task per graph, inside Pingora's runtime (so no
@@ -107,7 +108,27 @@ impl BackgroundService for SupervisorService {
     }
 }
 
+/// Lifts the soft limit on open descriptors to the hard one, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: every client connection is a
+/// descriptor, and a default soft limit of 1024 would let a thousand idle
+/// clients shut everyone else out long before memory runs short.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let soft = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::debug!(from = soft, to = lim.rlim_max, "raised the open-file limit");
+        }
+    }
+}
+
 pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
+    raise_nofile_limit();
     let bind = config.config.server.bind.clone();
     let grace = config.config.server.shutdown_grace_s;
     let state = Arc::new(AppState::build(config, insecure_no_auth)?);
@@ -131,9 +152,16 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     // HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on the same port.
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = true;
-    let mut proxy = pingora::proxy::ProxyServiceBuilder::new(&server.configuration, Gateway { state: state.clone(), drain: drain.clone() })
-        .server_options(options)
-        .build();
+    let mut proxy = pingora::proxy::HttpProxy::new(Gateway { state: state.clone(), drain: drain.clone() }, server.configuration.clone());
+    proxy.server_options = Some(options);
+    proxy.handle_init_modules();
+    // Every client connection gets a whole-header deadline (header_clock.rs).
+    let clocked = HeaderClock {
+        inner: Arc::new(proxy),
+        timeout: std::time::Duration::from_millis(state.config.config.server.header_timeout_ms.max(1)),
+        timeouts: state.metrics.header_timeouts.clone(),
+    };
+    let mut proxy = pingora::services::listening::Service::new("Pingora HTTP Proxy Service".to_string(), clocked);
     proxy.add_tcp(&bind);
     server.add_service(proxy);
     server.add_service(background_service("supervisor", SupervisorService { state: state.clone(), bind: bind.clone() }));

@@ -1,0 +1,199 @@
+//! End-to-end tests of connection-level abuse (docs/security.md, "Slow and
+//! idle clients"): a client that dribbles or withholds its request header is
+//! closed at `server.header_timeout_ms`, thousands of such clients do not
+//! keep others out, and honest slow traffic (idle keep-alive gaps, slow
+//! bodies) is not mistaken for an attack.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use omnigraph_e2e::*;
+use serde_json::json;
+
+const AUTH: (&str, &str) = ("authorization", "Bearer tok-root");
+/// Short, so the tests are quick; the default is 10 s.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn start() -> (ConfigDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_file(d, "s.pg", SOCIAL_SCHEMA);
+    write_file(d, "policies/server.cedar", "permit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
+    write_file(d, "tokens.yaml", &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n", sha256_hex("tok-root")));
+    let cfg = write_file(
+        d,
+        "omnigraph.yaml",
+        &format!(
+            "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n  header_timeout_ms: {}\nauth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n",
+            HEADER_TIMEOUT.as_millis()
+        ),
+    );
+    let env = ConfigDir { dir, cfg };
+    let gw = env.start();
+    (env, gw)
+}
+
+/// Waits up to `limit` for the server to close `s`; returns how long it took.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut b = [0u8; 256];
+    while t.elapsed() < limit {
+        match s.read(&mut b) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => panic!("the server answered a request that was never completed"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+    None
+}
+
+fn header_timeouts(gw: &Gateway) -> u64 {
+    let m = call("GET", &gw.url("/metrics"), None, &[AUTH]);
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    text.lines().find_map(|l| l.strip_prefix("omnigraph_header_timeouts_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// One raw HTTP/1.1 exchange on an open connection; returns the status line.
+fn exchange(s: &mut TcpStream, req: &[u8]) -> String {
+    s.write_all(req).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut b).expect("an answer");
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&b[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    // Drain the body so the connection can carry the next request.
+    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
+    let body_start = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut have = buf.len() - body_start;
+    while have < len {
+        have += s.read(&mut b).unwrap();
+    }
+    head.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_slowloris_client_is_closed_at_the_header_deadline() {
+    let (_env, gw) = start();
+    let before = header_timeouts(&gw);
+    let mut s = TcpStream::connect(gw.addr()).unwrap();
+    // One byte every 200 ms: each read is far inside Pingora's 60 s per-read
+    // timeout, so only a whole-header deadline can close this client.
+    let req = b"GET /graphs HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let t = Instant::now();
+    let mut closed = None;
+    for b in req {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            closed = Some(t.elapsed());
+            break;
+        }
+        if closed_within(&mut s, Duration::from_millis(200)).is_some() {
+            closed = Some(t.elapsed());
+            break;
+        }
+    }
+    let took = closed.expect("the dribbling client was never closed");
+    assert!(took >= HEADER_TIMEOUT - Duration::from_millis(100) && took < HEADER_TIMEOUT + Duration::from_secs(3), "closed after {took:?}");
+    assert!(header_timeouts(&gw) > before, "the close is counted in /metrics");
+    assert_eq!(call("GET", &gw.url("/healthz"), None, &[]).status, 200, "the gateway is healthy");
+}
+
+#[test]
+fn a_client_that_connects_and_says_nothing_is_closed() {
+    // Pingora peeks for an HTTP/2 preface first and would wait forever.
+    let (_env, gw) = start();
+    let mut s = TcpStream::connect(gw.addr()).unwrap();
+    let took = closed_within(&mut s, HEADER_TIMEOUT + Duration::from_secs(5)).expect("a silent client is closed");
+    assert!(took >= HEADER_TIMEOUT - Duration::from_millis(100), "not before the deadline: {took:?}");
+    // A short, complete HTTP/1.0 request (under the preface's 24 bytes) is
+    // not left hanging either: it is answered or closed, never held.
+    let mut short = TcpStream::connect(gw.addr()).unwrap();
+    short.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert!(closed_within_or_answered(&mut short, HEADER_TIMEOUT + Duration::from_secs(5)));
+}
+
+/// True once the server answers-and-closes or just closes `s` within `limit`.
+fn closed_within_or_answered(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn thousands_of_idle_connections_do_not_keep_a_new_client_out() {
+    let (_env, gw) = start();
+    let want = raise_nofile(12_000).min(10_000);
+    let mut idle = Vec::with_capacity(want);
+    for _ in 0..want {
+        match TcpStream::connect(gw.addr()) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connection {} refused: {e}", idle.len()),
+        }
+    }
+    let t = Instant::now();
+    let r = post_with(&gw.url("/graphs/alpha/read"), &json!({"match": {"type": "Person", "key": "p1"}}), &[AUTH]);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(2), "a new client waited {:?} behind {want} idle ones", t.elapsed());
+    // And the idle ones are all let go at the deadline, so they cannot pile up.
+    std::thread::sleep(HEADER_TIMEOUT + Duration::from_millis(1500));
+    let mut still_open = 0;
+    for s in idle.iter_mut() {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        if matches!(s.read(&mut b), Err(ref e) if e.kind() == ErrorKind::WouldBlock) {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "{still_open} of {want} idle connections were still open after the header deadline");
+    eprintln!("{want} idle connections held and closed");
+}
+
+/// Raises this process's soft descriptor limit towards `want`; returns the
+/// number of connections it can afford to open.
+fn raise_nofile(want: u64) -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(want);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    (lim.rlim_cur as usize).saturating_sub(200)
+}
+
+#[test]
+fn honest_slow_traffic_is_not_cut() {
+    let (_env, gw) = start();
+    let mut s = TcpStream::connect(gw.addr()).unwrap();
+    let get = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    assert!(exchange(&mut s, get).contains(" 200 "));
+    // A keep-alive gap longer than the header deadline: idle time is not header time.
+    std::thread::sleep(HEADER_TIMEOUT + Duration::from_millis(500));
+    assert!(exchange(&mut s, get).contains(" 200 "), "the kept-alive connection still works");
+    // A body that trickles in for longer than the header deadline, after a complete header.
+    let body = br#"{"match": {"type": "Person", "key": "p1"}}"#;
+    let head = format!("POST /graphs/alpha/read HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok-root\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let mut c = TcpStream::connect(gw.addr()).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    let per_chunk = (HEADER_TIMEOUT * 2) / (body.len() as u32 / 4);
+    for chunk in body.chunks(4) {
+        std::thread::sleep(per_chunk);
+        c.write_all(chunk).unwrap();
+    }
+    assert!(exchange(&mut c, b"").contains(" 200 "), "a slow body is the proxy's business, not the header clock's");
+}
