@@ -33,6 +33,12 @@ pub enum ContainmentError {
     Unusable(String),
 }
 
+/// A resolved folder as the key graphs are compared by (`canonical_uri`):
+/// its path text without a trailing slash.
+pub fn uri_key(resolved: &Path) -> String {
+    resolved.display().to_string().trim_end_matches('/').to_string()
+}
+
 /// Resolves `p` (absolute) as the kernel would: each existing component is
 /// canonicalised (following symlinks), `..` climbs from the physical folder,
 /// and the components that do not exist yet are appended as written.

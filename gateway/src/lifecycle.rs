@@ -118,7 +118,7 @@ pub fn pending_dir(runtime_dir: &Path) -> PathBuf {
 
 /// What this request created, to remove on failure and nothing more.
 #[derive(Default)]
-pub(crate) struct Undo {
+struct Undo {
     /// The graph folder, when this request created it (exclusively, under the URI lock).
     created_dir: Option<PathBuf>,
     /// Parent folders this request created, deepest first. They are removed
@@ -241,7 +241,7 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
     // to it again on the next start (not, say, `/proc/<pid>/cwd/...`).
     let uri = crate::config::stored_uri(&state.config.dir, &data_dir);
     let section = GraphSection { uri, tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
-    let canonical = data_dir.display().to_string().trim_end_matches('/').to_string();
+    let canonical = crate::containment::uri_key(&data_dir);
     Ok(Validated { id, req, section, own, policy_write, data_dir, canonical })
 }
 
@@ -545,7 +545,7 @@ fn purge_target(state: &AppState, entry: &GraphEntry) -> Result<PathBuf, Lifecyc
         return Err(bad("purge only works for local paths"));
     }
     let dir = resolve_physical(Path::new(&entry.resolved_uri))?;
-    if dir.display().to_string().trim_end_matches('/') != entry.canonical_uri {
+    if crate::containment::uri_key(&dir) != entry.canonical_uri {
         return Err(LifecycleError::Conflict(format!(
             "the graph's folder {} now resolves to {}; not purging a path that changed under the graph",
             entry.resolved_uri,

@@ -270,6 +270,31 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[i.min(samples.len() - 1)]
 }
 
+/// A test's config folder: a temporary directory and its `omnigraph.yaml`.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+}
+
+impl ConfigDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file as it is on disk now.
+    pub fn yaml(&self) -> String {
+        std::fs::read_to_string(&self.cfg).expect("read omnigraph.yaml")
+    }
+
+    pub fn start(&self) -> Gateway {
+        Gateway::start(&self.cfg)
+    }
+
+    pub fn start_env(&self, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn("debug", &self.cfg, &[], env)
+    }
+}
+
 /// A gateway started with `omnigraph-gateway serve --config` and waited on
 /// until `/readyz` answers 200.
 pub struct Gateway {
@@ -288,8 +313,14 @@ impl Gateway {
 
     /// Starts the gateway from `target/<profile>`; its workers come from the same folder.
     pub fn start_in(profile: &str, config: &Path, extra: &[&str]) -> Gateway {
+        Self::spawn(profile, config, extra, &[])
+    }
+
+    /// [`Gateway::start_in`] with extra environment variables.
+    pub fn spawn(profile: &str, config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(bin_in(profile, "omnigraph-gateway"));
         cmd.arg("serve").arg("--config").arg(config).args(extra);
+        cmd.envs(env.iter().copied());
         // Port 0: the gateway prints the port the kernel chose, so no test races for a free one.
         if !extra.contains(&"--bind") {
             cmd.args(["--bind", "127.0.0.1:0"]);

@@ -10,21 +10,15 @@ use serde_json::{json, Value};
 
 const ADMIN: (&str, &str) = ("authorization", "Bearer tok-admin");
 
-struct Env {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
+type Env = ConfigDir;
+
+trait YamlGraphs {
+    fn yaml_graphs(&self) -> BTreeSet<String>;
 }
 
-impl Env {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn yaml(&self) -> String {
-        std::fs::read_to_string(&self.cfg).unwrap()
-    }
+impl YamlGraphs for Env {
     fn yaml_graphs(&self) -> BTreeSet<String> {
-        let v: serde_yaml_like::Doc = serde_yaml_like::parse(&self.yaml());
-        v.graphs
+        serde_yaml_like::parse(&self.yaml()).graphs
     }
 }
 

@@ -12,32 +12,17 @@ const ADMIN: (&str, &str) = ("authorization", "Bearer tok-admin");
 /// A value planted in the gateway's environment: it must never come back.
 const CANARY: &str = "canary-7d1f0c2e-do-not-leak";
 
-struct Env {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
+type Env = ConfigDir;
+
+/// Starts the gateway with a canary in its environment.
+fn start(e: &Env) -> Gateway {
+    start_env(e, &[])
 }
 
-impl Env {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn start(&self) -> Gateway {
-        self.start_env(&[])
-    }
-
-    fn start_env(&self, env: &[(&str, &str)]) -> Gateway {
-        let mut cmd = std::process::Command::new(bin("omnigraph-gateway"));
-        cmd.arg("serve").arg("--config").arg(&self.cfg).env("OG_CANARY", CANARY).env_remove("OMNIGRAPH_WORKER_BIN");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(60));
-        let base = line.rsplit(' ').next().expect("address").trim().to_string();
-        let g = Gateway { proc, base };
-        g.wait_ready(Duration::from_secs(120));
-        g
-    }
+fn start_env(e: &Env, env: &[(&str, &str)]) -> Gateway {
+    let mut all = vec![("OG_CANARY", CANARY)];
+    all.extend_from_slice(env);
+    e.start_env(&all)
 }
 
 struct Tok<'a> {
@@ -98,7 +83,7 @@ fn a_policy_file_outside_the_policy_folder_is_never_read() {
     // Inside the policy folder, but a link out of it.
     std::os::unix::fs::symlink("/etc/passwd", e.path().join("policies/passwd.cedar")).unwrap();
     std::os::unix::fs::symlink("/proc/self/environ", e.path().join("policies/env.cedar")).unwrap();
-    let gw = e.start();
+    let gw = start(&e);
     let passwd_first_line = std::fs::read_to_string("/etc/passwd").unwrap().lines().next().unwrap_or("root:x:0:0").to_string();
     for f in ["/proc/self/environ", "/etc/passwd", "../../../../etc/passwd", "policies/../../../../etc/passwd", "policies/passwd.cedar", "policies/env.cedar", "/dev/zero", "/dev/urandom", "policies"] {
         let started = Instant::now();
@@ -129,7 +114,7 @@ fn a_policy_file_outside_the_policy_folder_is_never_read() {
 #[test]
 fn graphs_never_nest_and_a_purge_removes_only_its_own_folder() {
     let e = admin_env("", "graphs: {}\n");
-    let gw = e.start();
+    let gw = start(&e);
     assert_eq!(create(&gw, &graph_body("outer", "data/tenants")).status, 201);
     for (id, uri) in [
         ("inner", "data/tenants/acme"),
@@ -169,7 +154,7 @@ fn absolute_and_escaping_uris_get_400() {
     let e = admin_env("", "graphs: {}\n");
     let outside = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(outside.path(), e.path().join("data/out")).unwrap();
-    let gw = e.start();
+    let gw = start(&e);
     let target = outside.path().join("g");
     for uri in [
         "/tmp/og-escape",
@@ -195,7 +180,7 @@ fn absolute_and_escaping_uris_get_400() {
 #[test]
 fn a_data_root_around_everything_still_fences_the_gateways_own_folders() {
     let e = admin_env("  data_root: .\n", "graphs: {}\n");
-    let gw = e.start();
+    let gw = start(&e);
     for uri in ["run/g", "run", "policies/g", ".", ""] {
         let r = create(&gw, &graph_body("g", uri));
         assert!(r.status == 409 || r.status == 400, "{uri:?}: {}", text(&r));
@@ -214,7 +199,7 @@ fn an_unauthorized_creator_learns_nothing_from_validation() {
         "",
         "graphs: {}\n",
     );
-    let gw = e.start();
+    let gw = start(&e);
     let nobody = ("authorization", "Bearer tok-nobody");
     for body in [
         json!({"graph_id": "Bad Id", "uri": "/etc", "schema": {"source": "nonsense"}, "policy": {"file": "/etc/passwd"}}),
@@ -253,7 +238,7 @@ when { context has requested_graph && context.requested_graph like "prod-*" && !
         "",
         "graphs: {}\n",
     );
-    let gw = e.start();
+    let gw = start(&e);
     let lead = ("authorization", "Bearer tok-lead");
     let with_tenant = |id: &str, t: Option<&str>| {
         let mut b = graph_body(id, &format!("data/{id}"));
@@ -280,7 +265,7 @@ fn listings_show_only_what_the_caller_may_read() {
         "graphs:\n  open:\n    uri: data/open\n    schema: { file: s.pg }\n    policy: { file: policies/open.cedar }\n  secret:\n    uri: data/secret\n    schema: { file: s.pg }\n",
     );
     write_file(e.path(), "policies/open.cedar", "permit (principal == Omnigraph::Actor::\"rita\", action == Omnigraph::Action::\"graph_read\", resource);\n");
-    let gw = e.start();
+    let gw = start(&e);
     let r = get(&gw.url("/readyz"));
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({"status": "ready"}), "/readyz names no graph");
@@ -306,7 +291,7 @@ fn identity_gaps_are_closed() {
         "",
         "graphs:\n  acme:\n    uri: data/acme\n    schema: { file: s.pg }\n    tenant: acme\n  open:\n    uri: data/open\n    schema: { file: s.pg }\n",
     );
-    let gw = e.start();
+    let gw = start(&e);
     let read = |tok: &str, g: &str| call("POST", &gw.url(&format!("/graphs/{g}/read")), Some(br#"{"match":{"type":"Person"}}"#), &[("authorization", &format!("Bearer {tok}"))]).status;
     assert_eq!(read("tok-acme", "acme"), 200);
     assert_eq!(read("tok-none", "acme"), 403, "an actor without a tenant never reaches a tenant's graph");
@@ -335,7 +320,7 @@ fn a_jwks_url_must_be_https() {
 #[test]
 fn limits_bound_bodies_and_creates() {
     let e = admin_env("", "limits:\n  max_graphs: 2\n  max_body_bytes: 1000\ngraphs:\n  base:\n    uri: data/base\n    schema: { file: s.pg }\n");
-    let gw = e.start();
+    let gw = start(&e);
     // A body past limits.max_body_bytes: 413 from the gateway (Content-Length)...
     let big = format!("{{\"match\":{{\"type\":\"Person\",\"key\":\"{}\"}}}}", "k".repeat(2000));
     let r = call("POST", &gw.url("/graphs/base/read"), Some(big.as_bytes()), &[ADMIN]);
@@ -406,7 +391,7 @@ fn a_policy_reload_during_a_create_applies_to_the_new_graph() {
         "graphs: {}\n",
     );
     let wrapper = slow_worker(e.path(), "2");
-    let gw = e.start_env(&[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
+    let gw = start_env(&e, &[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
     let url = gw.url("/graphs");
     let t = std::thread::spawn(move || post_with(&url, &graph_body("fresh", "data/fresh"), &[ADMIN]).status);
     // Reload once the create's worker is starting: the create is past validation then.
@@ -423,7 +408,7 @@ fn a_policy_reload_during_a_create_applies_to_the_new_graph() {
 #[test]
 fn commits_are_read_on_their_branch_only() {
     let e = admin_env("", "graphs:\n  g:\n    uri: data/g\n    schema: { file: s.pg }\n");
-    let gw = e.start();
+    let gw = start(&e);
     let r = post_with(&gw.url("/graphs/g/change"), &json!({"ops": [{"upsert": {"type": "Person", "key": "a", "props": {}}}]}), &[ADMIN]);
     assert_eq!(r.status, 200);
     let c = r.body["commit_id"].as_str().unwrap().to_string();
@@ -443,7 +428,7 @@ fn commits_are_read_on_their_branch_only() {
 fn creates_past_the_queue_get_429() {
     let e = admin_env("", "limits:\n  max_creates_in_flight: 1\n  max_creates_queued: 0\ngraphs: {}\n");
     let wrapper = slow_worker(e.path(), "2");
-    let gw = e.start_env(&[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
+    let gw = start_env(&e, &[("OMNIGRAPH_WORKER_BIN", wrapper.to_str().unwrap())]);
     let url = gw.url("/graphs");
     let first = std::thread::spawn(move || post_with(&url, &graph_body("one", "data/one"), &[ADMIN]).status);
     // The first create holds the one turn once its (slow) worker is starting.
@@ -469,7 +454,7 @@ fn the_folder_checked_is_the_folder_used() {
     std::fs::create_dir_all(data.join("a/b/c")).unwrap();
     std::os::unix::fs::symlink(data.join("a/b/c"), data.join("l")).unwrap();
     write_file(&data.join("victim"), "keep.txt", "precious");
-    let gw = e.start();
+    let gw = start(&e);
     // data/l/../../../x is data/x for the kernel, ../x as text.
     let r = create(&gw, &graph_body("dots", "data/l/../../../x"));
     assert_eq!(r.status, 201, "{}", text(&r));
@@ -489,7 +474,7 @@ fn the_folder_checked_is_the_folder_used() {
     let yaml = std::fs::read_to_string(&e.cfg).unwrap();
     assert!(yaml.contains("uri: data/x") && yaml.contains("uri: data/y") && !yaml.contains("/proc/"), "{yaml}");
     drop(gw);
-    let gw = e.start();
+    let gw = start(&e);
     for g in ["dots", "proc"] {
         let r = call("POST", &gw.url(&format!("/graphs/{g}/read")), Some(br#"{"match":{"type":"Person"}}"#), &[ADMIN]);
         assert_eq!(r.status, 200, "{g} after a restart: {}", text(&r));
@@ -502,7 +487,7 @@ fn the_folder_checked_is_the_folder_used() {
 #[test]
 fn inputs_that_would_exhaust_a_stack_or_a_create_slot_are_400() {
     let e = admin_env("", "graphs:\n  g:\n    uri: data/g\n    schema: { file: s.pg }\n");
-    let gw = e.start();
+    let gw = start(&e);
     let deep = format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(5000), ")".repeat(5000));
     let r = create(&gw, &json!({"graph_id": "deep", "uri": "data/deep", "schema": {"source": SOCIAL_SCHEMA}, "policy": {"source": deep}}));
     assert_eq!(r.status, 400, "{}", text(&r));
@@ -534,7 +519,7 @@ fn create_errors_name_no_hidden_graph_and_no_host_path() {
         "",
         "graphs:\n  secret-project:\n    uri: data/secret-project\n    schema: { file: s.pg }\n",
     );
-    let gw = e.start();
+    let gw = start(&e);
     let cora = ("authorization", "Bearer tok-cora");
     let r = post_with(&gw.url("/graphs"), &graph_body("mine", "data/secret-project/inner"), &[cora]);
     assert_eq!(r.status, 409, "{}", text(&r));
