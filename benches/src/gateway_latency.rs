@@ -22,6 +22,35 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// CPU time (ns) that the threads of `pid` have run, from the scheduler's
+/// own accounting (`/proc/<pid>/task/*/schedstat`), precise where the
+/// tick-based `utime` is not.
+fn cpu_ns(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+/// CPU time of a process and its direct children (nginx's worker process,
+/// but not the gateway's graph workers, which are counted apart).
+fn tree_cpu_ns(pid: i32, with_children: bool) -> u64 {
+    let kids = if with_children { children_of(pid).into_iter().map(|(p, _)| cpu_ns(p)).sum() } else { 0 };
+    cpu_ns(pid) + kids
+}
+
+/// Runs `n` requests on `c`, adding their round trips to `samples` and the
+/// CPU that `pid` spent meanwhile to `cpu`.
+fn block(c: &mut RawClient, n: usize, samples: &mut Vec<Duration>, pid: i32, with_children: bool, cpu: &mut u64) {
+    let before = tree_cpu_ns(pid, with_children);
+    for _ in 0..n {
+        samples.push(c.once());
+    }
+    *cpu += tree_cpu_ns(pid, with_children).saturating_sub(before);
+}
+
 /// nginx 1.22 (Debian's) in front of the direct worker: `proxy_pass` with an
 /// upstream keep-alive pool, one worker process, no access log. The baseline
 /// a user would otherwise put in front of a worker.
@@ -99,19 +128,16 @@ fn main() {
         }
     }
     let (mut direct_s, mut gw_s, mut nginx_s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut direct_cpu, mut gw_cpu, mut nginx_cpu) = (0u64, 0u64, 0u64);
+    let nginx_pid = nginx.as_ref().map(|n| n.pid());
     for _ in 0..40 {
-        for _ in 0..250 {
-            direct_s.push(to_direct.once());
+        block(&mut to_direct, 250, &mut direct_s, direct.proc.pid(), false, &mut direct_cpu);
+        if let (Some(n), Some(pid)) = (to_nginx.as_mut(), nginx_pid) {
+            block(n, 250, &mut nginx_s, pid, true, &mut nginx_cpu);
         }
-        if let Some(n) = to_nginx.as_mut() {
-            for _ in 0..250 {
-                nginx_s.push(n.once());
-            }
-        }
-        for _ in 0..250 {
-            gw_s.push(to_gw.once());
-        }
+        block(&mut to_gw, 250, &mut gw_s, gw.proc.pid(), false, &mut gw_cpu);
     }
+    let per_req = |ns: u64, n: usize| ns as f64 / 1e3 / n.max(1) as f64;
     let (d50, d99) = (percentile(&mut direct_s, 50.0), percentile(&mut direct_s, 99.0));
     let (g50, g99) = (percentile(&mut gw_s, 50.0), percentile(&mut gw_s, 99.0));
     println!("## gateway added latency (release, concurrency 1, keep-alive, POST /read by key)\n");
@@ -128,6 +154,13 @@ fn main() {
     println!("| gateway → worker (TCP + authn + Cedar + UDS) | {} | {:.0} | {:.0} | **{:.0}** |", gw_s.len(), us(g50), us(g99), us(g50) - us(d50));
     let added = us(g50) - us(d50);
     println!("\n(client: raw keep-alive HTTP/1.1, one write per request, TCP_NODELAY; blocks of 250 interleaved)");
+    println!("\nCPU per request of the process in front of the client (scheduler accounting, same run):");
+    println!("\n| process | CPU µs per request |\n|---|---|");
+    println!("| worker, called directly | {:.1} |", per_req(direct_cpu, direct_s.len()));
+    if !nginx_s.is_empty() {
+        println!("| nginx (master + worker process) | {:.1} |", per_req(nginx_cpu, nginx_s.len()));
+    }
+    println!("| gateway (its graph worker not included) | {:.1} |", per_req(gw_cpu, gw_s.len()));
     match nginx_added {
         Some(n) => println!("\ntargets: added p50 <= 50 µs (got {added:.0}); <= 1.5x nginx's added p50 (got {:.2}x)", added / n.max(1.0)),
         None => println!("\n(nginx not installed: `apt-get install nginx-light` for the side-by-side row)"),
