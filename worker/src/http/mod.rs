@@ -49,8 +49,8 @@ fn params(p: Params, route: RouteId) -> Result<HashMap<String, String>, ApiError
     Ok(map)
 }
 
-/// Parses `?branch=`, defaulting to `main`. Whether it exists is the
-/// store's answer (404), given under the same snapshot the request uses.
+/// Parses `?branch=`, defaulting to `main`. Whether the branch exists is
+/// the store's answer (404), so a write checks it again under its lock.
 fn branch(map: &HashMap<String, String>) -> Result<BranchName, ApiError> {
     BranchName::parse_or_main(map.get("branch").map(String::as_str)).map_err(|e| ApiError::bad(e.to_string()))
 }
