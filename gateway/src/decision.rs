@@ -69,6 +69,30 @@ pub fn decide(st: &AppState, actor: &ResolvedActor, action: Action, route: &Rout
     }
 }
 
+/// The branch whose data a route copies into another: the `from` of a
+/// `branch_create`, the source of a `branch_merge`. Copying a branch is
+/// reading it, so such a request also needs `read` on that branch
+/// (see [`decide_source_read`]); otherwise a caller could branch from or
+/// merge out of a branch they may not read and then read the copy.
+pub fn copied_branch(action: Action, route: &Route) -> Option<&BranchName> {
+    let Route::Proxy(p) = route else { return None };
+    match action {
+        Action::BranchCreate => p.from.as_ref(),
+        Action::BranchMerge => p.branch.as_ref(),
+        _ => None,
+    }
+}
+
+/// `read` on the branch a request copies, decided like any read of it.
+pub fn decide_source_read(st: &AppState, actor: &ResolvedActor, source: &BranchName, entry: Option<&GraphEntry>, graph: &omnigraph_contract::GraphId) -> Decision {
+    let b = Branches { branch: Some(source), ..Branches::default() };
+    let ctx = graph_context(b, |b| entry.is_some_and(|e| e.is_protected(b)));
+    match entry {
+        Some(e) => decide_on(st, actor, Action::Read, e, &ctx),
+        None => st.engine.decide(&st.server_sets.load(), actor, Action::Read, Resource::Graph { id: graph.as_str(), tenant: None }, &ctx),
+    }
+}
+
 /// Decides a graph action on a graph that exists, with its own policies.
 pub fn decide_on(st: &AppState, actor: &ResolvedActor, action: Action, e: &GraphEntry, ctx: &RequestContext<'_>) -> Decision {
     st.engine.decide(&e.policies.load(), actor, action, Resource::Graph { id: e.id.as_str(), tenant: e.tenant.as_deref() }, ctx)
@@ -93,5 +117,18 @@ mod tests {
         assert_eq!((ctx.from_branch, ctx.from_protected), (Some("main"), Some(true)));
         let none = graph_context(Branches::default(), |_| true);
         assert!(none.branch.is_none() && none.branch_protected.is_none());
+    }
+
+    #[test]
+    fn a_branch_copy_names_the_branch_it_reads() {
+        let route = |m: &str, p: &str, q: &str| crate::route::parse(m, p, Some(q)).unwrap();
+        let create = route("POST", "/graphs/g/branches", "branch=x&from=secret");
+        assert_eq!(copied_branch(Action::BranchCreate, &create).map(BranchName::as_str), Some("secret"));
+        let create_main = route("POST", "/graphs/g/branches", "branch=x");
+        assert_eq!(copied_branch(Action::BranchCreate, &create_main).map(BranchName::as_str), Some("main"));
+        let merge = route("POST", "/graphs/g/branches/merge", "branch=secret&target=main");
+        assert_eq!(copied_branch(Action::BranchMerge, &merge).map(BranchName::as_str), Some("secret"));
+        let change = route("POST", "/graphs/g/change", "branch=dev");
+        assert_eq!(copied_branch(Action::Change, &change), None);
     }
 }

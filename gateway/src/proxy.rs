@@ -141,18 +141,36 @@ impl Gateway {
     /// Authz: Cedar decides; anything but an allow is a 403 naming the action and resource.
     fn authorize(&self, ctx: &mut Ctx, actor: &ResolvedActor, route: &Route, entry: Option<&crate::registry::GraphEntry>, requested: &Requested) -> std::result::Result<(), Answer> {
         let action = route.action().ok_or_else(|| Answer::new(ErrorCode::Internal, "route without an action"))?;
-        let d = decision::decide(&self.state, actor, action, route, entry, requested);
+        let mut d = decision::decide(&self.state, actor, action, route, entry, requested);
         let resource = match route.graph() {
             Some(g) if !action.is_server_action() => Resource::Graph { id: g.as_str(), tenant: None }.describe(),
             _ => Resource::Server.describe(),
         };
+        // Copying a branch is reading it: a branch_create or a merge also
+        // needs `read` on the branch it copies from.
+        let mut denied = (action, None);
+        if let (true, Some(src), Some(g)) = (d.allowed, decision::copied_branch(action, route), route.graph()) {
+            let read = decision::decide_source_read(&self.state, actor, src, entry, g);
+            if !read.allowed {
+                denied = (Action::Read, Some(src.as_str().to_string()));
+                d = read;
+            }
+        }
         let allowed = d.allowed;
-        ctx.decided = Some(Decided { action, resource: resource.clone(), decision: d });
+        ctx.decided = Some(Decided { action: denied.0, resource: resource.clone(), decision: d });
         if allowed {
             return Ok(());
         }
-        let msg = format!("actor {:?} may not {} on {}", &*actor.actor_id, action.name(), resource);
-        Err(Answer { details: Some(json!({"action": action.name(), "resource": resource})), ..Answer::new(ErrorCode::Forbidden, msg) })
+        let (act, source) = denied;
+        let msg = match &source {
+            Some(b) => format!("actor {:?} may not read branch {b:?} of {resource}, which {} would copy", &*actor.actor_id, action.name()),
+            None => format!("actor {:?} may not {} on {}", &*actor.actor_id, act.name(), resource),
+        };
+        let mut details = json!({"action": act.name(), "resource": resource});
+        if let Some(b) = source {
+            details["branch"] = json!(b);
+        }
+        Err(Answer { details: Some(details), ..Answer::new(ErrorCode::Forbidden, msg) })
     }
 
     async fn filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
