@@ -1,5 +1,5 @@
 //! The Pingora `ProxyHttp` implementation, one line per phase:
-//! `request_filter` → route → authn → authz → an admin handler or the
+//! `request_filter` → framing → route → authn → authz → an admin handler or the
 //! upstream; `upstream_peer` and `upstream_request_filter` → `upstream`;
 //! `logging` → the audit line and every metric, from the typed [`Ctx`],
 //! after the response has been sent.
@@ -173,7 +173,19 @@ impl Gateway {
         Err(Answer { details: Some(details), ..Answer::new(ErrorCode::Forbidden, msg) })
     }
 
+    /// Framing: oversized headers (Pingora has already settled the body's length).
+    fn framing(&self, session: &mut Session) -> std::result::Result<(), Answer> {
+        crate::framing::check(session.req_header()).map_err(|e| {
+            // The body was never read, so the connection cannot carry another request.
+            session.set_keepalive(None);
+            Answer::new(ErrorCode::BadRequest, e.to_string()).header("connection", "close")
+        })
+    }
+
     async fn filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Err(a) = self.framing(session) {
+            return a.send(session).await;
+        }
         let route = match self.route(session) {
             Ok(r) => r,
             Err(a) => return a.send(session).await,
