@@ -6,8 +6,10 @@
 /// One worker's limits, as handed from the gateway to the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerLimits {
-    /// Bytes in one request body (413 past it).
+    /// Bytes in one request body (413 past it); not `/ingest`'s.
     pub max_body_bytes: u64,
+    /// Bytes in one `/ingest` body, which is streamed, not held (413 past it).
+    pub max_ingest_bytes: u64,
     /// Ops in one `/change` batch.
     pub max_change_ops: u64,
     /// `traverse` steps in one read.
@@ -23,6 +25,7 @@ pub struct WorkerLimits {
 impl WorkerLimits {
     pub const DEFAULT: WorkerLimits = WorkerLimits {
         max_body_bytes: 16 * 1024 * 1024,
+        max_ingest_bytes: 10 * 1024 * 1024 * 1024,
         max_change_ops: 100_000,
         max_traverse_steps: 8,
         max_in_list: 10_000,
@@ -34,6 +37,7 @@ impl WorkerLimits {
     pub fn to_args(&self) -> Vec<String> {
         [
             ("--max-body-bytes", self.max_body_bytes),
+            ("--max-ingest-bytes", self.max_ingest_bytes),
             ("--max-change-ops", self.max_change_ops),
             ("--max-traverse-steps", self.max_traverse_steps),
             ("--max-in-list", self.max_in_list),
@@ -59,7 +63,8 @@ mod tests {
     #[test]
     fn flags_carry_every_limit_and_never_zero() {
         let args = WorkerLimits { max_visited: 0, ..WorkerLimits::DEFAULT }.to_args();
-        assert_eq!(args.len(), 12);
+        assert_eq!(args.len(), 14);
+        assert_eq!(args[2..4], ["--max-ingest-bytes".to_string(), "10737418240".to_string()]);
         assert_eq!(args[0..2], ["--max-body-bytes".to_string(), "16777216".to_string()]);
         let visited = args.iter().position(|a| a == "--max-visited").unwrap();
         assert_eq!(args[visited + 1], "1", "a worker refuses 0, so the gateway never sends it");

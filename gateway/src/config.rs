@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_creates_queued: usize,
     /// Bytes in one request body (`POST /graphs` has its own 1 MiB cap).
     pub max_body_bytes: u64,
+    /// Bytes in one `/ingest` body, which is streamed (not `max_body_bytes`).
+    pub max_ingest_bytes: u64,
     /// Ops in one `/change` batch.
     pub max_change_ops: u64,
     /// Steps in one read's `traverse`.
@@ -64,6 +66,7 @@ impl Default for Limits {
             max_creates_in_flight: 4,
             max_creates_queued: 64,
             max_body_bytes: w.max_body_bytes,
+            max_ingest_bytes: w.max_ingest_bytes,
             max_change_ops: w.max_change_ops,
             max_traverse_steps: w.max_traverse_steps,
             max_in_list: w.max_in_list,
@@ -82,6 +85,7 @@ impl Limits {
     pub fn worker(&self) -> WorkerLimits {
         WorkerLimits {
             max_body_bytes: self.max_body_bytes,
+            max_ingest_bytes: self.max_ingest_bytes,
             max_change_ops: self.max_change_ops,
             max_traverse_steps: self.max_traverse_steps,
             max_in_list: self.max_in_list,
@@ -127,6 +131,11 @@ pub struct ServerSection {
     /// (the slowloris defence, header_clock.rs).
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
+    /// A 403 names the policies that decided it (the forbids that matched,
+    /// or none when no permit applied). Off by default: policy ids can tell
+    /// a caller how the rules are written.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub explain_denials: bool,
     /// Where the decision log goes; stdout when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_log: Option<FileRef>,

@@ -16,8 +16,10 @@ use serde_json::{json, Value};
 /// `serve` flags' defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Request body bytes (413 above it).
+    /// Request body bytes (413 above it); `/ingest` has its own.
     pub max_body_bytes: usize,
+    /// `/ingest` body bytes, counted as they stream in (413 above it).
+    pub max_ingest_bytes: u64,
     /// Ops in one `/change` batch.
     pub max_change_ops: usize,
     /// `traverse` steps in one read.
@@ -42,6 +44,7 @@ impl From<crate::contract::limits::WorkerLimits> for Limits {
         let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Limits {
             max_body_bytes: size(w.max_body_bytes),
+            max_ingest_bytes: w.max_ingest_bytes,
             max_change_ops: size(w.max_change_ops),
             max_traverse_steps: size(w.max_traverse_steps),
             max_in_list: size(w.max_in_list),
@@ -97,6 +100,14 @@ impl Limits {
             "max_body_bytes",
             self.max_body_bytes as u64,
             format!("the request body is larger than {} bytes (limits.max_body_bytes)", self.max_body_bytes),
+        )
+    }
+
+    pub fn ingest_too_large(&self) -> LimitExceeded {
+        LimitExceeded::new(
+            "max_ingest_bytes",
+            self.max_ingest_bytes,
+            format!("the ingest body is larger than {} bytes (limits.max_ingest_bytes); nothing was written", self.max_ingest_bytes),
         )
     }
 
@@ -209,8 +220,8 @@ mod tests {
     fn defaults_match_the_design() {
         let l = Limits::default();
         assert_eq!(
-            (l.max_body_bytes, l.max_change_ops, l.max_traverse_steps, l.max_in_list, l.max_visited, l.read_timeout_ms),
-            (16_777_216, 100_000, 8, 10_000, 1_000_000, 10_000)
+            (l.max_body_bytes, l.max_ingest_bytes, l.max_change_ops, l.max_traverse_steps, l.max_in_list, l.max_visited, l.read_timeout_ms),
+            (16_777_216, 10_737_418_240, 100_000, 8, 10_000, 1_000_000, 10_000)
         );
     }
 

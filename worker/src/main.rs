@@ -52,6 +52,9 @@ struct LimitArgs {
     /// Largest request body in bytes (413 above it).
     #[arg(long, default_value_t = Limits::default().max_body_bytes as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_body_bytes: u64,
+    /// Largest /ingest body in bytes (413 above it); the body is streamed.
+    #[arg(long, default_value_t = Limits::default().max_ingest_bytes, value_parser = clap::value_parser!(u64).range(1..))]
+    max_ingest_bytes: u64,
     /// Most ops in one /change batch.
     #[arg(long, default_value_t = Limits::default().max_change_ops as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_change_ops: u64,
@@ -73,6 +76,7 @@ impl LimitArgs {
     fn limits(&self) -> anyhow::Result<Limits> {
         Ok(Limits::from(omnigraph_worker::contract::limits::WorkerLimits {
             max_body_bytes: self.max_body_bytes,
+            max_ingest_bytes: self.max_ingest_bytes,
             max_change_ops: self.max_change_ops,
             max_traverse_steps: self.max_traverse_steps,
             max_in_list: self.max_in_list,
