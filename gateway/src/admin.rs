@@ -12,8 +12,7 @@ use pingora::Result;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::authz::RequestContext;
-use crate::decision::decide_on;
+use crate::decision::{decide_entry, Branches};
 use crate::registry::GraphEntry;
 use crate::respond;
 use crate::route::{Action, Route};
@@ -58,7 +57,7 @@ pub async fn handle(st: &Arc<AppState>, session: &mut Session, route: Route, act
                 .registry
                 .list()
                 .iter()
-                .filter(|e| decide_on(st, actor, Action::GraphRead, e, &RequestContext::default()).allowed)
+                .filter(|e| decide_entry(st, actor, Action::GraphRead, Some(e.id.as_str()), Some(e), Branches::default(), &Default::default()).decision.allowed)
                 .map(|e| graph_json(e))
                 .collect();
             respond::json(session, 200, &json!({ "graphs": graphs })).await?

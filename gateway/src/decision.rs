@@ -1,12 +1,12 @@
 //! What Cedar is asked for a request: the resource, the context and the
-//! policy set. One function builds the context for live requests and for
-//! `policy explain`, so the two can never disagree.
+//! policy set. One function ([`decide_with`]) decides live requests,
+//! `policy explain` and `policy test`, so they can never disagree.
 
 use omnigraph_contract::routes::{BranchFrom, WORKER_ROUTES};
 use omnigraph_contract::{BranchName, ResolvedActor};
 
 use crate::app::AppState;
-use crate::authz::{Decision, RequestContext, Resource};
+use crate::authz::{ActionSets, Decision, Engine, RequestContext, Resource};
 use crate::lifecycle::Requested;
 use crate::registry::GraphEntry;
 use crate::route::{Action, Route};
@@ -54,48 +54,86 @@ pub fn defaults_to_main(action: Action) -> bool {
     WORKER_ROUTES.iter().any(|r| r.action == action && r.branch == BranchFrom::Query)
 }
 
-/// Decides a route for `actor`. A graph action on a graph that does not
-/// exist is decided by the server policies alone, so a caller learns that a
-/// graph is missing only if they would be allowed to use it.
-pub fn decide(st: &AppState, actor: &ResolvedActor, action: Action, route: &Route, entry: Option<&GraphEntry>, requested: &Requested) -> Decision {
-    let graph = match route.graph() {
-        Some(g) if !action.is_server_action() => g,
-        _ => return st.engine.decide(&st.server_sets.load(), actor, action, Resource::Server, &server_context(requested)),
-    };
-    let ctx = graph_context(Branches::of(route), |b| entry.is_some_and(|e| e.is_protected(b)));
-    match entry {
-        Some(e) => decide_on(st, actor, action, e, &ctx),
-        None => st.engine.decide(&st.server_sets.load(), actor, action, Resource::Graph { id: graph.as_str(), tenant: None }, &ctx),
-    }
+/// A graph as the policies see it: its id and tenant, its compiled policy
+/// sets (the server's and its own), and which branches it protects.
+pub struct GraphPolicies<'a> {
+    pub id: &'a str,
+    pub tenant: Option<&'a str>,
+    pub sets: &'a ActionSets,
+    pub protected: &'a dyn Fn(&BranchName) -> bool,
 }
 
-/// The branch whose data a route copies into another: the `from` of a
+/// The answer to a request: the decision, and the question that decided it.
+pub struct Verdict {
+    pub decision: Decision,
+    /// The request's own action, or `read` when the read of a copied branch denied it.
+    pub action: Action,
+    /// The branch whose `read` denied the request (see [`copied_branch`]).
+    pub copied: Option<BranchName>,
+}
+
+/// The branch whose data a request copies into another: the `from` of a
 /// `branch_create`, the source of a `branch_merge`. Copying a branch is
-/// reading it, so such a request also needs `read` on that branch
-/// (see [`decide_source_read`]); otherwise a caller could branch from or
-/// merge out of a branch they may not read and then read the copy.
-pub fn copied_branch(action: Action, route: &Route) -> Option<&BranchName> {
-    let Route::Proxy(p) = route else { return None };
+/// reading it, so such a request also needs `read` on that branch;
+/// otherwise a caller could branch from or merge out of a branch they may
+/// not read and then read the copy.
+pub fn copied_branch<'a>(action: Action, b: Branches<'a>) -> Option<&'a BranchName> {
     match action {
-        Action::BranchCreate => p.from.as_ref(),
-        Action::BranchMerge => p.branch.as_ref(),
+        Action::BranchCreate => b.from,
+        Action::BranchMerge => b.branch,
         _ => None,
     }
 }
 
-/// `read` on the branch a request copies, decided like any read of it.
-pub fn decide_source_read(st: &AppState, actor: &ResolvedActor, source: &BranchName, entry: Option<&GraphEntry>, graph: &omnigraph_contract::GraphId) -> Decision {
-    let b = Branches { branch: Some(source), ..Branches::default() };
-    let ctx = graph_context(b, |b| entry.is_some_and(|e| e.is_protected(b)));
-    match entry {
-        Some(e) => decide_on(st, actor, Action::Read, e, &ctx),
-        None => st.engine.decide(&st.server_sets.load(), actor, Action::Read, Resource::Graph { id: graph.as_str(), tenant: None }, &ctx),
+/// Decides a request. This is the one decision function: live requests,
+/// `policy explain` and `policy test` all come here.
+///
+/// A server action is decided by the server policies alone. A graph action
+/// on a graph that exists is decided by its `graph` policies; on one that
+/// does not (`graph` is `None`), by the server policies alone, so a caller
+/// learns that a graph is missing only if they would be allowed to use it.
+pub fn decide_with(
+    engine: &Engine,
+    server: &ActionSets,
+    graph: Option<&GraphPolicies<'_>>,
+    graph_id: Option<&str>,
+    actor: &ResolvedActor,
+    action: Action,
+    branches: Branches<'_>,
+    requested: &Requested,
+) -> Verdict {
+    let Some(id) = graph_id.filter(|_| !action.is_server_action()) else {
+        let decision = engine.decide(server, actor, action, Resource::Server, &server_context(requested));
+        return Verdict { decision, action, copied: None };
+    };
+    let ask = |action: Action, branches: Branches<'_>| {
+        let ctx = graph_context(branches, |b| graph.is_some_and(|g| (g.protected)(b)));
+        match graph {
+            Some(g) => engine.decide(g.sets, actor, action, Resource::Graph { id: g.id, tenant: g.tenant }, &ctx),
+            None => engine.decide(server, actor, action, Resource::Graph { id, tenant: None }, &ctx),
+        }
+    };
+    let decision = ask(action, branches);
+    if let (true, Some(src)) = (decision.allowed, copied_branch(action, branches)) {
+        let read = ask(Action::Read, Branches { branch: Some(src), ..Branches::default() });
+        if !read.allowed {
+            return Verdict { decision: read, action: Action::Read, copied: Some(src.clone()) };
+        }
     }
+    Verdict { decision, action, copied: None }
 }
 
-/// Decides a graph action on a graph that exists, with its own policies.
-pub fn decide_on(st: &AppState, actor: &ResolvedActor, action: Action, e: &GraphEntry, ctx: &RequestContext<'_>) -> Decision {
-    st.engine.decide(&e.policies.load(), actor, action, Resource::Graph { id: e.id.as_str(), tenant: e.tenant.as_deref() }, ctx)
+/// Decides a live request against the gateway's current policies.
+pub fn decide(st: &AppState, actor: &ResolvedActor, action: Action, route: &Route, entry: Option<&GraphEntry>, requested: &Requested) -> Verdict {
+    decide_entry(st, actor, action, route.graph().map(|g| g.as_str()), entry, Branches::of(route), requested)
+}
+
+/// [`decide`] for a graph named by id (`GET /graphs` asks it of each graph).
+pub fn decide_entry(st: &AppState, actor: &ResolvedActor, action: Action, graph_id: Option<&str>, entry: Option<&GraphEntry>, branches: Branches<'_>, requested: &Requested) -> Verdict {
+    let sets = entry.map(|e| e.policies.load());
+    let protected = |b: &BranchName| entry.is_some_and(|e| e.is_protected(b));
+    let graph = entry.zip(sets.as_ref()).map(|(e, sets)| GraphPolicies { id: e.id.as_str(), tenant: e.tenant.as_deref(), sets: sets.as_ref(), protected: &protected });
+    decide_with(&st.engine, &st.server_sets.load(), graph.as_ref(), graph_id, actor, action, branches, requested)
 }
 
 #[cfg(test)]
@@ -122,13 +160,10 @@ mod tests {
     #[test]
     fn a_branch_copy_names_the_branch_it_reads() {
         let route = |m: &str, p: &str, q: &str| crate::route::parse(m, p, Some(q)).unwrap();
-        let create = route("POST", "/graphs/g/branches", "branch=x&from=secret");
-        assert_eq!(copied_branch(Action::BranchCreate, &create).map(BranchName::as_str), Some("secret"));
-        let create_main = route("POST", "/graphs/g/branches", "branch=x");
-        assert_eq!(copied_branch(Action::BranchCreate, &create_main).map(BranchName::as_str), Some("main"));
-        let merge = route("POST", "/graphs/g/branches/merge", "branch=secret&target=main");
-        assert_eq!(copied_branch(Action::BranchMerge, &merge).map(BranchName::as_str), Some("secret"));
-        let change = route("POST", "/graphs/g/change", "branch=dev");
-        assert_eq!(copied_branch(Action::Change, &change), None);
+        let copied = |a: Action, r: &Route| copied_branch(a, Branches::of(r)).map(|b| b.as_str().to_string());
+        assert_eq!(copied(Action::BranchCreate, &route("POST", "/graphs/g/branches", "branch=x&from=secret")).as_deref(), Some("secret"));
+        assert_eq!(copied(Action::BranchCreate, &route("POST", "/graphs/g/branches", "branch=x")).as_deref(), Some("main"));
+        assert_eq!(copied(Action::BranchMerge, &route("POST", "/graphs/g/branches/merge", "branch=secret&target=main")).as_deref(), Some("secret"));
+        assert_eq!(copied(Action::Change, &route("POST", "/graphs/g/change", "branch=dev")), None);
     }
 }

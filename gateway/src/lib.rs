@@ -19,6 +19,7 @@ pub mod framing;
 pub mod header_clock;
 pub mod lifecycle;
 pub mod metrics;
+pub mod policy_test;
 pub mod proxy;
 pub mod registry;
 pub mod respond;

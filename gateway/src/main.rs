@@ -86,6 +86,13 @@ enum PolicyCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Run a file of policy test cases; exits 1 if any case fails.
+    Test {
+        /// The cases (YAML: `cases: [{name, actor, action, graph?, branch?, target?, from?, expect, policies?}]`).
+        file: PathBuf,
+        #[arg(long, default_value = "omnigraph.yaml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,9 +141,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy { command: PolicyCommand::Explain { config, actor, action, graph, branch, target, from, groups, tenant } } => {
             let loaded = Loaded::load(&config)?;
-            let out = omnigraph_gateway::explain::explain(&loaded, &actor, &action, graph.as_deref(), branch.as_deref(), target.as_deref(), from.as_deref(), groups, tenant)?;
+            let spec = omnigraph_gateway::explain::ActorSpec { id: actor, groups, tenant, ..Default::default() };
+            let q = omnigraph_gateway::explain::Question {
+                action: &action,
+                graph: graph.as_deref(),
+                branch: branch.as_deref(),
+                target: target.as_deref(),
+                from: from.as_deref(),
+            };
+            let out = omnigraph_gateway::explain::explain(&loaded, &spec, q)?;
             println!("{}", out.text);
             Ok(if out.allowed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        }
+        Command::Policy { command: PolicyCommand::Test { file, config } } => {
+            let loaded = Loaded::load(&config)?;
+            let book = omnigraph_gateway::explain::PolicyBook::load(&loaded)?;
+            let cases = omnigraph_gateway::policy_test::load(&file)?;
+            let outcomes = omnigraph_gateway::policy_test::run(&book, &cases);
+            print!("{}", omnigraph_gateway::policy_test::render(&outcomes));
+            Ok(if outcomes.iter().all(|o| o.passed()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

@@ -141,34 +141,30 @@ impl Gateway {
     /// Authz: Cedar decides; anything but an allow is a 403 naming the action and resource.
     fn authorize(&self, ctx: &mut Ctx, actor: &ResolvedActor, route: &Route, entry: Option<&crate::registry::GraphEntry>, requested: &Requested) -> std::result::Result<(), Answer> {
         let action = route.action().ok_or_else(|| Answer::new(ErrorCode::Internal, "route without an action"))?;
-        let mut d = decision::decide(&self.state, actor, action, route, entry, requested);
+        let verdict = decision::decide(&self.state, actor, action, route, entry, requested);
         let resource = match route.graph() {
             Some(g) if !action.is_server_action() => Resource::Graph { id: g.as_str(), tenant: None }.describe(),
             _ => Resource::Server.describe(),
         };
-        // Copying a branch is reading it: a branch_create or a merge also
-        // needs `read` on the branch it copies from.
-        let mut denied = (action, None);
-        if let (true, Some(src), Some(g)) = (d.allowed, decision::copied_branch(action, route), route.graph()) {
-            let read = decision::decide_source_read(&self.state, actor, src, entry, g);
-            if !read.allowed {
-                denied = (Action::Read, Some(src.as_str().to_string()));
-                d = read;
-            }
-        }
-        let allowed = d.allowed;
-        ctx.decided = Some(Decided { action: denied.0, resource: resource.clone(), decision: d });
+        let (allowed, denied_action, copied) = (verdict.decision.allowed, verdict.action, verdict.copied);
+        let explained = (!allowed && self.state.config.config.server.explain_denials).then(|| {
+            let reason = if verdict.decision.policies.is_empty() { "no permit applies" } else { "forbidden by policy" };
+            json!({"policies": verdict.decision.policies, "reason": reason})
+        });
+        ctx.decided = Some(Decided { action: denied_action, resource: resource.clone(), decision: verdict.decision });
         if allowed {
             return Ok(());
         }
-        let (act, source) = denied;
-        let msg = match &source {
-            Some(b) => format!("actor {:?} may not read branch {b:?} of {resource}, which {} would copy", &*actor.actor_id, action.name()),
-            None => format!("actor {:?} may not {} on {}", &*actor.actor_id, act.name(), resource),
+        let msg = match &copied {
+            Some(b) => format!("actor {:?} may not read branch {:?} of {resource}, which {} would copy", &*actor.actor_id, b.as_str(), action.name()),
+            None => format!("actor {:?} may not {} on {}", &*actor.actor_id, denied_action.name(), resource),
         };
-        let mut details = json!({"action": act.name(), "resource": resource});
-        if let Some(b) = source {
-            details["branch"] = json!(b);
+        let mut details = json!({"action": denied_action.name(), "resource": resource});
+        if let Some(b) = copied {
+            details["branch"] = json!(b.as_str());
+        }
+        if let (Some(Value::Object(why)), Some(d)) = (explained, details.as_object_mut()) {
+            d.extend(why);
         }
         Err(Answer { details: Some(details), ..Answer::new(ErrorCode::Forbidden, msg) })
     }

@@ -1,0 +1,172 @@
+//! End-to-end tests of the security team's tools: `policy test` (decided by
+//! the same function as live requests), and explained denials.
+
+use std::path::Path;
+
+use omnigraph_e2e::*;
+use serde_json::json;
+
+fn policy_test(file: &Path, config: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(bin("omnigraph-gateway")).args(["policy", "test"]).arg(file).arg("--config").arg(config).output().unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+#[test]
+fn the_shipped_policy_tests_pass() {
+    let (code, text) = policy_test(&repo().join("policies/tests.yaml"), &repo().join("config/omnigraph.yaml"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(" 0 failed") && !text.contains("FAIL "), "{text}");
+}
+
+/// A graph whose team may read any branch but `secret`, change unprotected
+/// branches and create branches; admins may do anything.
+const TEAM_POLICY: &str = r#"
+@id("team-read")
+permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"read", resource)
+when { context has branch && context.branch != "secret" };
+
+@id("team-change-unprotected")
+permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"change", resource)
+when { context has branch_protected && !context.branch_protected };
+
+@id("team-branch")
+permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"branch_create", resource);
+
+@id("no-deletes-on-friday")
+forbid (principal, action == Omnigraph::Action::"branch_delete", resource);
+"#;
+
+fn team_env(extra_server: &str) -> ConfigDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_file(d, "s.pg", SOCIAL_SCHEMA);
+    write_file(d, "policies/server.cedar", "@id(\"admins-all\")\npermit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
+    write_file(d, "policies/alpha.cedar", TEAM_POLICY);
+    write_file(
+        d,
+        "tokens.yaml",
+        &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n  - actor_id: tm\n    sha256: {}\n    groups: [team]\n", sha256_hex("tok-root"), sha256_hex("tok-team")),
+    );
+    let cfg = write_file(
+        d,
+        "omnigraph.yaml",
+        &format!(
+            "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n{extra_server}auth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n    policy: {{ file: policies/alpha.cedar }}\n    protected_branches: [main]\n"
+        ),
+    );
+    ConfigDir { dir, cfg }
+}
+
+#[test]
+fn a_failing_case_exits_non_zero_and_is_named() {
+    let env = team_env("");
+    let cases = write_file(
+        env.path(),
+        "cases.yaml",
+        r#"cases:
+  - name: team changes dev
+    actor: { id: tm }
+    action: change
+    graph: alpha
+    branch: dev
+    expect: allow
+    policies: [team-change-unprotected]
+  - name: WRONG team changes main
+    actor: { id: tm }
+    action: change
+    graph: alpha
+    branch: main
+    expect: allow
+  - name: WRONG ids for the admin
+    actor: { id: root }
+    action: read
+    graph: alpha
+    expect: allow
+    policies: [team-read]
+  - name: an unknown graph cannot pass
+    actor: { id: root }
+    action: read
+    graph: nope
+    expect: allow
+"#,
+    );
+    let (code, text) = policy_test(&cases, &env.cfg);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("PASS    team changes dev"), "{text}");
+    assert!(text.contains("WRONG team changes main: expected allow, got deny"), "{text}");
+    assert!(text.contains("WRONG ids for the admin: expected determining policies [team-read], got [admins-all]"), "{text}");
+    assert!(text.contains("an unknown graph cannot pass: graph \"nope\" is not in the config"), "{text}");
+    assert!(text.contains("4 cases: 1 passed, 3 failed"), "{text}");
+}
+
+/// Each case is decided as the live gateway decides the same request: the
+/// tool and the proxy share one decision function, so they agree, the
+/// copy-is-read rule included.
+#[test]
+fn policy_test_and_the_live_gateway_agree() {
+    let env = team_env("");
+    let gw = env.start();
+    let root = ("authorization", "Bearer tok-root");
+    let team = ("authorization", "Bearer tok-team");
+    for b in ["dev", "secret"] {
+        assert_eq!(call("POST", &gw.url(&format!("/graphs/alpha/branches?branch={b}")), None, &[root]).status, 201);
+    }
+    let change = json!({"ops": [{"upsert": {"type": "Person", "key": "k", "props": {}}}]});
+    let live = [
+        ("change main", post_with(&gw.url("/graphs/alpha/change?branch=main"), &change, &[team]).status),
+        ("change dev", post_with(&gw.url("/graphs/alpha/change?branch=dev"), &change, &[team]).status),
+        ("read secret", post_with(&gw.url("/graphs/alpha/read?branch=secret"), &json!({"match": {"type": "Person"}}), &[team]).status),
+        ("branch from dev", call("POST", &gw.url("/graphs/alpha/branches?branch=x&from=dev"), None, &[team]).status),
+        ("branch from secret", call("POST", &gw.url("/graphs/alpha/branches?branch=y&from=secret"), None, &[team]).status),
+        ("delete dev", call("DELETE", &gw.url("/graphs/alpha/branches/dev"), None, &[root]).status),
+    ];
+    let cases = write_file(
+        env.path(),
+        "agree.yaml",
+        r#"cases:
+  - { name: change main, actor: { id: tm }, action: change, graph: alpha, branch: main, expect: deny }
+  - { name: change dev, actor: { id: tm }, action: change, graph: alpha, branch: dev, expect: allow }
+  - { name: read secret, actor: { id: tm }, action: read, graph: alpha, branch: secret, expect: deny }
+  - { name: branch from dev, actor: { id: tm }, action: branch_create, graph: alpha, branch: x, from: dev, expect: allow }
+  - { name: branch from secret, actor: { id: tm }, action: branch_create, graph: alpha, branch: y, from: secret, expect: deny, policies: [] }
+  - { name: delete dev, actor: { id: root }, action: branch_delete, graph: alpha, branch: dev, expect: deny, policies: [no-deletes-on-friday] }
+"#,
+    );
+    let (code, text) = policy_test(&cases, &env.cfg);
+    assert_eq!(code, Some(0), "{text}");
+    for (name, status) in live {
+        let row = text.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} missing: {text}"));
+        let tool_allows = row.split_whitespace().nth(1 + name.split_whitespace().count() + 1) == Some("allow");
+        assert_eq!(tool_allows, status < 400, "{name}: live {status}, tool row {row:?}");
+    }
+}
+
+#[test]
+fn denials_are_explained_only_when_the_operator_asks() {
+    let team = ("authorization", "Bearer tok-team");
+    let root = ("authorization", "Bearer tok-root");
+    // Off (the default): a 403 names the action and the resource, never a policy.
+    let env = team_env("");
+    let gw = env.start();
+    assert_eq!(call("POST", &gw.url("/graphs/alpha/branches?branch=dev"), None, &[root]).status, 201);
+    let r = call("DELETE", &gw.url("/graphs/alpha/branches/dev"), None, &[root]);
+    assert_eq!(r.status, 403);
+    assert!(r.body["details"].get("policies").is_none() && !r.body.to_string().contains("friday"), "{:?}", r.body);
+    drop(gw);
+
+    let env = team_env("  explain_denials: true\n");
+    let gw = env.start();
+    assert_eq!(call("POST", &gw.url("/graphs/alpha/branches?branch=dev"), None, &[root]).status, 201);
+    let forbidden = call("DELETE", &gw.url("/graphs/alpha/branches/dev"), None, &[root]);
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(forbidden.body["details"]["policies"], json!(["no-deletes-on-friday"]), "{:?}", forbidden.body);
+    assert_eq!(forbidden.body["details"]["reason"], "forbidden by policy");
+    let unmatched = post_with(&gw.url("/graphs/alpha/change?branch=main"), &json!({"ops": []}), &[team]);
+    assert_eq!(unmatched.status, 403);
+    assert_eq!(unmatched.body["details"]["policies"], json!([]));
+    assert_eq!(unmatched.body["details"]["reason"], "no permit applies");
+}
