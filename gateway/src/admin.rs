@@ -72,18 +72,18 @@ pub async fn handle(st: &Arc<AppState>, session: &mut Session, route: Route, act
                 body["error"] = json!(s.error);
                 respond::json(session, 200, &body).await?
             }
-            None => respond::error(session, ErrorCode::NotFound, format!("graph {:?} does not exist", id.as_str()), &[]).await?,
+            None => respond::error(session, ErrorCode::NotFound, format!("graph {:?} does not exist", id.as_str()), None, &[]).await?,
         },
         Route::CreateGraph => match lifecycle::create(st, create_body.unwrap_or_default()).await {
             Ok(v) => respond::json(session, 201, &v).await?,
             Err(e) => {
                 let hdr = if e.code() == ErrorCode::TooManyRequests { vec![("retry-after", RETRY_AFTER_S.to_string())] } else { Vec::new() };
-                respond::error(session, e.code(), e.to_string(), &hdr).await?
+                respond::error(session, e.code(), e.to_string(), None, &hdr).await?
             }
         },
         Route::DeleteGraph { graph, purge } => match lifecycle::delete(st, &graph, purge).await {
             Ok(v) => respond::json(session, 200, &v).await?,
-            Err(e) => respond::error(session, e.code(), e.to_string(), &[]).await?,
+            Err(e) => respond::error(session, e.code(), e.to_string(), None, &[]).await?,
         },
         Route::ReloadPolicies => {
             // Parsing and validating every file is CPU and file work: off the proxy thread.
@@ -92,13 +92,13 @@ pub async fn handle(st: &Arc<AppState>, session: &mut Session, route: Route, act
                 Ok(Ok(v)) => respond::json(session, 200, &v).await?,
                 Ok(Err(e)) => {
                     let msg = format!("policies not reloaded; the old ones stay in force: {}", e.rendered);
-                    respond::error(session, ErrorCode::BadRequest, msg, &[]).await?
+                    respond::error(session, ErrorCode::BadRequest, msg, None, &[]).await?
                 }
-                Err(e) => respond::error(session, ErrorCode::Internal, format!("policy reload task: {e}"), &[]).await?,
+                Err(e) => respond::error(session, ErrorCode::Internal, format!("policy reload task: {e}"), None, &[]).await?,
             }
         }
         Route::Healthz | Route::Readyz | Route::OpenApi | Route::Proxy(_) => {
-            respond::error(session, ErrorCode::Internal, "not a management route", &[]).await?
+            respond::error(session, ErrorCode::Internal, "not a management route", None, &[]).await?
         }
     }
     Ok(true)

@@ -57,6 +57,8 @@ pub struct AppState {
     /// Held by a policy reload for its whole run and by a create while it
     /// publishes, so a new graph never keeps policies a reload replaced.
     reload_lock: std::sync::Mutex<()>,
+    /// Per-actor limits on requests in flight and per second.
+    pub fairness: crate::fairness::Fairness,
 }
 
 /// The worker binary: `OMNIGRAPH_WORKER_BIN`, else `server.worker_bin`, else
@@ -166,6 +168,7 @@ impl AppState {
             creates: tokio::sync::Semaphore::new(limits.max_creates_in_flight.max(1)),
             creates_waiting: std::sync::atomic::AtomicUsize::new(0),
             reload_lock: std::sync::Mutex::new(()),
+            fairness: crate::fairness::Fairness::new(limits.per_actor_inflight, limits.per_actor_rps),
             config,
         };
         for (id, own) in graph_policies {

@@ -56,6 +56,10 @@ pub struct Limits {
     pub max_visited: u64,
     /// Milliseconds one read may run before it answers 400.
     pub read_timeout_ms: u64,
+    /// Requests one actor may have in flight at once; more get 429 (0: no limit).
+    pub per_actor_inflight: usize,
+    /// Requests one actor may start per second; more get 429 (0: no limit).
+    pub per_actor_rps: u64,
 }
 
 impl Default for Limits {
@@ -72,6 +76,8 @@ impl Default for Limits {
             max_in_list: w.max_in_list,
             max_visited: w.max_visited,
             read_timeout_ms: w.read_timeout_ms,
+            per_actor_inflight: 256,
+            per_actor_rps: 0,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod containment;
 pub mod decision;
 pub mod drain;
 pub mod explain;
+pub mod fairness;
 pub mod framing;
 pub mod header_clock;
 pub mod lifecycle;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub decision_log_dropped: IntGauge,
     /// Connections closed because a request header did not arrive in time.
     pub header_timeouts: IntCounter,
+    /// Requests refused with 429 by a per-actor limit, by limit.
+    pub throttled: IntCounterVec,
 }
 
 impl Metrics {
@@ -47,7 +49,9 @@ impl Metrics {
         registry.register(Box::new(decision_log_dropped.clone()))?;
         let header_timeouts = IntCounter::new("omnigraph_header_timeouts_total", "Connections closed because a request header did not arrive within server.header_timeout_ms")?;
         registry.register(Box::new(header_timeouts.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, header_timeouts })
+        let throttled = IntCounterVec::new(Opts::new("omnigraph_throttled_total", "Requests refused with 429 by a per-actor limit"), &["limit"])?;
+        registry.register(Box::new(throttled.clone()))?;
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, header_timeouts, throttled })
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -39,6 +39,8 @@ pub struct Decided {
 /// Per-request state, filled phase by phase; `logging` reads it once.
 pub struct Ctx {
     _in_flight: InFlight,
+    /// This request's place in its actor's in-flight count (fairness.rs).
+    _admitted: Option<crate::fairness::Admitted>,
     start: Instant,
     route: Option<Route>,
     actor: Option<Arc<ResolvedActor>>,
@@ -79,10 +81,7 @@ impl Answer {
     }
 
     async fn send(self, session: &mut Session) -> Result<bool> {
-        match self.details {
-            Some(d) => respond::error_with_details(session, self.code, self.message, d).await?,
-            None => respond::error(session, self.code, self.message, &self.headers).await?,
-        }
+        respond::error(session, self.code, self.message, self.details, &self.headers).await?;
         Ok(true)
     }
 }
@@ -198,6 +197,14 @@ impl Gateway {
             Err(a) => return a.send(session).await,
         };
         ctx.actor = Some(actor.clone());
+        match self.state.fairness.admit(&actor.actor_id) {
+            Ok(a) => ctx._admitted = Some(a),
+            Err(t) => {
+                self.state.metrics.throttled.with_label_values(&[t.limit()]).inc();
+                let a = Answer { details: Some(json!({"limit": t.limit()})), ..Answer::new(ErrorCode::TooManyRequests, t.message()) };
+                return a.header("retry-after", RETRY_AFTER_S).send(session).await;
+            }
+        }
         let (create_body, requested) = match self.create_body(session, &route).await? {
             Ok(b) => b,
             Err(a) => return a.send(session).await,
@@ -254,7 +261,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { _in_flight: self.drain.enter(), start: Instant::now(), route: None, actor: None, decided: None, upstream: None }
+        Ctx { _in_flight: self.drain.enter(), _admitted: None, start: Instant::now(), route: None, actor: None, decided: None, upstream: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -283,7 +290,7 @@ impl ProxyHttp for Gateway {
         };
         let headers = if code == ErrorCode::WorkerUnavailable { vec![("retry-after", RETRY_AFTER_S.to_string())] } else { Vec::new() };
         if session.response_written().is_none() {
-            let _ = respond::error(session, code, msg, &headers).await;
+            let _ = respond::error(session, code, msg, None, &headers).await;
         }
         FailToProxy { error_code: code.status(), can_reuse_downstream: false }
     }

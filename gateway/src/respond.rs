@@ -27,13 +27,9 @@ pub async fn json(session: &mut Session, status: u16, value: &serde_json::Value)
     send(session, status, "application/json", Bytes::from(body), &[]).await
 }
 
-pub async fn error(session: &mut Session, code: ErrorCode, message: impl Into<String>, headers: &[(&'static str, String)]) -> Result<()> {
-    let body = ErrorBody::new(code, message).to_json_bytes();
-    send(session, code.status(), "application/json", Bytes::from(body), headers).await
-}
-
-pub async fn error_with_details(session: &mut Session, code: ErrorCode, message: impl Into<String>, details: serde_json::Value) -> Result<()> {
+/// An error answer in the contract's shape, with optional `details` and extra headers.
+pub async fn error(session: &mut Session, code: ErrorCode, message: impl Into<String>, details: Option<serde_json::Value>, headers: &[(&'static str, String)]) -> Result<()> {
     let mut e = ErrorBody::new(code, message);
-    e.details = Some(details);
-    send(session, code.status(), "application/json", Bytes::from(e.to_json_bytes()), &[]).await
+    e.details = details;
+    send(session, code.status(), "application/json", Bytes::from(e.to_json_bytes()), headers).await
 }

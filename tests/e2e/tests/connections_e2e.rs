@@ -231,3 +231,71 @@ fn oversized_headers_are_400_and_ambiguous_framing_is_never_passed_on() {
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
     assert_eq!(call("GET", &gw.url("/healthz"), None, &[]).status, 200, "the gateway is healthy");
 }
+
+fn fair_env(limits: &str) -> (ConfigDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_file(d, "s.pg", SOCIAL_SCHEMA);
+    write_file(d, "policies/server.cedar", "permit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
+    write_file(
+        d,
+        "tokens.yaml",
+        &format!("tokens:\n  - actor_id: noisy\n    sha256: {}\n    groups: [admins]\n  - actor_id: quiet\n    sha256: {}\n    groups: [admins]\n", sha256_hex("tok-noisy"), sha256_hex("tok-quiet")),
+    );
+    let cfg = write_file(
+        d,
+        "omnigraph.yaml",
+        &format!("server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\nlimits:\n{limits}auth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n"),
+    );
+    let env = ConfigDir { dir, cfg };
+    let gw = env.start();
+    (env, gw)
+}
+
+fn read_as(gw: &Gateway, token: &str) -> Resp {
+    post_with(&gw.url("/graphs/alpha/read"), &json!({"match": {"type": "Person"}}), &[("authorization", &format!("Bearer {token}"))])
+}
+
+#[test]
+fn one_actor_past_its_in_flight_limit_gets_429_and_others_do_not() {
+    let (_env, gw) = fair_env("  per_actor_inflight: 2\n");
+    // Two requests of `noisy` held in flight: headers sent, body still coming.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw.addr()).unwrap();
+            s.write_all(b"POST /graphs/alpha/read HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok-noisy\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{").unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    let third = loop {
+        let r = read_as(&gw, "tok-noisy");
+        if r.status == 429 || t.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(third.status, 429, "{:?}", third.body);
+    assert_eq!((third.body["code"].as_str(), third.body["details"]["limit"].as_str()), (Some("too_many_requests"), Some("per_actor_inflight")));
+    assert_eq!(third.header("retry-after"), Some("1"));
+    assert_eq!(read_as(&gw, "tok-quiet").status, 200, "another actor is not held back");
+    drop(held);
+    let t = Instant::now();
+    while read_as(&gw, "tok-noisy").status != 200 {
+        assert!(t.elapsed() < Duration::from_secs(5), "finished requests free their places");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = call("GET", &gw.url("/metrics"), None, &[("authorization", "Bearer tok-quiet")]);
+    assert!(m.body.as_str().unwrap().contains("omnigraph_throttled_total{limit=\"per_actor_inflight\"}"), "counted in /metrics");
+}
+
+#[test]
+fn one_actor_past_its_rate_gets_429_and_others_do_not() {
+    let (_env, gw) = fair_env("  per_actor_rps: 5\n");
+    let statuses: Vec<u16> = (0..12).map(|_| read_as(&gw, "tok-noisy").status).collect();
+    assert!(statuses.contains(&429), "12 requests at once are past 5 per second: {statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 5, "{statuses:?}");
+    assert_eq!(read_as(&gw, "tok-quiet").status, 200, "another actor is not held back");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(read_as(&gw, "tok-noisy").status, 200, "the next second admits it again");
+}
