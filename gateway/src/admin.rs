@@ -30,8 +30,12 @@ pub async fn public(st: &AppState, session: &mut Session, route: &Route) -> Resu
         Route::Healthz => respond::json(session, 200, &json!({"status": "ok"})).await?,
         Route::Readyz => {
             // The status only: graphs are listed by GET /graphs, to those allowed.
-            let ready = st.registry.ready();
-            respond::json(session, if ready { 200 } else { 503 }, &json!({"status": if ready { "ready" } else { "starting" }})).await?
+            let status = match (st.registry.ready(), crate::audit::healthy()) {
+                (true, true) => "ready",
+                (false, _) => "starting",
+                (true, false) => "decision_log_failing",
+            };
+            respond::json(session, if status == "ready" { 200 } else { 503 }, &json!({ "status": status })).await?
         }
         Route::OpenApi => respond::send(session, 200, "application/json", Bytes::from_static(crate::openapi().as_bytes()), &[]).await?,
         Route::Metrics if st.config.config.server.metrics_public => metrics(st, session).await?,
@@ -43,6 +47,7 @@ pub async fn public(st: &AppState, session: &mut Session, route: &Route) -> Resu
 async fn metrics(st: &AppState, session: &mut Session) -> Result<()> {
     st.metrics.in_flight.set(st.drain.in_flight() as i64);
     st.metrics.decision_log_dropped.set(i64::try_from(crate::audit::dropped()).unwrap_or(i64::MAX));
+    st.metrics.decision_log_failures.set(i64::try_from(crate::audit::failures()).unwrap_or(i64::MAX));
     respond::send(session, 200, "text/plain; version=0.0.4", Bytes::from(st.metrics.render()), &[]).await
 }
 

@@ -144,7 +144,7 @@ pub struct ServerSection {
     pub explain_denials: bool,
     /// Where the decision log goes; stdout when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision_log: Option<FileRef>,
+    pub decision_log: Option<DecisionLog>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -177,6 +177,30 @@ fn default_threads() -> usize {
 
 fn default_start_concurrency() -> usize {
     4
+}
+
+/// `server.decision_log`: the audit trail's file and how it is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLog {
+    pub file: String,
+    /// Past this size the file is rotated to `FILE.1`.
+    #[serde(default = "default_log_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` .. `FILE.<keep>`).
+    #[serde(default = "default_log_keep")]
+    pub keep: usize,
+    /// Refuse requests (500 `internal`) while decisions cannot be logged.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+}
+
+fn default_log_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+fn default_log_keep() -> usize {
+    10
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod policy_test;
 pub mod proxy;
 pub mod registry;
+pub mod request_id;
 pub mod respond;
 pub mod route;
 pub mod serve;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub decision_log_dropped: IntGauge,
     /// Connections closed because a request header did not arrive in time.
     pub header_timeouts: IntCounter,
+    /// Failed writes of the decision log (set when scraped).
+    pub decision_log_failures: IntGauge,
     /// Requests refused with 429 by a per-actor limit, by limit.
     pub throttled: IntCounterVec,
 }
@@ -51,7 +53,9 @@ impl Metrics {
         registry.register(Box::new(header_timeouts.clone()))?;
         let throttled = IntCounterVec::new(Opts::new("omnigraph_throttled_total", "Requests refused with 429 by a per-actor limit"), &["limit"])?;
         registry.register(Box::new(throttled.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, header_timeouts, throttled })
+        let decision_log_failures = IntGauge::new("omnigraph_decision_log_write_failures", "Failed writes of the decision log, each retried")?;
+        registry.register(Box::new(decision_log_failures.clone()))?;
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled })
     }
 
     pub fn render(&self) -> Vec<u8> {

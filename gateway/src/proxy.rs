@@ -41,6 +41,8 @@ pub struct Ctx {
     _in_flight: InFlight,
     /// This request's place in its actor's in-flight count (fairness.rs).
     _admitted: Option<crate::fairness::Admitted>,
+    /// `x-request-id` (request_id.rs).
+    request_id: String,
     start: Instant,
     route: Option<Route>,
     actor: Option<Arc<ResolvedActor>>,
@@ -178,6 +180,7 @@ impl Gateway {
     }
 
     async fn filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = crate::request_id::assign(session.req_header_mut());
         if let Err(a) = self.framing(session) {
             return a.send(session).await;
         }
@@ -209,6 +212,10 @@ impl Gateway {
             Ok(b) => b,
             Err(a) => return a.send(session).await,
         };
+        if self.state.config.config.server.decision_log.as_ref().is_some_and(|l| l.required) && !crate::audit::healthy() {
+            let msg = "the decision log cannot be written, and server.decision_log.required refuses what it cannot record";
+            return Answer::new(ErrorCode::Internal, msg).send(session).await;
+        }
         let entry = route.graph().and_then(|g| self.state.registry.get(g));
         if let Err(a) = self.authorize(ctx, &actor, &route, entry.as_deref(), &requested) {
             return a.send(session).await;
@@ -261,7 +268,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { _in_flight: self.drain.enter(), _admitted: None, start: Instant::now(), route: None, actor: None, decided: None, upstream: None }
+        Ctx { _in_flight: self.drain.enter(), _admitted: None, request_id: String::new(), start: Instant::now(), route: None, actor: None, decided: None, upstream: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -278,6 +285,11 @@ impl ProxyHttp for Gateway {
             return Err(Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"));
         };
         upstream::rewrite_headers(req, up, actor)
+    }
+
+    /// Every proxied answer carries the request's id back.
+    async fn response_filter(&self, _session: &mut Session, resp: &mut pingora::http::ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        resp.insert_header(crate::request_id::HEADER, ctx.request_id.as_str())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -300,7 +312,17 @@ impl ProxyHttp for Gateway {
         let st = &self.state;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let (Some(d), Some(actor)) = (&ctx.decided, &ctx.actor) {
-            crate::audit::log_decision(&actor.actor_id, d.action.name(), &d.resource, ctx.label(), &d.decision);
+            let b = ctx.route.as_ref().map(crate::decision::Branches::of).unwrap_or_default();
+            crate::audit::log_decision(&crate::audit::Entry {
+                request_id: &ctx.request_id,
+                actor,
+                action: d.action.name(),
+                resource: &d.resource,
+                branch: b.branch.map(|b| b.as_str()),
+                target: b.target.map(|b| b.as_str()),
+                route: ctx.label(),
+                decision: &d.decision,
+            });
             st.metrics.decision_seconds.observe(d.decision.elapsed.as_secs_f64());
             if !d.decision.errors.is_empty() {
                 st.metrics.authz_errors.inc();

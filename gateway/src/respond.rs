@@ -15,6 +15,9 @@ pub async fn send(session: &mut Session, status: u16, content_type: &str, body: 
     for (k, v) in headers {
         h.insert_header(*k, v.as_str())?;
     }
+    if let Some(id) = session.req_header().headers.get(crate::request_id::HEADER) {
+        h.insert_header(crate::request_id::HEADER, id.clone())?;
+    }
     if !session.is_body_empty() && !session.is_body_done() {
         session.set_keepalive(None);
     }

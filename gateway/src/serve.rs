@@ -135,7 +135,8 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     state.prepare_runtime_dir()?;
     if let Some(f) = &state.config.config.server.decision_log {
         let p = state.config.resolve(&f.file);
-        crate::audit::log_to_file(&p).map_err(|e| StartupError::Other(format!("decision log {}: {e}", p.display())))?;
+        let rotation = crate::audit::Rotation { max_bytes: f.max_bytes.max(1), keep: f.keep };
+        crate::audit::log_to_file(&p, rotation).map_err(|e| StartupError::Other(format!("decision log {}: {e}", p.display())))?;
     }
     let drain = state.drain.clone();
     // Draining happens before Pingora's own shutdown starts (see drain.rs).
