@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::contract::{GraphSchema, Property};
-use crate::store::state::{GraphData, Key, Props};
+use crate::store::state::{self, GraphData, Key, Props};
 use crate::store::value::normalize;
 use crate::store::{Plan, Snapshot, TableWrite};
 
@@ -104,11 +104,27 @@ pub fn parse_body(body: &Value) -> Result<Vec<Value>, ChangeError> {
     Ok(ops.clone())
 }
 
-struct Working<'a> {
+/// The state a batch of ops builds: the head's data with the ops applied so
+/// far, and every node and edge they touched. `/change` runs a whole batch
+/// through one; `/ingest` runs its lines through one and drains what they
+/// touched at every batch it writes.
+pub struct Working<'a> {
     schema: &'a GraphSchema,
     data: GraphData,
     nodes: BTreeMap<String, BTreeSet<Key>>,
     edges: BTreeMap<String, BTreeSet<(Key, Key)>>,
+}
+
+/// What ops touched, per node type and per edge type (sorted, distinct).
+pub type Touched = (BTreeMap<String, BTreeSet<Key>>, BTreeMap<String, BTreeSet<(Key, Key)>>);
+
+/// `map[name]`, inserted empty first if missing, without allocating the
+/// name when it is there (the common case, once per op).
+fn slot<'m, V: Default>(map: &'m mut BTreeMap<String, V>, name: &str) -> &'m mut V {
+    if !map.contains_key(name) {
+        map.insert(name.to_string(), V::default());
+    }
+    map.get_mut(name).expect("inserted above")
 }
 
 fn err(i: usize, field: Option<&str>, message: impl Into<String>) -> ChangeError {
@@ -127,45 +143,97 @@ fn check_key(i: usize, field: &str, key: &str) -> Result<Key, ChangeError> {
 
 /// Merges `given` into `base` after checking each value against `props`.
 /// `null` clears an optional property. Required properties must end up set.
-fn merge_props(i: usize, props: &[Property], base: Option<&Props>, given: Map<String, Value>, what: &str) -> Result<Map<String, Value>, ChangeError> {
-    let mut out = base.map(|p| Map::clone(p)).unwrap_or_default();
+/// A new row's map is sized for `given` and `extra` more entries, so a
+/// large graph's rows carry no spare capacity.
+fn merge_props(i: usize, props: &[Property], base: Option<&Props>, given: Map<String, Value>, what: &str, extra: usize) -> Result<Map<String, Value>, ChangeError> {
+    let mut out = match base {
+        Some(p) => Map::clone(p),
+        None if given.is_empty() => Map::new(),
+        None => Map::with_capacity(given.len() + extra),
+    };
+    // The field's name is only formatted for an error, never per value.
+    let field = |name: &str| format!("props.{name}");
     for (name, v) in given {
-        let field = format!("props.{name}");
-        let p = props.iter().find(|p| p.name == name).ok_or_else(|| err(i, Some(&field), format!("{what} has no property {name:?}")))?;
+        let Some(p) = props.iter().find(|p| p.name == name) else {
+            return Err(err(i, Some(&field(&name)), format!("{what} has no property {name:?}")));
+        };
         if v.is_null() {
             if !p.optional {
-                return Err(err(i, Some(&field), "is required and cannot be null"));
+                return Err(err(i, Some(&field(&name)), "is required and cannot be null"));
             }
             out.remove(&name);
         } else {
-            let v = normalize(&p.ty, &v).map_err(|m| err(i, Some(&field), m))?;
+            let v = normalize(&p.ty, &v).map_err(|m| err(i, Some(&field(&name)), m))?;
             out.insert(name, v);
         }
     }
     if let Some(missing) = props.iter().find(|p| !p.optional && !p.key && !out.contains_key(&p.name)) {
-        return Err(err(i, Some(&format!("props.{}", missing.name)), format!("required property of {what} is missing")));
+        return Err(err(i, Some(&field(&missing.name)), format!("required property of {what} is missing")));
     }
     Ok(out)
 }
 
-impl Working<'_> {
+impl<'a> Working<'a> {
+    pub fn new(schema: &'a GraphSchema, data: GraphData) -> Working<'a> {
+        Working { schema, data, nodes: BTreeMap::new(), edges: BTreeMap::new() }
+    }
+
+    /// The state with every op so far applied.
+    pub fn data(&self) -> &GraphData {
+        &self.data
+    }
+
+    pub fn into_data(self) -> GraphData {
+        self.data
+    }
+
+    /// What the ops since the last call touched; the record starts empty again.
+    pub fn take_touched(&mut self) -> Touched {
+        (std::mem::take(&mut self.nodes), std::mem::take(&mut self.edges))
+    }
+
+    /// How many distinct nodes and edges the ops since the last
+    /// [`Working::take_touched`] touched.
+    pub fn touched_len(&self) -> usize {
+        self.nodes.values().map(BTreeSet::len).sum::<usize>() + self.edges.values().map(BTreeSet::len).sum::<usize>()
+    }
+
+    /// An `upsert` op (the `i`th): creates node `key` of type `ty`, or
+    /// updates the properties `props` names.
+    pub fn upsert(&mut self, i: usize, ty: &str, key: &str, props: Map<String, Value>) -> Result<(), ChangeError> {
+        let t = self.schema.node(ty).ok_or_else(|| err(i, Some("type"), format!("unknown node type {ty:?}")))?;
+        let key = check_key(i, "key", key)?;
+        let key_name = &t.key_prop().name;
+        if let Some(v) = props.get(key_name) {
+            if v.as_str() != Some(&*key) {
+                return Err(err(i, Some(&format!("props.{key_name}")), "must equal \"key\" (it is the @key property)"));
+            }
+        }
+        let table = slot(&mut self.data.nodes, &t.name);
+        let mut props = merge_props(i, &t.props, table.rows.get(&key), props, &t.name, 1)?;
+        props.insert(key_name.clone(), Value::String(key.to_string()));
+        table.rows.insert(key.clone(), state::props(props));
+        slot(&mut self.nodes, &t.name).insert(key);
+        Ok(())
+    }
+
+    /// A `link` op (the `i`th): creates the `edge` from `from` to `to`, whose
+    /// nodes must exist (in the head or earlier in the batch), or updates
+    /// the properties `props` names.
+    pub fn link(&mut self, i: usize, edge: &str, from: &str, to: &str, props: Map<String, Value>) -> Result<(), ChangeError> {
+        let e = self.schema.edge(edge).ok_or_else(|| err(i, Some("edge"), format!("unknown edge type {edge:?}")))?;
+        let from = self.endpoint(i, "from", &e.from, from)?;
+        let to = self.endpoint(i, "to", &e.to, to)?;
+        let table = slot(&mut self.data.edges, &e.name);
+        let props = merge_props(i, &e.props, table.rows.get(&(from.clone(), to.clone())), props, &e.name, 0)?;
+        table.insert(from.clone(), to.clone(), state::props(props));
+        slot(&mut self.edges, &e.name).insert((from, to));
+        Ok(())
+    }
+
     fn apply(&mut self, i: usize, op: Op) -> Result<(), ChangeError> {
         match op {
-            Op::Upsert(u) => {
-                let t = self.schema.node(&u.ty).ok_or_else(|| err(i, Some("type"), format!("unknown node type {:?}", u.ty)))?;
-                let key = check_key(i, "key", &u.key)?;
-                let key_name = &t.key_prop().name;
-                if let Some(v) = u.props.get(key_name) {
-                    if v.as_str() != Some(&*key) {
-                        return Err(err(i, Some(&format!("props.{key_name}")), "must equal \"key\" (it is the @key property)"));
-                    }
-                }
-                let table = self.data.nodes.entry(t.name.clone()).or_default();
-                let mut props = merge_props(i, &t.props, table.rows.get(&key), u.props, &t.name)?;
-                props.insert(key_name.clone(), Value::String(key.to_string()));
-                table.rows.insert(key.clone(), Arc::new(props));
-                self.nodes.entry(t.name.clone()).or_default().insert(key);
-            }
+            Op::Upsert(u) => self.upsert(i, &u.ty, &u.key, u.props)?,
             Op::Delete(d) => {
                 let t = self.schema.node(&d.ty).ok_or_else(|| err(i, Some("type"), format!("unknown node type {:?}", d.ty)))?;
                 let key = check_key(i, "key", &d.key)?;
@@ -191,15 +259,7 @@ impl Working<'_> {
                     }
                 }
             }
-            Op::Link(l) => {
-                let e = self.schema.edge(&l.edge).ok_or_else(|| err(i, Some("edge"), format!("unknown edge type {:?}", l.edge)))?;
-                let from = self.endpoint(i, "from", &e.from, &l.from)?;
-                let to = self.endpoint(i, "to", &e.to, &l.to)?;
-                let table = self.data.edges.entry(e.name.clone()).or_default();
-                let props = merge_props(i, &e.props, table.rows.get(&(from.clone(), to.clone())), l.props, &e.name)?;
-                table.insert(from.clone(), to.clone(), Arc::new(props));
-                self.edges.entry(e.name.clone()).or_default().insert((from, to));
-            }
+            Op::Link(l) => self.link(i, &l.edge, &l.from, &l.to, l.props)?,
             Op::Unlink(u) => {
                 let e = self.schema.edge(&u.edge).ok_or_else(|| err(i, Some("edge"), format!("unknown edge type {:?}", u.edge)))?;
                 let (from, to): (Key, Key) = (Arc::from(u.from.as_str()), Arc::from(u.to.as_str()));
@@ -239,7 +299,7 @@ fn table_write<K: Clone>(touched: BTreeSet<K>, existed: impl Fn(&K) -> bool, exi
 
 /// Validates `ops` against `base` and returns the plan and the affected counts.
 pub fn plan(schema: &GraphSchema, base: &Snapshot, ops: Vec<Value>) -> Result<(Plan, Affected), ChangeError> {
-    let mut w = Working { schema, data: base.data.clone(), nodes: BTreeMap::new(), edges: BTreeMap::new() };
+    let mut w = Working::new(schema, base.data.clone());
     for (i, raw) in ops.into_iter().enumerate() {
         let op: Op = serde_json::from_value(raw).map_err(|e| err(i, None, format!("not a valid op: {e}")))?;
         w.apply(i, op)?;

@@ -6,7 +6,9 @@
 pub use omnigraph_contract as contract;
 
 pub mod change;
+pub mod export;
 pub mod http;
+pub mod ingest;
 pub mod limits;
 pub mod merge;
 pub mod query;

@@ -73,7 +73,7 @@ fn resolve(base: Option<&Props>, ours: Option<&Props>, theirs: Option<&Props>) -
     match (base, ours, theirs) {
         (None, _, _) => Resolution::Conflict(ConflictKind::DivergentInsert),
         (Some(b), Some(o), Some(t)) => match merge_props(b, o, t) {
-            Some(m) => Resolution::Take(Some(Arc::new(m))),
+            Some(m) => Resolution::Take(Some(crate::store::state::props(m))),
             None => Resolution::Conflict(ConflictKind::DivergentUpdate),
         },
         (Some(_), _, _) => Resolution::Conflict(ConflictKind::DeleteVsUpdate),

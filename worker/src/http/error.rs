@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::Value;
 
 use crate::contract::{ErrorBody, ErrorCode};
+use crate::ingest::IngestError;
 use crate::limits::{LimitExceeded, Limits};
 use crate::query::QueryError;
 use crate::store::StoreError;
@@ -91,6 +92,20 @@ impl From<StoreError> for ApiError {
             _ => ErrorCode::Internal,
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> ApiError {
+        match e {
+            IngestError::Line(ref l) => {
+                let line = l.line;
+                ApiError { details: Some(serde_json::json!({"line": line})), ..ApiError::bad(e.to_string()) }
+            }
+            IngestError::TooLarge(l) => ApiError { details: Some(l.details()), ..ApiError::new(ErrorCode::PayloadTooLarge, l.to_string()) },
+            IngestError::Body(_) => ApiError::bad(e.to_string()),
+            IngestError::Store(s) => s.into(),
+        }
     }
 }
 

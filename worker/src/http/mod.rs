@@ -9,16 +9,17 @@ pub mod gate;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use crate::change;
+use crate::ingest::{self, IngestError};
 use crate::contract::routes::{worker_route, RouteId, WORKER_ROUTES};
 use crate::contract::{BranchName, ErrorCode};
 use crate::limits::{Cancel, CancelOnDrop, Limits};
@@ -107,7 +108,9 @@ fn handler(id: RouteId) -> MethodRouter<AppState> {
         RouteId::CreateBranch => on(f, create_branch),
         RouteId::DeleteBranch => on(f, delete_branch),
         RouteId::MergeBranches => on(f, merge_branches),
-        RouteId::SchemaApply | RouteId::Ingest | RouteId::Export => {
+        RouteId::Ingest => on(f, ingest),
+        RouteId::Export => on(f, export),
+        RouteId::SchemaApply => {
             on(f, || async { ApiError::new(ErrorCode::NotImplemented, "not implemented yet in this worker version") })
         }
     }
@@ -214,6 +217,42 @@ async fn change(
         "affected_edges": affected.edges,
         "actor_id": actor,
     })))
+}
+
+/// `POST /ingest?branch=[&if_commit=]`: an NDJSON body, streamed (never
+/// bounded by `max_body_bytes`, only by `max_ingest_bytes`), as one commit.
+async fn ingest(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, p: Params, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let map = params(p, RouteId::Ingest)?;
+    let b = branch(&map)?;
+    let expected = if_commit(&map)?.map(str::to_string);
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.limits.max_ingest_bytes) {
+        return Err(IngestError::TooLarge(s.limits.ingest_too_large()).into());
+    }
+    let (store, limits) = (s.store.clone(), s.limits);
+    // A task of its own, so that a client going away cannot drop the ingest
+    // half-way: it sees the body end early and aborts cleanly.
+    let task = tokio::spawn(async move {
+        let to = WriteTo { branch: b.as_str(), if_commit: expected.as_deref() };
+        let r = ingest::run(store, to, &actor, body, limits).await;
+        (r, b, actor)
+    });
+    let (r, b, actor) = task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("the ingest task failed: {e}")))?;
+    let sum = r?;
+    tracing::info!(commit = %sum.commit_id, branch = %b, actor = %actor, lines = sum.lines, nodes = sum.nodes, edges = sum.edges, "ingest committed");
+    Ok(Json(json!({"commit_id": sum.commit_id, "lines": sum.lines, "nodes": sum.nodes, "edges": sum.edges})))
+}
+
+/// `POST /export?branch=[&commit=]`: every node and edge as NDJSON, streamed.
+async fn export(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {
+    let map = params(p, RouteId::Export)?;
+    let b = branch(&map)?;
+    let snap = match map.get("commit") {
+        Some(c) => s.store.snapshot_at(b.as_str(), c).await?,
+        None => s.store.head(b.as_str())?,
+    };
+    let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
+    Ok((headers, crate::export::body(s.store.schema.clone(), snap)).into_response())
 }
 
 async fn commits(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {

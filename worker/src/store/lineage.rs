@@ -83,6 +83,13 @@ impl Lineages {
         self.tips.insert((table.to_string(), lineage.cloned()), version);
     }
 
+    /// Forgets `lineage`'s tip, so nothing extends it in place again (the
+    /// next write forks): for a lineage a write left ahead of every pin
+    /// and that could not be restored.
+    pub fn forget_tip(&mut self, table: &str, lineage: Option<&Arc<str>>) {
+        self.tips.remove(&(table.to_string(), lineage.cloned()));
+    }
+
     /// True when `branch` may write `table` in place on `lineage`, whose
     /// dataset object is at `version`: it owns the lineage and `version` is
     /// the lineage's tip.

@@ -39,7 +39,7 @@ use lineage::Lineages;
 use location::{Location, COMMITS_TABLE, SCHEMA_FILE};
 use state::GraphData;
 pub use branch_ops::{MergeOutcome, MergeResult};
-pub use write::{ApplyError, Plan, TableWrite, WriteTo};
+pub use write::{ApplyError, Plan, TableBatch, TableWrite, WriteSession, WriteTo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -16,6 +16,17 @@ pub type Key = Arc<str>;
 pub type Props = Arc<Map<String, Value>>;
 pub type KeySet = imbl::OrdSet<Key>;
 
+/// `map` as shared properties. Every row without properties (most edges)
+/// shares one empty map rather than allocating its own, which matters when
+/// a graph has millions of edges.
+pub fn props(map: Map<String, Value>) -> Props {
+    static EMPTY: std::sync::OnceLock<Props> = std::sync::OnceLock::new();
+    if map.is_empty() {
+        return EMPTY.get_or_init(|| Arc::new(Map::new())).clone();
+    }
+    Arc::new(map)
+}
+
 #[derive(Clone, Default)]
 pub struct NodeTable {
     pub rows: imbl::HashMap<Key, Props>,

@@ -73,7 +73,7 @@ async fn scan_all(ds: &Dataset, table: &str) -> Result<Vec<RecordBatch>, StoreEr
 }
 
 fn row_props(props: &[Property], b: &RecordBatch, i: usize, table: &str) -> Result<Props, StoreError> {
-    let mut m = Map::new();
+    let mut m = Map::with_capacity(props.len());
     for p in props {
         let col = b.column_by_name(&p.name).ok_or_else(|| StoreError::Corrupt(format!("{table} has no column {}", p.name)))?;
         let v = from_array(&p.ty, col.as_ref(), i);
@@ -81,7 +81,7 @@ fn row_props(props: &[Property], b: &RecordBatch, i: usize, table: &str) -> Resu
             m.insert(p.name.clone(), v);
         }
     }
-    Ok(Arc::new(m))
+    Ok(super::state::props(m))
 }
 
 pub async fn load_nodes(t: &NodeType, ds: &Dataset) -> Result<NodeTable, StoreError> {

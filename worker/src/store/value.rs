@@ -49,9 +49,19 @@ pub fn normalize(ty: &PropType, v: &Value) -> Result<Value, String> {
             Value::from(n)
         }
         PropType::I64 => Value::from(v.as_i64().ok_or_else(bad)?),
-        PropType::F32 | PropType::F64 => {
+        PropType::F64 => {
             let f = v.as_f64().ok_or_else(bad)?;
             serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(bad)?
+        }
+        // Rounded to what the F32 column stores, so a value reads back the
+        // same before and after a restart, and an export re-ingests exactly.
+        PropType::F32 => {
+            let f = v.as_f64().ok_or_else(bad)?;
+            let stored = f as f32;
+            if stored.is_infinite() {
+                return Err(format!("{f} is out of range for F32"));
+            }
+            serde_json::Number::from_f64(f64::from(stored)).map(Value::Number).ok_or_else(bad)?
         }
         PropType::Date => Value::String(parse_date(v.as_str().ok_or_else(bad)?)?.format("%Y-%m-%d").to_string()),
         PropType::DateTime => Value::String(format_datetime(parse_datetime(v.as_str().ok_or_else(bad)?)?)),
@@ -212,6 +222,8 @@ mod tests {
         assert!(normalize(&PropType::I64, &json!("5")).is_err());
         assert!(normalize(&PropType::I32, &json!(1u64 << 40)).unwrap_err().contains("out of range"));
         assert_eq!(normalize(&PropType::F64, &json!(2)).unwrap(), json!(2.0));
+        assert_eq!(normalize(&PropType::F32, &json!(0.1)).unwrap(), json!(f64::from(0.1f32)), "what the column stores");
+        assert!(normalize(&PropType::F32, &json!(1e300)).unwrap_err().contains("out of range"));
         assert_eq!(normalize(&PropType::Date, &json!("2024-02-29")).unwrap(), json!("2024-02-29"));
         assert!(normalize(&PropType::Date, &json!("2023-02-29")).is_err());
         assert_eq!(

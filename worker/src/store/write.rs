@@ -1,10 +1,14 @@
 //! The write path: one graph commit on one branch, under the writer lock.
 //!
-//! A commit writes each touched table (at most one delete and one append,
-//! on a lineage the branch owns; `lineage.rs`), then appends its commit row,
+//! A commit writes each touched table (a delete and an append per write, on
+//! a lineage the branch owns; `lineage.rs`), then appends its commit row,
 //! the publish point. A failure before the row lands restores every lineage
 //! it extended to the version the head pins; a lineage it forked is simply
 //! never pinned.
+//!
+//! `/change` and merges write each table once ([`Store::apply`]); `/ingest`
+//! holds a [`WriteSession`] and writes each table once per batch, on the
+//! same lineage, before the one commit row.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,8 +20,9 @@ use lance::dataset::{Dataset, DeleteBuilder, WriteMode};
 
 use super::commits::{self, CommitRecord, TablePin};
 use super::lineage::{self, lineage_of};
-use super::state::{edge_id, GraphData, Key};
+use super::state::{edge_id, EdgeTable, GraphData, Key, NodeTable};
 use super::{now_rfc3339, restore, tables, Snapshot, Store, StoreError, Writer};
+use crate::contract::{EdgeType, NodeType};
 
 /// What a change writes to one table: rows to remove (they exist in the base
 /// state) and rows to append (their final values are in [`Plan::data`]).
@@ -75,12 +80,40 @@ impl<'a> WriteTo<'a> {
     }
 }
 
-/// One table's share of a commit, ready to write.
-struct TableJob<'a> {
-    table: String,
-    id_column: &'a str,
-    remove: Vec<String>,
-    batch: Option<RecordBatch>,
+/// One table's share of a commit, ready to write: the ids of rows to
+/// delete (they exist in the table) and the rows to append.
+pub struct TableBatch {
+    pub table: String,
+    pub id_column: String,
+    pub remove: Vec<String>,
+    pub batch: Option<RecordBatch>,
+}
+
+impl TableBatch {
+    /// Node rows of `t`: `put` (their values in `data`) replaces `remove`.
+    pub fn nodes<'k>(t: &NodeType, data: &NodeTable, remove: impl IntoIterator<Item = &'k Key>, put: impl IntoIterator<Item = &'k Key>) -> Result<TableBatch, StoreError> {
+        let rows: Vec<_> = put.into_iter().filter_map(|k| data.rows.get(k)).collect();
+        let batch = if rows.is_empty() { None } else { Some(tables::node_batch(t, &rows)?) };
+        let remove = remove.into_iter().map(|k| k.to_string()).collect();
+        Ok(TableBatch { table: t.name.clone(), id_column: t.key_prop().name.clone(), remove, batch })
+    }
+
+    /// Edge rows of `t`, as [`TableBatch::nodes`].
+    pub fn edges<'k>(
+        t: &EdgeType,
+        data: &EdgeTable,
+        remove: impl IntoIterator<Item = &'k (Key, Key)>,
+        put: impl IntoIterator<Item = &'k (Key, Key)>,
+    ) -> Result<TableBatch, StoreError> {
+        let rows: Vec<_> = put.into_iter().filter_map(|(f, to)| data.rows.get(&(f.clone(), to.clone())).map(|p| (f, to, p))).collect();
+        let batch = if rows.is_empty() { None } else { Some(tables::edge_batch(t, &rows)?) };
+        let remove = remove.into_iter().map(|(f, to)| edge_id(f, to)).collect();
+        Ok(TableBatch { table: t.name.clone(), id_column: tables::EDGE_ID.to_string(), remove, batch })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batch.as_ref().map_or(0, RecordBatch::num_rows)
+    }
 }
 
 /// A table a commit wrote: where, and what to undo if the commit fails.
@@ -93,11 +126,26 @@ struct Written {
     extended_from: Option<Arc<Dataset>>,
 }
 
+/// A commit being written: the tables written so far, on top of `base`.
+struct Txn {
+    branch: String,
+    base: Arc<Snapshot>,
+    datasets: BTreeMap<String, Arc<Dataset>>,
+    pins: BTreeMap<String, TablePin>,
+    written: Vec<Written>,
+}
+
+impl Txn {
+    fn new(branch: &str, base: &Arc<Snapshot>) -> Txn {
+        Txn { branch: branch.to_string(), base: base.clone(), datasets: base.datasets.clone(), pins: base.commit.tables.clone(), written: Vec::new() }
+    }
+}
+
 impl Store {
     /// The branch head a write builds on, after the checks every write makes
     /// under the writer lock: writes are not stopped, the branch exists, and
-    /// its head is `?if_commit=` when given. `/change` uses it today; ingest
-    /// and schema apply are to use it too.
+    /// its head is `?if_commit=` when given. `/change` and `/ingest` use it;
+    /// schema apply is to use it too.
     fn writable_head(&self, w: &Writer, to: WriteTo<'_>) -> Result<Arc<Snapshot>, StoreError> {
         if w.poisoned {
             return Err(StoreError::Poisoned);
@@ -131,112 +179,127 @@ impl Store {
         Ok((snap, extra))
     }
 
+    /// Takes the writer lock for a commit on `to.branch` written batch by
+    /// batch. Other writes wait until the session commits, aborts or is dropped.
+    pub async fn begin(&self, to: WriteTo<'_>) -> Result<WriteSession<'_>, StoreError> {
+        let w = self.writer.lock().await;
+        let base = self.writable_head(&w, to)?;
+        let txn = Txn::new(to.branch, &base);
+        Ok(WriteSession { store: self, w, txn: Some(txn) })
+    }
+
     /// Writes `plan` on `branch` on top of `base` (its head), appends the
     /// commit row with `parents`, and publishes the new head. On failure the
     /// extended lineages are restored and the head keeps its content.
     pub(super) async fn commit(&self, w: &mut Writer, branch: &str, base: &Arc<Snapshot>, plan: Plan, parents: Vec<String>, actor: &str) -> Result<Arc<Snapshot>, StoreError> {
-        let mut written = Vec::new();
-        let result = self.write_commit(w, branch, base, plan, parents, actor, &mut written).await;
-        match result {
-            Ok(snap) => {
-                let snap = Arc::new(snap);
-                for wr in &written {
-                    w.lineages.set_tip(&wr.table, wr.pin.lineage.as_ref(), wr.pin.version);
-                }
-                w.lineages.record(&snap.commit);
-                let mut log = commits::CommitLog::clone(&self.log.load());
-                log.push(snap.commit.clone());
-                self.log.store(Arc::new(log));
-                self.set_head(branch, snap.clone());
-                Ok(snap)
-            }
-            Err(e) => {
-                let mut repaired = Snapshot::clone(base);
-                for wr in written {
-                    let Some(from) = wr.extended_from else { continue };
-                    let lineage = lineage_of(&from);
-                    match restore(&self.loc, &wr.table, lineage.as_deref(), from.version().version).await {
-                        Ok(ds) => {
-                            w.lineages.set_tip(&wr.table, lineage.as_ref(), ds.version().version);
-                            repaired.datasets.insert(wr.table, ds);
-                        }
-                        Err(re) => {
-                            tracing::error!(table = %wr.table, error = %re, "rollback failed; refusing further writes");
-                            w.poisoned = true;
-                        }
-                    }
-                }
-                self.set_head(branch, Arc::new(repaired));
-                Err(e)
+        let mut txn = Txn::new(branch, base);
+        for job in self.table_jobs(&plan)? {
+            if let Err(e) = self.txn_write(w, &mut txn, job).await {
+                self.txn_rollback(w, txn).await;
+                return Err(e);
             }
         }
+        self.txn_finish(w, txn, plan.data, parents, actor).await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn write_commit(
-        &self,
-        w: &mut Writer,
-        branch: &str,
-        base: &Snapshot,
-        plan: Plan,
-        parents: Vec<String>,
-        actor: &str,
-        written: &mut Vec<Written>,
-    ) -> Result<Snapshot, StoreError> {
-        let mut datasets = base.datasets.clone();
-        let mut pins = base.commit.tables.clone();
-        for job in self.table_jobs(&plan)? {
-            let ds = base.datasets.get(&job.table).cloned().ok_or_else(|| StoreError::Internal(format!("table {} is not open", job.table)))?;
-            let pin = pins.get(&job.table).cloned().ok_or_else(|| StoreError::Internal(format!("table {} is not pinned", job.table)))?;
-            // Extend the lineage in place only when this branch owns it at
-            // its tip; otherwise fork it, so no other branch's chain moves.
-            let (lineage, start, extended_from) = if w.lineages.can_extend(branch, &job.table, pin.lineage.as_ref(), ds.version().version) {
+    /// Writes one table's batch in `txn`: on the lineage the commit already
+    /// wrote this table on, or else on the pinned lineage, extended in place
+    /// only when this branch owns it at its tip and forked otherwise, so no
+    /// other branch's chain moves.
+    async fn txn_write(&self, w: &mut Writer, txn: &mut Txn, job: TableBatch) -> Result<(), StoreError> {
+        if job.remove.is_empty() && job.batch.is_none() {
+            return Ok(());
+        }
+        let ds = txn.datasets.get(&job.table).cloned().ok_or_else(|| StoreError::Internal(format!("table {} is not open", job.table)))?;
+        let pin = txn.pins.get(&job.table).cloned().ok_or_else(|| StoreError::Internal(format!("table {} is not pinned", job.table)))?;
+        let (lineage, start) = if txn.written.iter().any(|wr| wr.table == job.table) {
+            // This commit owns the lineage it wrote, at its tip.
+            (pin.lineage.clone(), ds)
+        } else {
+            let (lineage, start, extended_from) = if w.lineages.can_extend(&txn.branch, &job.table, pin.lineage.as_ref(), ds.version().version) {
                 (pin.lineage.clone(), ds.clone(), Some(ds.clone()))
             } else {
                 let (name, forked) = lineage::fork(&self.loc, &job.table, &ds).await?;
                 (Some(name), Arc::new(forked), None)
             };
             // Registered before writing, so a failure part-way is undone too.
-            written.push(Written { table: job.table.clone(), pin: TablePin { lineage: lineage.clone(), version: start.version().version }, extended_from });
-            let after = self.write_table(start, &job.table, job.id_column, job.remove, job.batch).await?;
-            let pin = TablePin { lineage, version: after.version().version };
-            if let Some(last) = written.last_mut() {
-                last.pin = pin.clone();
-            }
-            pins.insert(job.table.clone(), pin);
-            datasets.insert(job.table, after);
+            txn.written.push(Written { table: job.table.clone(), pin: TablePin { lineage: lineage.clone(), version: start.version().version }, extended_from });
+            (lineage, start)
+        };
+        let after = self.write_table(start, &job.table, &job.id_column, job.remove, job.batch).await?;
+        let pin = TablePin { lineage, version: after.version().version };
+        if let Some(wr) = txn.written.iter_mut().find(|wr| wr.table == job.table) {
+            wr.pin = pin.clone();
         }
+        txn.pins.insert(job.table.clone(), pin);
+        txn.datasets.insert(job.table, after);
+        Ok(())
+    }
+
+    /// Appends the commit row (the publish point) and publishes the new
+    /// head; on failure, rolls `txn` back.
+    async fn txn_finish(&self, w: &mut Writer, txn: Txn, data: GraphData, parents: Vec<String>, actor: &str) -> Result<Arc<Snapshot>, StoreError> {
         let record = CommitRecord {
             commit_id: ulid::Ulid::new().to_string(),
             parents,
-            branch: branch.to_string(),
+            branch: txn.branch.clone(),
             actor_id: actor.to_string(),
             created_at: now_rfc3339(),
-            tables: pins,
+            tables: txn.pins.clone(),
             seq: Self::take_seq(w),
         };
-        commits::append(&mut w.commits, &self.loc, &record).await?;
-        Ok(Snapshot { commit: record, data: plan.data, datasets })
+        if let Err(e) = commits::append(&mut w.commits, &self.loc, &record).await {
+            self.txn_rollback(w, txn).await;
+            return Err(e);
+        }
+        let snap = Arc::new(Snapshot { commit: record, data, datasets: txn.datasets });
+        for wr in &txn.written {
+            w.lineages.set_tip(&wr.table, wr.pin.lineage.as_ref(), wr.pin.version);
+        }
+        w.lineages.record(&snap.commit);
+        let mut log = commits::CommitLog::clone(&self.log.load());
+        log.push(snap.commit.clone());
+        self.log.store(Arc::new(log));
+        self.set_head(&txn.branch, snap.clone());
+        Ok(snap)
+    }
+
+    /// Undoes `txn`: every lineage it extended is restored to the version
+    /// the head pins; lineages it forked are never pinned. The head keeps
+    /// its content (at the restored versions). A restore that fails stops
+    /// further writes until a restart repairs the table.
+    async fn txn_rollback(&self, w: &mut Writer, txn: Txn) {
+        let mut repaired = Snapshot::clone(&txn.base);
+        for wr in txn.written {
+            let Some(from) = wr.extended_from else { continue };
+            let lineage = lineage_of(&from);
+            match restore(&self.loc, &wr.table, lineage.as_deref(), from.version().version).await {
+                Ok(ds) => {
+                    w.lineages.set_tip(&wr.table, lineage.as_ref(), ds.version().version);
+                    repaired.datasets.insert(wr.table, ds);
+                }
+                Err(re) => {
+                    tracing::error!(table = %wr.table, error = %re, "rollback failed; refusing further writes");
+                    w.lineages.forget_tip(&wr.table, lineage.as_ref());
+                    w.poisoned = true;
+                }
+            }
+        }
+        self.set_head(&txn.branch, Arc::new(repaired));
     }
 
     /// Turns a plan into one write per touched table (ids to delete, rows to append).
-    fn table_jobs(&self, plan: &Plan) -> Result<Vec<TableJob<'_>>, StoreError> {
+    fn table_jobs(&self, plan: &Plan) -> Result<Vec<TableBatch>, StoreError> {
         let mut jobs = Vec::new();
         for (name, tw) in plan.nodes.iter().filter(|(_, tw)| !tw.is_empty()) {
             let t = self.schema.node(name).ok_or_else(|| StoreError::Internal(format!("unknown node type {name}")))?;
             let table = plan.data.nodes.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
-            let rows: Vec<_> = tw.put.iter().filter_map(|k| table.rows.get(k)).collect();
-            let batch = if rows.is_empty() { None } else { Some(tables::node_batch(t, &rows)?) };
-            let remove = tw.remove.iter().map(|k| k.to_string()).collect();
-            jobs.push(TableJob { table: name.clone(), id_column: &t.key_prop().name, remove, batch });
+            jobs.push(TableBatch::nodes(t, table, &tw.remove, &tw.put)?);
         }
         for (name, tw) in plan.edges.iter().filter(|(_, tw)| !tw.is_empty()) {
             let t = self.schema.edge(name).ok_or_else(|| StoreError::Internal(format!("unknown edge type {name}")))?;
             let table = plan.data.edges.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
-            let rows: Vec<_> = tw.put.iter().filter_map(|(f, to)| table.rows.get(&(f.clone(), to.clone())).map(|p| (f, to, p))).collect();
-            let batch = if rows.is_empty() { None } else { Some(tables::edge_batch(t, &rows)?) };
-            let remove = tw.remove.iter().map(|(f, to)| edge_id(f, to)).collect();
-            jobs.push(TableJob { table: name.clone(), id_column: tables::EDGE_ID, remove, batch });
+            jobs.push(TableBatch::edges(t, table, &tw.remove, &tw.put)?);
         }
         Ok(jobs)
     }
@@ -259,5 +322,70 @@ impl Store {
             ds = Arc::new(next);
         }
         Ok(ds)
+    }
+}
+
+/// One graph commit written batch by batch under the writer lock (`/ingest`):
+/// each [`WriteSession::write`] lands on the branch's own lineage of its
+/// table, nothing is visible until [`WriteSession::commit`] appends the
+/// commit row, and [`WriteSession::abort`] undoes every table write.
+pub struct WriteSession<'s> {
+    store: &'s Store,
+    w: tokio::sync::MutexGuard<'s, Writer>,
+    /// `None` once committed or aborted.
+    txn: Option<Txn>,
+}
+
+impl WriteSession<'_> {
+    /// The head this commit builds on.
+    pub fn base(&self) -> Option<&Arc<Snapshot>> {
+        self.txn.as_ref().map(|t| &t.base)
+    }
+
+    /// Writes one batch (deletes, then appends) of one table. On a failure
+    /// the session is aborted.
+    pub async fn write(&mut self, job: TableBatch) -> Result<(), StoreError> {
+        let mut txn = self.txn.take().ok_or_else(|| StoreError::Internal("the write session is over".into()))?;
+        match self.store.txn_write(&mut self.w, &mut txn, job).await {
+            Ok(()) => {
+                self.txn = Some(txn);
+                Ok(())
+            }
+            Err(e) => {
+                self.store.txn_rollback(&mut self.w, txn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends the commit row, with the base head as its parent, and
+    /// publishes `data` (the state after every batch) as the branch's head.
+    pub async fn commit(mut self, data: GraphData, actor: &str) -> Result<Arc<Snapshot>, StoreError> {
+        let txn = self.txn.take().ok_or_else(|| StoreError::Internal("the write session is over".into()))?;
+        let parents = vec![txn.base.commit.commit_id.clone()];
+        self.store.txn_finish(&mut self.w, txn, data, parents, actor).await
+    }
+
+    /// Undoes every table write; the head is as before.
+    pub async fn abort(mut self) {
+        if let Some(txn) = self.txn.take() {
+            self.store.txn_rollback(&mut self.w, txn).await;
+        }
+    }
+}
+
+impl Drop for WriteSession<'_> {
+    /// Dropped mid-way (its future was cancelled): nothing is published, and
+    /// a lineage left ahead of its pin is never extended in place again (the
+    /// next write forks from the pin; the next start restores it).
+    fn drop(&mut self) {
+        if let Some(txn) = self.txn.take() {
+            tracing::warn!(branch = %txn.branch, "a write session was dropped before it committed; its table writes stay unpublished");
+            for wr in &txn.written {
+                if let Some(from) = &wr.extended_from {
+                    self.w.lineages.forget_tip(&wr.table, lineage_of(from).as_ref());
+                }
+            }
+        }
     }
 }
