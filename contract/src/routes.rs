@@ -251,6 +251,7 @@ pub const GATEWAY_ROUTES: &[GatewayRoute] = &[
     admin("GET", "/graphs/{graph_id}", Some(A::GraphRead), &[], "One graph and its worker's state.", Y::None, Y::Json),
     admin("DELETE", "/graphs/{graph_id}", Some(A::GraphDelete), &["purge"], "Remove a graph (and with purge=true its data).", Y::None, Y::Json),
     admin("POST", "/policies/reload", Some(A::PolicyReload), &[], "Re-validate and swap in every policy file.", Y::None, Y::Json),
+    admin("POST", "/policies/promote", Some(A::PolicyReload), &[], "Make the shadow policy set live, if it validates.", Y::None, Y::Json),
 ];
 
 #[cfg(test)]

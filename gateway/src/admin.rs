@@ -90,16 +90,18 @@ pub async fn handle(st: &Arc<AppState>, session: &mut Session, route: Route, act
             Ok(v) => respond::json(session, 200, &v).await?,
             Err(e) => respond::error(session, e.code(), e.to_string(), None, &[]).await?,
         },
-        Route::ReloadPolicies => {
+        Route::ReloadPolicies | Route::PromotePolicies => {
             // Parsing and validating every file is CPU and file work: off the proxy thread.
             let st2 = st.clone();
-            match tokio::task::spawn_blocking(move || st2.reload_policies()).await {
+            let promote = route == Route::PromotePolicies;
+            let (verb, run): (&str, fn(&AppState) -> _) = if promote { ("promoted", AppState::promote_shadow) } else { ("reloaded", AppState::reload_policies) };
+            match tokio::task::spawn_blocking(move || run(&st2)).await {
                 Ok(Ok(v)) => respond::json(session, 200, &v).await?,
                 Ok(Err(e)) => {
-                    let msg = format!("policies not reloaded; the old ones stay in force: {}", e.rendered);
+                    let msg = format!("policies not {verb}; the old ones stay in force: {}", e.rendered);
                     respond::error(session, ErrorCode::BadRequest, msg, None, &[]).await?
                 }
-                Err(e) => respond::error(session, ErrorCode::Internal, format!("policy reload task: {e}"), None, &[]).await?,
+                Err(e) => respond::error(session, ErrorCode::Internal, format!("policy {verb} task: {e}"), None, &[]).await?,
             }
         }
         Route::Healthz | Route::Readyz | Route::OpenApi | Route::Proxy(_) => {

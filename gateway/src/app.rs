@@ -59,6 +59,8 @@ pub struct AppState {
     reload_lock: std::sync::Mutex<()>,
     /// Per-actor limits on requests in flight and per second.
     pub fairness: crate::fairness::Fairness,
+    /// The candidate policy set, when `server.shadow` names one.
+    pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
 }
 
 /// The worker binary: `OMNIGRAPH_WORKER_BIN`, else `server.worker_bin`, else
@@ -169,6 +171,7 @@ impl AppState {
             creates_waiting: std::sync::atomic::AtomicUsize::new(0),
             reload_lock: std::sync::Mutex::new(()),
             fairness: crate::fairness::Fairness::new(limits.per_actor_inflight, limits.per_actor_rps),
+            shadow: arc_swap::ArcSwapOption::empty(),
             config,
         };
         for (id, own) in graph_policies {
@@ -185,7 +188,43 @@ impl AppState {
             }
             state.registry.insert(Arc::new(entry));
         }
+        let shadow = state.compile_shadow(&state.server_policies.load())?;
+        state.shadow.store(shadow.map(Arc::new));
         Ok(state)
+    }
+
+    /// The shadow set over the live server policies `live_server` and the
+    /// graphs' live policy files, when `server.shadow` is configured.
+    fn compile_shadow(&self, live_server: &[Policy]) -> Result<Option<crate::shadow::Shadow>, crate::authz::PolicyError> {
+        let Some(sec) = &self.config.config.server.shadow else { return Ok(None) };
+        let graphs = self.graph_policy_files();
+        let ids: Vec<String> = graphs.iter().map(|(id, _)| id.clone()).collect();
+        let files = crate::shadow::files(&self.config.resolve(&sec.dir), &ids)?;
+        crate::shadow::compile(&self.engine, &files, live_server, &graphs).map(Some)
+    }
+
+    fn graph_policy_files(&self) -> Vec<(String, Option<PathBuf>)> {
+        self.registry.list().iter().map(|e| (e.id.to_string(), e.policy_file.clone())).collect()
+    }
+
+    /// `POST /policies/promote`: the shadow set becomes the live one, only
+    /// if it validates. Its files are written over the live files, then the
+    /// whole set is reloaded as by a reload, under the same lock.
+    pub fn promote_shadow(&self) -> Result<serde_json::Value, crate::authz::PolicyError> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sec) = &self.config.config.server.shadow else {
+            return Err(crate::authz::PolicyError::plain("no shadow set is configured (server.shadow)".into()));
+        };
+        let graphs = self.graph_policy_files();
+        let ids: Vec<String> = graphs.iter().map(|(id, _)| id.clone()).collect();
+        let files = crate::shadow::files(&self.config.resolve(&sec.dir), &ids)?;
+        // Validate the whole candidate before any live file is touched.
+        crate::shadow::compile(&self.engine, &files, &self.server_policies.load(), &graphs)?;
+        let written = crate::shadow::promote_files(&files, &self.config.resolve(&self.config.config.server.policy.file), &graphs)?;
+        let mut v = self.reload_locked()?;
+        v["status"] = serde_json::json!("promoted");
+        v["files_promoted"] = serde_json::json!(written);
+        Ok(v)
     }
 
     /// Builds a registry entry for a graph section (its policies already parsed).
@@ -225,6 +264,11 @@ impl AppState {
     /// the old policies stay and the first error is returned.
     pub fn reload_policies(&self) -> Result<serde_json::Value, crate::authz::PolicyError> {
         let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked()
+    }
+
+    /// [`AppState::reload_policies`] with the reload lock already held.
+    fn reload_locked(&self) -> Result<serde_json::Value, crate::authz::PolicyError> {
         let server = self.engine.parse_path(&self.config.resolve(&self.config.config.server.policy.file))?;
         let server_sets = self.engine.slice(&server)?;
         let mut graph_sets = Vec::new();
@@ -236,6 +280,8 @@ impl AppState {
             let sets = self.engine.slice(server.iter().chain(&own))?;
             graph_sets.push((entry, own.len(), sets));
         }
+        // The shadow set is checked with the new live policies before anything is swapped in.
+        let shadow = self.compile_shadow(&server)?;
         let mut counts = serde_json::Map::new();
         for (entry, n, sets) in graph_sets {
             counts.insert(entry.id.to_string(), serde_json::json!(n));
@@ -244,6 +290,7 @@ impl AppState {
         let n = server.len();
         self.server_policies.store(Arc::new(server));
         self.server_sets.store(Arc::new(server_sets));
+        self.shadow.store(shadow.map(Arc::new));
         tracing::info!(server_policies = n, graphs = counts.len(), "policies reloaded");
         Ok(serde_json::json!({"status": "reloaded", "server_policies": n, "graph_policies": counts}))
     }
@@ -261,6 +308,13 @@ impl AppState {
             Err(e) => tracing::error!(graph = %entry.id, error = %e.rendered, "the new graph's policies do not compose with the reloaded server policies; keeping those it was validated with"),
         }
         self.registry.insert(entry);
+        // The new graph joins the shadow set too (its live policies, or its shadow file).
+        if self.config.config.server.shadow.is_some() {
+            match self.compile_shadow(&self.server_policies.load()) {
+                Ok(s) => self.shadow.store(s.map(Arc::new)),
+                Err(e) => tracing::error!(error = %e.rendered, "the shadow set does not compile with the new graph; the previous shadow set stays"),
+            }
+        }
     }
 
     /// Creates the runtime dir with mode 0700 (sockets live there).

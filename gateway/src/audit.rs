@@ -36,6 +36,15 @@ struct Line<'a> {
     errors: &'a [String],
     latency_us: f64,
     route: &'a str,
+    /// The shadow set's decision, on lines where it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<ShadowLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct ShadowLine<'a> {
+    decision: &'a str,
+    policies: &'a [String],
 }
 
 /// What one decision is logged with.
@@ -48,6 +57,7 @@ pub struct Entry<'a> {
     pub target: Option<&'a str>,
     pub route: &'a str,
     pub decision: &'a Decision,
+    pub shadow: Option<&'a Decision>,
 }
 
 /// Bytes of lines waiting for the writer. Past this the writer is stuck (a
@@ -159,6 +169,7 @@ pub fn log_decision(e: &Entry<'_>) {
         errors: &e.decision.errors,
         latency_us: e.decision.elapsed.as_secs_f64() * 1e6,
         route: e.route,
+        shadow: e.shadow.map(|d| ShadowLine { decision: if d.allowed { "allow" } else { "deny" }, policies: &d.policies }),
     };
     start_writer();
     let Ok(mut pending) = PENDING.lock() else {
@@ -309,7 +320,7 @@ mod tests {
         log_to_file(&path, Rotation { max_bytes: 1 << 30, keep: 2 }).unwrap();
         let d = Decision { allowed: false, policies: vec!["tenant-isolation".into()], errors: Vec::new(), elapsed: std::time::Duration::from_micros(7) };
         let (amy, bob) = (actor("amy"), actor("bob"));
-        let entry = |a, action, decision| Entry { request_id: "r1", actor: a, action, resource: "Omnigraph::Graph::\"g\"", branch: Some("dev"), target: None, route: "POST /read", decision };
+        let entry = |a, action, decision| Entry { request_id: "r1", actor: a, action, resource: "Omnigraph::Graph::\"g\"", branch: Some("dev"), target: None, route: "POST /read", decision, shadow: None };
         log_decision(&entry(&amy, "read", &d));
         let allowed = Decision { allowed: true, policies: vec!["p".into()], ..d.clone() };
         log_decision(&entry(&bob, "change", &allowed));

@@ -39,6 +39,11 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
+    /// An error about policy files as a whole (a folder, a missing file), not a place in one.
+    pub fn plain(message: String) -> PolicyError {
+        PolicyError { file: String::new(), line: 0, col: 0, rendered: message.clone(), message }
+    }
+
     fn at(file: &str, src: &str, offset: Option<usize>, message: String) -> PolicyError {
         let (line, col) = offset.map_or((1, 1), |o| line_col(src, o));
         let rendered = omnigraph_contract::diagnostic::render(file, src, line, col, &message);

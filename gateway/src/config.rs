@@ -137,6 +137,9 @@ pub struct ServerSection {
     /// (the slowloris defence, header_clock.rs).
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
+    /// A candidate policy set decided beside the live one (shadow.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSection>,
     /// A 403 names the policies that decided it (the forbids that matched,
     /// or none when no permit applied). Off by default: policy ids can tell
     /// a caller how the rules are written.
@@ -177,6 +180,13 @@ fn default_threads() -> usize {
 
 fn default_start_concurrency() -> usize {
     4
+}
+
+/// `server.shadow`: the folder of the candidate policy files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSection {
+    pub dir: String,
 }
 
 /// `server.decision_log`: the audit trail's file and how it is kept.

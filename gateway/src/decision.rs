@@ -128,6 +128,15 @@ pub fn decide(st: &AppState, actor: &ResolvedActor, action: Action, route: &Rout
     decide_entry(st, actor, action, route.graph().map(|g| g.as_str()), entry, Branches::of(route), requested)
 }
 
+/// The same request decided by the shadow set (shadow.rs): the graph's
+/// candidate policies when the shadow set has them, the candidate server
+/// policies otherwise.
+pub fn decide_shadow(st: &AppState, shadow: &crate::shadow::Shadow, actor: &ResolvedActor, action: Action, route: &Route, entry: Option<&GraphEntry>, requested: &Requested) -> Verdict {
+    let protected = |b: &BranchName| entry.is_some_and(|e| e.is_protected(b));
+    let graph = entry.and_then(|e| shadow.graphs.get(e.id.as_str()).map(|sets| GraphPolicies { id: e.id.as_str(), tenant: e.tenant.as_deref(), sets, protected: &protected }));
+    decide_with(&st.engine, &shadow.server, graph.as_ref(), route.graph().map(|g| g.as_str()), actor, action, Branches::of(route), requested)
+}
+
 /// [`decide`] for a graph named by id (`GET /graphs` asks it of each graph).
 pub fn decide_entry(st: &AppState, actor: &ResolvedActor, action: Action, graph_id: Option<&str>, entry: Option<&GraphEntry>, branches: Branches<'_>, requested: &Requested) -> Verdict {
     let sets = entry.map(|e| e.policies.load());

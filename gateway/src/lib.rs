@@ -27,6 +27,7 @@ pub mod request_id;
 pub mod respond;
 pub mod route;
 pub mod serve;
+pub mod shadow;
 pub mod supervisor;
 pub mod upstream;
 

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub header_timeouts: IntCounter,
     /// Failed writes of the decision log (set when scraped).
     pub decision_log_failures: IntGauge,
+    /// Requests the shadow set decides differently, by action and direction.
+    pub shadow_differences: IntCounterVec,
     /// Requests refused with 429 by a per-actor limit, by limit.
     pub throttled: IntCounterVec,
 }
@@ -51,11 +53,13 @@ impl Metrics {
         registry.register(Box::new(decision_log_dropped.clone()))?;
         let header_timeouts = IntCounter::new("omnigraph_header_timeouts_total", "Connections closed because a request header did not arrive within server.header_timeout_ms")?;
         registry.register(Box::new(header_timeouts.clone()))?;
+        let shadow_differences = IntCounterVec::new(Opts::new("omnigraph_shadow_differences_total", "Requests the shadow policy set decides differently from the live one"), &["action", "direction"])?;
+        registry.register(Box::new(shadow_differences.clone()))?;
         let throttled = IntCounterVec::new(Opts::new("omnigraph_throttled_total", "Requests refused with 429 by a per-actor limit"), &["limit"])?;
         registry.register(Box::new(throttled.clone()))?;
         let decision_log_failures = IntGauge::new("omnigraph_decision_log_write_failures", "Failed writes of the decision log, each retried")?;
         registry.register(Box::new(decision_log_failures.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled })
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled, shadow_differences })
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -34,6 +34,8 @@ pub struct Decided {
     pub action: Action,
     pub resource: String,
     pub decision: Decision,
+    /// The shadow set's decision, kept only when it differs from the live one.
+    pub shadow: Option<Decision>,
 }
 
 /// Per-request state, filled phase by phase; `logging` reads it once.
@@ -143,6 +145,12 @@ impl Gateway {
     fn authorize(&self, ctx: &mut Ctx, actor: &ResolvedActor, route: &Route, entry: Option<&crate::registry::GraphEntry>, requested: &Requested) -> std::result::Result<(), Answer> {
         let action = route.action().ok_or_else(|| Answer::new(ErrorCode::Internal, "route without an action"))?;
         let verdict = decision::decide(&self.state, actor, action, route, entry, requested);
+        // The candidate set decides too; only a difference is kept (shadow.rs).
+        let shadow = self.state.shadow.load().as_deref().map(|sh| decision::decide_shadow(&self.state, sh, actor, action, route, entry, requested)).filter(|sv| sv.decision.allowed != verdict.decision.allowed);
+        if shadow.is_some() {
+            let direction = if verdict.decision.allowed { "allow→deny" } else { "deny→allow" };
+            self.state.metrics.shadow_differences.with_label_values(&[action.name(), direction]).inc();
+        }
         let resource = match route.graph() {
             Some(g) if !action.is_server_action() => Resource::Graph { id: g.as_str(), tenant: None }.describe(),
             _ => Resource::Server.describe(),
@@ -152,7 +160,7 @@ impl Gateway {
             let reason = if verdict.decision.policies.is_empty() { "no permit applies" } else { "forbidden by policy" };
             json!({"policies": verdict.decision.policies, "reason": reason})
         });
-        ctx.decided = Some(Decided { action: denied_action, resource: resource.clone(), decision: verdict.decision });
+        ctx.decided = Some(Decided { action: denied_action, resource: resource.clone(), decision: verdict.decision, shadow: shadow.map(|sv| sv.decision) });
         if allowed {
             return Ok(());
         }
@@ -322,6 +330,7 @@ impl ProxyHttp for Gateway {
                 target: b.target.map(|b| b.as_str()),
                 route: ctx.label(),
                 decision: &d.decision,
+                shadow: d.shadow.as_ref(),
             });
             st.metrics.decision_seconds.observe(d.decision.elapsed.as_secs_f64());
             if !d.decision.errors.is_empty() {

@@ -170,3 +170,65 @@ fn denials_are_explained_only_when_the_operator_asks() {
     assert_eq!(unmatched.body["details"]["policies"], json!([]));
     assert_eq!(unmatched.body["details"]["reason"], "no permit applies");
 }
+
+/// The shadow workflow end to end: a candidate that denies what the live set
+/// allows is logged for exactly those requests and changes no answer; a
+/// candidate that does not validate cannot be promoted; promote makes it
+/// live for the very next request.
+#[test]
+fn a_shadow_set_is_compared_on_live_traffic_and_promoted() {
+    let env = team_env("  shadow: { dir: shadow }\n  decision_log: { file: audit.log }\n");
+    // The candidate: the team may no longer change `dev`-like branches, only `sandbox/*`.
+    write_file(
+        env.path(),
+        "shadow/alpha.cedar",
+        &TEAM_POLICY.replace(
+            "when { context has branch_protected && !context.branch_protected };",
+            "when { context has branch && context.branch like \"sandbox/*\" };",
+        ),
+    );
+    let gw = env.start();
+    let root = ("authorization", "Bearer tok-root");
+    let team = ("authorization", "Bearer tok-team");
+    for b in ["dev", "sandbox/a"] {
+        assert_eq!(call("POST", &gw.url(&format!("/graphs/alpha/branches?branch={b}")), None, &[root]).status, 201);
+    }
+    let op = json!({"ops": [{"upsert": {"type": "Person", "key": "k", "props": {}}}]});
+    let change = |branch: &str, id: &str| post_with(&gw.url(&format!("/graphs/alpha/change?branch={branch}")), &op, &[team, ("x-request-id", id)]).status;
+    assert_eq!(change("dev", "live-allows-shadow-denies"), 200, "only the live set decides");
+    assert_eq!(change("sandbox/a", "both-allow"), 200);
+    assert_eq!(change("main", "both-deny"), 403);
+
+    let m = call("GET", &gw.url("/metrics"), None, &[root]);
+    let metrics = m.body.as_str().unwrap().to_string();
+    assert!(metrics.contains("omnigraph_shadow_differences_total{action=\"change\",direction=\"allow→deny\"} 1"), "{metrics}");
+    let t = std::time::Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(env.path().join("audit.log")).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.iter().any(|l| l["request_id"] == "both-deny") || t.elapsed() > std::time::Duration::from_secs(10) {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let with_shadow: Vec<&str> = lines.iter().filter(|l| l.get("shadow").is_some()).map(|l| l["request_id"].as_str().unwrap()).collect();
+    assert_eq!(with_shadow, ["live-allows-shadow-denies"], "exactly the differing request is marked");
+    let marked = lines.iter().find(|l| l["request_id"] == "live-allows-shadow-denies").unwrap();
+    assert_eq!((marked["decision"].as_str(), marked["shadow"]["decision"].as_str()), (Some("allow"), Some("deny")));
+
+    // A broken candidate is refused and nothing changes.
+    write_file(env.path(), "shadow/server.cedar", "permit (principal, action, resource) when { nonsense };\n");
+    let bad = call("POST", &gw.url("/policies/promote"), None, &[root]);
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+    assert!(bad.body["error"].as_str().unwrap().contains("not promoted"), "{:?}", bad.body);
+    assert_eq!(change("dev", "still-live"), 200);
+    std::fs::remove_file(env.path().join("shadow/server.cedar")).unwrap();
+
+    let ok = call("POST", &gw.url("/policies/promote"), None, &[root]);
+    assert_eq!((ok.status, ok.body["status"].as_str()), (200, Some("promoted")), "{:?}", ok.body);
+    assert_eq!(change("dev", "after-promote"), 403, "the candidate decides the very next request");
+    assert_eq!(change("sandbox/a", "after-promote-2"), 200);
+    let live = std::fs::read_to_string(env.path().join("policies/alpha.cedar")).unwrap();
+    assert!(live.contains("sandbox/*"), "the live file now holds the candidate");
+    assert_eq!(call("POST", &gw.url("/policies/promote"), None, &[team]).status, 403, "promote is policy_reload");
+}
