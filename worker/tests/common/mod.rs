@@ -42,7 +42,12 @@ pub fn knows(store: &Store, branch: &str) -> Vec<String> {
 
 /// Serves `store` with the real router on an ephemeral loopback port.
 pub async fn serve(store: Arc<Store>) -> std::net::SocketAddr {
-    let app = router(AppState { store, worker_key: None, limits: Limits::default() });
+    serve_with(store, Limits::default()).await
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_with(store: Arc<Store>, limits: Limits) -> std::net::SocketAddr {
+    let app = router(AppState { store, worker_key: None, limits });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -65,4 +70,32 @@ pub async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &s
 /// A `/change` body upserting one Person.
 pub fn upsert_body(key: &str, props: Value) -> String {
     json!({"ops": [{"upsert": {"type": "Person", "key": key, "props": props}}]}).to_string()
+}
+
+/// One request with a raw body over a fresh connection; returns the status
+/// and the body's bytes (a chunked body decoded).
+pub async fn call_raw(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut rest = &out[split..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (status, rest.to_vec());
+    }
+    let mut body = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return (status, body);
+        }
+        body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+        rest = &rest[eol + 2 + size + 2..];
+    }
 }
