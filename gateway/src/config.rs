@@ -137,6 +137,9 @@ pub struct ServerSection {
     /// (the slowloris defence, header_clock.rs).
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
+    /// Serve the client port over TLS (tls.rs); plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
     /// A candidate policy set decided beside the live one (shadow.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowSection>,
@@ -180,6 +183,16 @@ fn default_threads() -> usize {
 
 fn default_start_concurrency() -> usize {
     4
+}
+
+/// `server.tls`: PEM files, re-read on `SIGHUP`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate chain.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
 }
 
 /// `server.shadow`: the folder of the candidate policy files.

@@ -29,6 +29,7 @@ pub mod route;
 pub mod serve;
 pub mod shadow;
 pub mod supervisor;
+pub mod tls;
 pub mod upstream;
 
 /// The OpenAPI description served at `/openapi.json`, generated once from

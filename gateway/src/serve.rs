@@ -21,6 +21,8 @@ struct SupervisorService {
     state: Arc<AppState>,
     /// The configured listen address; its port may be 0.
     bind: String,
+    /// The TLS certificate, re-read on SIGHUP.
+    certs: Option<Arc<crate::tls::CertStore>>,
 }
 
 /// The address of this process's listening TCP socket that matches `want`
@@ -65,15 +67,15 @@ fn bound_addr(want: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
 
 /// Prints the address the gateway actually listens on, once Pingora has
 /// bound it: tests and scripts start the gateway on port 0 and read it here.
-async fn announce(bind: &str) {
+async fn announce(bind: &str, scheme: &str) {
     let Ok(want) = bind.parse::<std::net::SocketAddr>() else {
-        println!("omnigraph-gateway listening on http://{bind}");
+        println!("omnigraph-gateway listening on {scheme}://{bind}");
         return;
     };
     for _ in 0..500 {
         if let Some(addr) = bound_addr(want) {
             tracing::info!(%addr, "omnigraph-gateway listening");
-            println!("omnigraph-gateway listening on http://{addr}");
+            println!("omnigraph-gateway listening on {scheme}://{addr}");
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -85,7 +87,8 @@ async fn announce(bind: &str) {
 impl BackgroundService for SupervisorService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let bind = self.bind.clone();
-        tokio::spawn(async move { announce(&bind).await });
+        let scheme = if self.certs.is_some() { "https" } else { "http" };
+        tokio::spawn(async move { announce(&bind, scheme).await });
         for entry in self.state.registry.list() {
             tokio::spawn(self.state.supervisor.clone().supervise(entry, None));
         }
@@ -95,6 +98,13 @@ impl BackgroundService for SupervisorService {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    if let Some(c) = self.certs.clone() {
+                        match tokio::task::spawn_blocking(move || c.reload()).await {
+                            Ok(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays in use"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: the certificate reload task failed"),
+                        }
+                    }
                     let st = self.state.clone();
                     match tokio::task::spawn_blocking(move || st.reload_policies()).await {
                         Ok(Ok(_)) => {}
@@ -163,9 +173,23 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
         timeouts: state.metrics.header_timeouts.clone(),
     };
     let mut proxy = pingora::services::listening::Service::new("Pingora HTTP Proxy Service".to_string(), clocked);
-    proxy.add_tcp(&bind);
+    let certs = match &state.config.config.server.tls {
+        Some(t) => {
+            let (cert, key) = (state.config.resolve(&t.cert), state.config.resolve(&t.key));
+            let store = crate::tls::CertStore::load(&cert.display().to_string(), &key.display().to_string()).map_err(|e| StartupError::Other(format!("server.tls: {e}")))?;
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "").map_err(|e| StartupError::Other(format!("server.tls: {e}")))?;
+            settings.set_cert_resolver(store.clone());
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&bind, None, settings);
+            Some(store)
+        }
+        None => {
+            proxy.add_tcp(&bind);
+            None
+        }
+    };
     server.add_service(proxy);
-    server.add_service(background_service("supervisor", SupervisorService { state: state.clone(), bind: bind.clone() }));
+    server.add_service(background_service("supervisor", SupervisorService { state: state.clone(), bind: bind.clone(), certs }));
     tracing::info!(%bind, graphs = state.registry.list().len(), "omnigraph-gateway starting");
     server.run(RunArgs { shutdown_signal: Box::new(DrainingShutdown { drain, grace: std::time::Duration::from_secs(grace) }) });
     tracing::info!("requests drained; stopping workers");
