@@ -277,6 +277,24 @@ pub struct ConfigDir {
 }
 
 impl ConfigDir {
+    /// A config folder with one admin (token `tok-root`, actor `root`, group
+    /// `admins`, allowed everything), the social schema, and each of
+    /// `graphs` at `data/<id>`. `server_extra` lines go under `server:`,
+    /// `top_extra` at the top level (a `limits:` block, say).
+    pub fn admin(server_extra: &str, top_extra: &str, graphs: &[&str]) -> ConfigDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write_file(d, "s.pg", SOCIAL_SCHEMA);
+        write_file(d, "policies/server.cedar", "@id(\"admins-all\")\npermit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
+        write_file(d, "tokens.yaml", &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n", sha256_hex("tok-root")));
+        let mut yaml = format!("server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n{server_extra}{top_extra}auth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n");
+        for g in graphs {
+            yaml.push_str(&format!("  {g}:\n    uri: data/{g}\n    schema: {{ file: s.pg }}\n"));
+        }
+        let cfg = write_file(d, "omnigraph.yaml", &yaml);
+        ConfigDir { dir, cfg }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

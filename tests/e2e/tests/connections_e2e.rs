@@ -16,20 +16,7 @@ const AUTH: (&str, &str) = ("authorization", "Bearer tok-root");
 const HEADER_TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn start() -> (ConfigDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_file(d, "s.pg", SOCIAL_SCHEMA);
-    write_file(d, "policies/server.cedar", "permit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
-    write_file(d, "tokens.yaml", &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n", sha256_hex("tok-root")));
-    let cfg = write_file(
-        d,
-        "omnigraph.yaml",
-        &format!(
-            "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n  header_timeout_ms: {}\nauth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n",
-            HEADER_TIMEOUT.as_millis()
-        ),
-    );
-    let env = ConfigDir { dir, cfg };
+    let env = ConfigDir::admin(&format!("  header_timeout_ms: {}\n", HEADER_TIMEOUT.as_millis()), "", &["alpha"]);
     let gw = env.start();
     (env, gw)
 }
