@@ -230,8 +230,8 @@ impl Gateway {
         }
         match route {
             Route::Proxy(p) => {
-                let limit = self.state.config.config.limits.max_body_bytes;
-                match upstream::select(&p, entry.as_deref(), content_length(session), limit) {
+                let limits = &self.state.config.config.limits;
+                match upstream::select(&p, entry.as_deref(), content_length(session), limits) {
                     Ok(up) => {
                         ctx.upstream = Some(up);
                         Ok(false)

@@ -42,31 +42,18 @@ pub struct Refusal {
     pub retry_after: bool,
 }
 
-/// The body limits `select` applies to a declared Content-Length.
-pub trait BodyLimits {
-    /// The limit on `route`'s body and its key under `limits:`; `None`
-    /// leaves the body to the worker, which counts it as it streams in.
-    fn body_limit(&self, route: &ProxyRoute) -> Option<(u64, &'static str)>;
-}
-
 fn is_ingest(route: &ProxyRoute) -> bool {
     route.label == worker_route(RouteId::Ingest).label
 }
 
-/// Every limit: `/ingest` is bounded by `max_ingest_bytes` (it is streamed,
-/// never held), every other route by `max_body_bytes`.
-impl BodyLimits for &Limits {
-    fn body_limit(&self, route: &ProxyRoute) -> Option<(u64, &'static str)> {
-        Some(if is_ingest(route) { (self.max_ingest_bytes, "max_ingest_bytes") } else { (self.max_body_bytes, "max_body_bytes") })
-    }
-}
-
-/// `max_body_bytes` alone: `/ingest`, which it does not bound, is left to
-/// the worker's own `max_ingest_bytes`. Pass `&Limits` to refuse an
-/// oversized ingest here, before it reaches the worker.
-impl BodyLimits for u64 {
-    fn body_limit(&self, route: &ProxyRoute) -> Option<(u64, &'static str)> {
-        (!is_ingest(route)).then_some((*self, "max_body_bytes"))
+/// The limit on a declared body and its key under `limits:`: `/ingest` is
+/// bounded by `max_ingest_bytes` (it is streamed, never held), every other
+/// route by `max_body_bytes`.
+fn body_limit(limits: &Limits, route: &ProxyRoute) -> (u64, &'static str) {
+    if is_ingest(route) {
+        (limits.max_ingest_bytes, "max_ingest_bytes")
+    } else {
+        (limits.max_body_bytes, "max_body_bytes")
     }
 }
 
@@ -74,7 +61,7 @@ impl BodyLimits for u64 {
 /// must be up, and a declared body must fit its limit (`max_ingest_bytes`
 /// for `/ingest`, `max_body_bytes` for the rest; a chunked body is counted
 /// by the worker, which runs with the same limits).
-pub fn select(route: &ProxyRoute, entry: Option<&GraphEntry>, content_length: Option<u64>, limits: impl BodyLimits) -> Result<Upstream, Refusal> {
+pub fn select(route: &ProxyRoute, entry: Option<&GraphEntry>, content_length: Option<u64>, limits: &Limits) -> Result<Upstream, Refusal> {
     let Some(e) = entry else {
         return Err(Refusal { code: ErrorCode::NotFound, message: format!("graph {:?} does not exist", route.graph.as_str()), retry_after: false });
     };
@@ -83,7 +70,8 @@ pub fn select(route: &ProxyRoute, entry: Option<&GraphEntry>, content_length: Op
         let message = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
         return Err(Refusal { code: ErrorCode::WorkerUnavailable, message, retry_after: true });
     };
-    if let (Some(n), Some((max, name))) = (content_length, limits.body_limit(route)) {
+    if let Some(n) = content_length {
+        let (max, name) = body_limit(limits, route);
         if n > max {
             let message = format!("the request body is larger than {max} bytes (limits.{name})");
             return Err(Refusal { code: ErrorCode::PayloadTooLarge, message, retry_after: false });
@@ -166,10 +154,8 @@ mod tests {
     #[test]
     fn ingest_is_bounded_by_max_ingest_bytes_and_the_rest_by_max_body_bytes() {
         let limits = Limits { max_body_bytes: 10, max_ingest_bytes: 1000, ..Limits::default() };
-        assert_eq!((&limits).body_limit(&route("POST /ingest")), Some((1000, "max_ingest_bytes")));
-        assert_eq!((&limits).body_limit(&route("POST /change")), Some((10, "max_body_bytes")));
-        assert_eq!(10u64.body_limit(&route("POST /ingest")), None, "max_body_bytes never bounds an ingest");
-        assert_eq!(10u64.body_limit(&route("POST /change")), Some((10, "max_body_bytes")));
+        assert_eq!(body_limit(&limits, &route("POST /ingest")), (1000, "max_ingest_bytes"), "max_body_bytes never bounds an ingest");
+        assert_eq!(body_limit(&limits, &route("POST /change")), (10, "max_body_bytes"));
     }
 
     #[test]

@@ -16,19 +16,7 @@ const NDJSON: (&str, &str) = ("content-type", "application/x-ndjson");
 const MAX_INGEST: u64 = 50_000_000;
 
 fn start() -> (ConfigDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_file(d, "s.pg", SOCIAL_SCHEMA);
-    write_file(d, "policies/server.cedar", "permit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
-    write_file(d, "tokens.yaml", &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n", sha256_hex("tok-root")));
-    let cfg = write_file(
-        d,
-        "omnigraph.yaml",
-        &format!(
-            "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\nlimits:\n  max_ingest_bytes: {MAX_INGEST}\nauth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n  beta:\n    uri: data/beta\n    schema: {{ file: s.pg }}\n"
-        ),
-    );
-    let env = ConfigDir { dir, cfg };
+    let env = ConfigDir::admin("", &format!("limits:\n  max_ingest_bytes: {MAX_INGEST}\n"), &["alpha", "beta"]);
     let gw = env.start();
     (env, gw)
 }
