@@ -16,16 +16,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use futures::TryStreamExt;
 use lance::dataset::{Dataset, WriteMode};
 
 use super::commits::CommitLog;
 use super::lineage::Lineages;
 use super::location::Location;
+use super::log_rows;
 use super::StoreError;
 use crate::contract::BranchName;
 
@@ -112,32 +110,16 @@ fn has_versions(dir: &std::path::Path) -> bool {
 
 /// Appends one ref event: the publish point of a branch create, move or delete.
 pub async fn append(ds: &mut Dataset, loc: &Location, e: &RefEvent) -> Result<(), StoreError> {
-    let reader = RecordBatchIterator::new(vec![Ok(to_batch(e)?)], schema());
-    ds.append(reader, Some(loc.write_params(WriteMode::Append))).await.map_err(|e| StoreError::lance("append to _branches", e))
+    log_rows::append(ds, loc, to_batch(e)?, schema(), "append to _branches").await
 }
 
 /// Reads every ref event, ordered by `seq`.
 pub async fn read_all(ds: &Dataset) -> Result<Vec<RefEvent>, StoreError> {
-    let batches: Vec<RecordBatch> = ds
-        .scan()
-        .try_into_stream()
-        .await
-        .map_err(|e| StoreError::lance("scan _branches", e))?
-        .try_collect()
-        .await
-        .map_err(|e| StoreError::lance("scan _branches", e))?;
     let mut out = Vec::new();
-    for b in batches {
-        let col = |name: &str| -> Result<&StringArray, StoreError> {
-            b.column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| StoreError::Corrupt(format!("_branches has no string column {name}")))
-        };
-        let seq = b
-            .column_by_name("seq")
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .ok_or_else(|| StoreError::Corrupt("_branches has no seq column".into()))?;
-        let (branch, op, head, from, actor, created) = (col("branch")?, col("op")?, col("head")?, col("from")?, col("actor_id")?, col("created_at")?);
+    for b in log_rows::scan(ds, "_branches").await? {
+        let c = log_rows::Columns { batch: &b, table: "_branches" };
+        let seq = c.seq()?;
+        let (branch, op, head, from, actor, created) = (c.string("branch")?, c.string("op")?, c.string("head")?, c.string("from")?, c.string("actor_id")?, c.string("created_at")?);
         for i in 0..b.num_rows() {
             let op = RefOp::parse(op.value(i)).ok_or_else(|| StoreError::Corrupt(format!("_branches: unknown op {:?}", op.value(i))))?;
             out.push(RefEvent {

@@ -10,15 +10,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use futures::TryStreamExt;
 use lance::dataset::{Dataset, WriteMode};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::location::{Location, COMMITS_TABLE};
+use super::log_rows;
 use super::StoreError;
 
 /// Where one table's content at a commit lives: a version of one lineage
@@ -221,36 +219,17 @@ pub async fn create(loc: &Location, first: &CommitRecord) -> Result<Dataset, Sto
 
 /// Appends one commit row; this is the publish point of a change.
 pub async fn append(ds: &mut Dataset, loc: &Location, c: &CommitRecord) -> Result<(), StoreError> {
-    let batch = to_batch(c)?;
-    let reader = RecordBatchIterator::new(vec![Ok(batch)], schema());
-    ds.append(reader, Some(loc.write_params(WriteMode::Append)))
-        .await
-        .map_err(|e| StoreError::lance("append commit", e))
+    log_rows::append(ds, loc, to_batch(c)?, schema(), "append commit").await
 }
 
 /// Reads the whole log, ordered by `seq`.
 pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
-    let batches: Vec<RecordBatch> = ds
-        .scan()
-        .try_into_stream()
-        .await
-        .map_err(|e| StoreError::lance("scan _commits", e))?
-        .try_collect()
-        .await
-        .map_err(|e| StoreError::lance("scan _commits", e))?;
     let mut out = Vec::new();
-    for b in batches {
-        let col = |name: &str| -> Result<&StringArray, StoreError> {
-            b.column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| StoreError::Corrupt(format!("_commits has no string column {name}")))
-        };
-        let seq = b
-            .column_by_name("seq")
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .ok_or_else(|| StoreError::Corrupt("_commits has no seq column".into()))?;
+    for b in log_rows::scan(ds, "_commits").await? {
+        let c = log_rows::Columns { batch: &b, table: "_commits" };
+        let seq = c.seq()?;
         let (id, parents, branch, actor, created, tables) =
-            (col("commit_id")?, col("parents")?, col("branch")?, col("actor_id")?, col("created_at")?, col("tables")?);
+            (c.string("commit_id")?, c.string("parents")?, c.string("branch")?, c.string("actor_id")?, c.string("created_at")?, c.string("tables")?);
         for i in 0..b.num_rows() {
             let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("_commits row {i}: {what}: {e}"));
             out.push(CommitRecord {

@@ -19,6 +19,7 @@ pub mod branches;
 pub mod commits;
 pub mod lineage;
 pub mod location;
+mod log_rows;
 pub mod state;
 pub mod tables;
 pub mod value;
