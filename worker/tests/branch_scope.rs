@@ -2,14 +2,16 @@
 //! found on `main` (and a later `main` commit not on `dev`), through the
 //! store and through the real router over TCP.
 
+mod common;
+
 use std::sync::Arc;
 
 use omnigraph_worker::change;
 use omnigraph_worker::http::{router, AppState};
 use omnigraph_worker::limits::Limits;
 use omnigraph_worker::store::{ApplyError, Store, StoreError, WriteTo};
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::call as get;
+use serde_json::json;
 
 const SCHEMA: &str = "node Person { name: String @key age: I64? }\n";
 
@@ -21,19 +23,6 @@ async fn upsert(store: &Store, branch: &str, key: &str) -> String {
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
     }
-}
-
-/// GET `path` over a fresh connection; returns (status, JSON body).
-async fn get(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::String(body.to_string())))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,29 +270,83 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[i.min(samples.len() - 1)]
 }
 
+/// `graphs:` entries for each id, at `data/<id>` with the social schema.
+pub fn graphs_yaml(ids: &[&str]) -> String {
+    ids.iter().map(|g| format!("  {g}:\n    uri: data/{g}\n    schema: {{ file: s.pg }}\n")).collect()
+}
+
 /// A test's config folder: a temporary directory and its `omnigraph.yaml`.
 pub struct ConfigDir {
     pub dir: tempfile::TempDir,
     pub cfg: PathBuf,
 }
 
+/// One entry of a test's static tokens file.
+pub struct TestToken<'a> {
+    pub token: &'a str,
+    pub actor: &'a str,
+    pub groups: &'a [&'a str],
+    pub tenant: Option<&'a str>,
+}
+
+/// `tok-root`, actor `root`, group `admins` (allowed everything).
+pub const ROOT_TOKEN: TestToken<'static> = TestToken { token: "tok-root", actor: "root", groups: &["admins"], tenant: None };
+
+/// Team members may read any branch but `secret`, change only unprotected
+/// branches, and create branches (tests of branch policies).
+pub const TEAM_POLICY: &str = r#"
+@id("team-read")
+permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"read", resource)
+when { context has branch && context.branch != "secret" };
+
+@id("team-change-unprotected")
+permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"change", resource)
+when { context has branch_protected && !context.branch_protected };
+
+@id("team-branch")
+permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"branch_create", resource);
+"#;
+
 impl ConfigDir {
-    /// A config folder with one admin (token `tok-root`, actor `root`, group
-    /// `admins`, allowed everything), the social schema, and each of
-    /// `graphs` at `data/<id>`. `server_extra` lines go under `server:`,
-    /// `top_extra` at the top level (a `limits:` block, say).
-    pub fn admin(server_extra: &str, top_extra: &str, graphs: &[&str]) -> ConfigDir {
+    /// A config folder: the social schema, a server policy that lets
+    /// `admins` do everything (`admins-all`), `tokens`, and `graphs_yaml`
+    /// under `graphs:`. `server_extra` lines go under `server:`, `top_extra`
+    /// at the top level (a `limits:` block, say).
+    pub fn with(server_extra: &str, top_extra: &str, tokens: &[TestToken<'_>], graphs_yaml: &str) -> ConfigDir {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         write_file(d, "s.pg", SOCIAL_SCHEMA);
         write_file(d, "policies/server.cedar", "@id(\"admins-all\")\npermit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
-        write_file(d, "tokens.yaml", &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n", sha256_hex("tok-root")));
-        let mut yaml = format!("server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n{server_extra}{top_extra}auth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n");
-        for g in graphs {
-            yaml.push_str(&format!("  {g}:\n    uri: data/{g}\n    schema: {{ file: s.pg }}\n"));
+        let mut t = String::from("tokens:\n");
+        for k in tokens {
+            t.push_str(&format!("  - actor_id: {}\n    sha256: {}\n", k.actor, sha256_hex(k.token)));
+            if !k.groups.is_empty() {
+                t.push_str(&format!("    groups: [{}]\n", k.groups.join(", ")));
+            }
+            if let Some(tn) = k.tenant {
+                t.push_str(&format!("    tenant: {tn}\n"));
+            }
         }
+        write_file(d, "tokens.yaml", &t);
+        let yaml = format!("server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n{server_extra}{top_extra}auth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n{graphs_yaml}");
         let cfg = write_file(d, "omnigraph.yaml", &yaml);
         ConfigDir { dir, cfg }
+    }
+
+    /// [`ConfigDir::with`] for the one admin [`ROOT_TOKEN`] and each of
+    /// `graphs` at `data/<id>`.
+    pub fn admin(server_extra: &str, top_extra: &str, graphs: &[&str]) -> ConfigDir {
+        ConfigDir::with(server_extra, top_extra, &[ROOT_TOKEN], &graphs_yaml(graphs))
+    }
+
+    /// Graph `alpha`, protecting `main`, with `graph_policy` as its own
+    /// policies; the admin [`ROOT_TOKEN`] and `tok-team` (actor `tm`, group `team`).
+    pub fn team(server_extra: &str, graph_policy: &str) -> ConfigDir {
+        let team = TestToken { token: "tok-team", actor: "tm", groups: &["team"], tenant: None };
+        let graphs = "  alpha:\n    uri: data/alpha\n    schema: { file: s.pg }\n    policy: { file: policies/alpha.cedar }\n    protected_branches: [main]\n";
+        let env = ConfigDir::with(server_extra, "", &[ROOT_TOKEN, team], graphs);
+        write_file(env.path(), "policies/alpha.cedar", graph_policy);
+        env
     }
 
     pub fn path(&self) -> &Path {

@@ -13,21 +13,8 @@ use serde_json::{json, Value};
 const ROOT: (&str, &str) = ("authorization", "Bearer tok-root");
 
 fn start(decision_log: &str) -> (ConfigDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_file(d, "s.pg", SOCIAL_SCHEMA);
-    write_file(d, "policies/server.cedar", "@id(\"admins-all\")\npermit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
-    write_file(
-        d,
-        "tokens.yaml",
-        &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n    tenant: acme\n  - actor_id: eve\n    sha256: {}\n", sha256_hex("tok-root"), sha256_hex("tok-eve")),
-    );
-    let cfg = write_file(
-        d,
-        "omnigraph.yaml",
-        &format!("server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n  decision_log: {decision_log}\nauth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n"),
-    );
-    let env = ConfigDir { dir, cfg };
+    let tokens = [TestToken { tenant: Some("acme"), ..ROOT_TOKEN }, TestToken { token: "tok-eve", actor: "eve", groups: &[], tenant: None }];
+    let env = ConfigDir::with(&format!("  decision_log: {decision_log}\n"), "", &tokens, &graphs_yaml(&["alpha"]));
     let gw = env.start();
     (env, gw)
 }

@@ -10,42 +10,9 @@ use serde_json::{json, Value};
 const ROOT: (&str, &str) = ("authorization", "Bearer tok-root");
 const TEAM: (&str, &str) = ("authorization", "Bearer tok-team");
 
-/// Admins may do anything. Team members may read any branch but `secret`,
-/// change only unprotected branches, and create branches.
-const GRAPH_POLICY: &str = r#"
-@id("team-read")
-permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"read", resource)
-when { context has branch && context.branch != "secret" };
-
-@id("team-change-unprotected")
-permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"change", resource)
-when { context has branch_protected && !context.branch_protected };
-
-@id("team-branch")
-permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"branch_create", resource);
-"#;
-
+/// Admins may do anything; the team's rules are [`TEAM_POLICY`].
 fn start() -> (ConfigDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_file(d, "s.pg", SOCIAL_SCHEMA);
-    write_file(d, "policies/server.cedar", "permit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
-    write_file(d, "policies/alpha.cedar", GRAPH_POLICY);
-    write_file(
-        d,
-        "tokens.yaml",
-        &format!(
-            "tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n  - actor_id: tm\n    sha256: {}\n    groups: [team]\n",
-            sha256_hex("tok-root"),
-            sha256_hex("tok-team")
-        ),
-    );
-    let cfg = write_file(
-        d,
-        "omnigraph.yaml",
-        "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: { file: policies/server.cedar }\nauth:\n  static_tokens: { file: tokens.yaml }\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: { file: s.pg }\n    policy: { file: policies/alpha.cedar }\n    protected_branches: [main]\n",
-    );
-    let env = ConfigDir { dir, cfg };
+    let env = ConfigDir::team("", TEAM_POLICY);
     let gw = env.start();
     (env, gw)
 }

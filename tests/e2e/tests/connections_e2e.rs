@@ -220,21 +220,8 @@ fn oversized_headers_are_400_and_ambiguous_framing_is_never_passed_on() {
 }
 
 fn fair_env(limits: &str) -> (ConfigDir, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_file(d, "s.pg", SOCIAL_SCHEMA);
-    write_file(d, "policies/server.cedar", "permit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
-    write_file(
-        d,
-        "tokens.yaml",
-        &format!("tokens:\n  - actor_id: noisy\n    sha256: {}\n    groups: [admins]\n  - actor_id: quiet\n    sha256: {}\n    groups: [admins]\n", sha256_hex("tok-noisy"), sha256_hex("tok-quiet")),
-    );
-    let cfg = write_file(
-        d,
-        "omnigraph.yaml",
-        &format!("server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\nlimits:\n{limits}auth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n"),
-    );
-    let env = ConfigDir { dir, cfg };
+    let admin = |token, actor| TestToken { token, actor, groups: &["admins"], tenant: None };
+    let env = ConfigDir::with("", &format!("limits:\n{limits}"), &[admin("tok-noisy", "noisy"), admin("tok-quiet", "quiet")], &graphs_yaml(&["alpha"]));
     let gw = env.start();
     (env, gw)
 }

@@ -22,43 +22,13 @@ fn the_shipped_policy_tests_pass() {
     assert!(text.contains(" 0 failed") && !text.contains("FAIL "), "{text}");
 }
 
-/// A graph whose team may read any branch but `secret`, change unprotected
-/// branches and create branches; admins may do anything.
-const TEAM_POLICY: &str = r#"
-@id("team-read")
-permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"read", resource)
-when { context has branch && context.branch != "secret" };
-
-@id("team-change-unprotected")
-permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"change", resource)
-when { context has branch_protected && !context.branch_protected };
-
-@id("team-branch")
-permit (principal in Omnigraph::Group::"team", action == Omnigraph::Action::"branch_create", resource);
-
-@id("no-deletes-on-friday")
-forbid (principal, action == Omnigraph::Action::"branch_delete", resource);
-"#;
+/// The team's rules ([`TEAM_POLICY`]) and a forbid that even admins meet.
+fn team_policy() -> String {
+    format!("{TEAM_POLICY}\n@id(\"no-deletes-on-friday\")\nforbid (principal, action == Omnigraph::Action::\"branch_delete\", resource);\n")
+}
 
 fn team_env(extra_server: &str) -> ConfigDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_file(d, "s.pg", SOCIAL_SCHEMA);
-    write_file(d, "policies/server.cedar", "@id(\"admins-all\")\npermit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
-    write_file(d, "policies/alpha.cedar", TEAM_POLICY);
-    write_file(
-        d,
-        "tokens.yaml",
-        &format!("tokens:\n  - actor_id: root\n    sha256: {}\n    groups: [admins]\n  - actor_id: tm\n    sha256: {}\n    groups: [team]\n", sha256_hex("tok-root"), sha256_hex("tok-team")),
-    );
-    let cfg = write_file(
-        d,
-        "omnigraph.yaml",
-        &format!(
-            "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: policies/server.cedar }}\n{extra_server}auth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n    policy: {{ file: policies/alpha.cedar }}\n    protected_branches: [main]\n"
-        ),
-    );
-    ConfigDir { dir, cfg }
+    ConfigDir::team(extra_server, &team_policy())
 }
 
 #[test]
@@ -182,7 +152,7 @@ fn a_shadow_set_is_compared_on_live_traffic_and_promoted() {
     write_file(
         env.path(),
         "shadow/alpha.cedar",
-        &TEAM_POLICY.replace(
+        &team_policy().replace(
             "when { context has branch_protected && !context.branch_protected };",
             "when { context has branch && context.branch like \"sandbox/*\" };",
         ),
