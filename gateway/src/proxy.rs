@@ -156,10 +156,8 @@ impl Gateway {
             _ => Resource::Server.describe(),
         };
         let (allowed, denied_action, copied) = (verdict.decision.allowed, verdict.action, verdict.copied);
-        let explained = (!allowed && self.state.config.config.server.explain_denials).then(|| {
-            let reason = if verdict.decision.policies.is_empty() { "no permit applies" } else { "forbidden by policy" };
-            json!({"policies": verdict.decision.policies, "reason": reason})
-        });
+        // Kept only if the operator asked for explained denials: ids can tell a caller how the rules are written.
+        let deciding = (!allowed && self.state.config.config.server.explain_denials).then(|| verdict.decision.policies.clone());
         ctx.decided = Some(Decided { action: denied_action, resource: resource.clone(), decision: verdict.decision, shadow: shadow.map(|sv| sv.decision) });
         if allowed {
             return Ok(());
@@ -172,8 +170,9 @@ impl Gateway {
         if let Some(b) = copied {
             details["branch"] = json!(b.as_str());
         }
-        if let (Some(Value::Object(why)), Some(d)) = (explained, details.as_object_mut()) {
-            d.extend(why);
+        if let Some(policies) = deciding {
+            details["reason"] = json!(if policies.is_empty() { "no permit applies" } else { "forbidden by policy" });
+            details["policies"] = json!(policies);
         }
         Err(Answer { details: Some(details), ..Answer::new(ErrorCode::Forbidden, msg) })
     }
