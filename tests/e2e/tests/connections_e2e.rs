@@ -241,6 +241,16 @@ fn one_actor_past_its_in_flight_limit_gets_429_and_others_do_not() {
             s
         })
         .collect();
+    // Wait until the gateway has both held requests in flight (the scrape itself is a third).
+    let in_flight = |gw: &Gateway| {
+        let m = call("GET", &gw.url("/metrics"), None, &[("authorization", "Bearer tok-quiet")]);
+        m.body.as_str().unwrap_or_default().lines().find_map(|l| l.strip_prefix("omnigraph_requests_in_flight ")).and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0)
+    };
+    let t = Instant::now();
+    while in_flight(&gw) < 3 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the two held requests never reached the gateway");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = Instant::now();
     let third = loop {
         let r = read_as(&gw, "tok-noisy");
