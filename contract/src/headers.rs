@@ -15,3 +15,26 @@ pub const WORKER_KEY_ENV: &str = "OMNIGRAPH_WORKER_KEY";
 pub const LOG_BARE_ENV: &str = "OMNIGRAPH_LOG_BARE";
 /// The actor recorded when no trusted gateway vouches for the caller.
 pub const LOCAL_ACTOR: &str = "local";
+/// The request's id. The gateway keeps a client's well-formed one or makes
+/// one, and sends it to the worker, which records it in the commit it writes.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A well-formed request id: 1 to 128 characters of `A-Z a-z 0-9 - _ . :`,
+/// safe in a log line and a header, long enough for a UUID, a ULID or a trace id.
+pub fn request_id_well_formed(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(request_id_well_formed(b"01J9ZK5V3T-trace.1:a_b"));
+        assert!(request_id_well_formed(&[b'a'; 128]));
+        for bad in [&b""[..], &[b'a'; 129], b"has space", b"a\"b", b"caf\xc3\xa9", b"a/b"] {
+            assert!(!request_id_well_formed(bad), "{bad:?}");
+        }
+    }
+}

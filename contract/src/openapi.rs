@@ -156,9 +156,9 @@ fn components() -> Value {
                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["node", "edge"]}, "version": {"type": "integer", "nullable": true}, "rows": {"type": "integer", "nullable": true}
                 }}}
             }},
-            "Commit": {"type": "object", "required": ["commit_id", "parents", "branch", "actor_id", "created_at", "tables"], "properties": {
+            "Commit": {"type": "object", "required": ["commit_id", "parents", "branch", "actor_id", "request_id", "created_at", "tables"], "properties": {
                 "commit_id": {"type": "string"}, "parents": {"type": "array", "items": {"type": "string"}}, "branch": {"type": "string"},
-                "actor_id": {"type": "string"}, "created_at": {"type": "string"}, "tables": {"type": "object"}
+                "actor_id": {"type": "string"}, "request_id": {"type": "string", "nullable": true}, "created_at": {"type": "string"}, "tables": {"type": "object"}
             }},
             "CommitList": {"type": "object", "required": ["commits"], "properties": {"commits": {"type": "array", "items": {"$ref": "#/components/schemas/Commit"}}}}
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use omnigraph_worker::change;
 use omnigraph_worker::http::{router, AppState};
 use omnigraph_worker::limits::Limits;
-use omnigraph_worker::store::{ApplyError, Store, StoreError, WriteTo};
+use omnigraph_worker::store::{ApplyError, Author, Store, StoreError, WriteTo};
 use common::call as get;
 use serde_json::json;
 
@@ -18,7 +18,7 @@ const SCHEMA: &str = "node Person { name: String @key age: I64? }\n";
 async fn upsert(store: &Store, branch: &str, key: &str) -> String {
     let ops = change::parse_body(&json!({"ops": [{"upsert": {"type": "Person", "key": key, "props": {}}}]})).unwrap();
     let schema = store.schema.clone();
-    match store.apply(WriteTo::branch(branch), "test", |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
         Ok((snap, _)) => snap.commit.commit_id.clone(),
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
@@ -34,7 +34,7 @@ async fn a_commit_from_another_branch_is_not_found_on_main() {
     let first = upsert(&store, "main", "a").await;
 
     // dev forks from main's first change and commits on its own.
-    store.create_branch("dev", "main", "test").await.unwrap();
+    store.create_branch("dev", "main", &Author::new("test")).await.unwrap();
     let dev = upsert(&store, "dev", "d").await;
     drop(store);
 

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use omnigraph_worker::store::Store;
+use omnigraph_worker::store::{Author, Store};
 use serde_json::json;
 
 async fn fresh() -> (tempfile::TempDir, String, Arc<Store>) {
@@ -90,10 +90,10 @@ async fn branches_are_created_listed_isolated_and_survive_a_restart() {
 async fn interleaved_writes_on_two_branches_never_leak() {
     let (_tmp, uri, store) = fresh().await;
     apply(&store, "main", json!([{"upsert": {"type": "Person", "key": "a", "props": {}}}])).await;
-    store.create_branch("dev", "main", "t").await.unwrap();
+    store.create_branch("dev", "main", &Author::new("t")).await.unwrap();
     apply(&store, "dev", json!([{"upsert": {"type": "Person", "key": "d1", "props": {}}}])).await;
     // main fast-forwards to dev: both now pin dev's lineage of Person.
-    store.merge("dev", "main", false, "t").await.unwrap();
+    store.merge("dev", "main", false, &Author::new("t")).await.unwrap();
     assert_eq!(store.head("main").unwrap().commit.commit_id, store.head("dev").unwrap().commit.commit_id);
     let dev_lineage = store.head("dev").unwrap().commit.tables["Person"].lineage.clone();
     assert!(dev_lineage.is_some(), "dev's first write forked Person");
@@ -171,7 +171,7 @@ async fn if_commit_lets_exactly_one_of_two_racing_changes_through() {
     let now = store.head("main").unwrap().commit.commit_id.clone();
     assert_eq!(call(addr, "POST", &format!("/change?if_commit={now}"), &upsert_body("c", json!({}))).await.0, 200);
     assert_eq!(call(addr, "POST", "/change?if_commit=01NOPE", &upsert_body("d", json!({}))).await.0, 412);
-    store.create_branch("dev", "main", "t").await.unwrap();
+    store.create_branch("dev", "main", &Author::new("t")).await.unwrap();
     apply(&store, "dev", json!([{"upsert": {"type": "Person", "key": "x", "props": {}}}])).await;
     let dev = store.head("dev").unwrap().commit.commit_id.clone();
     assert_eq!(call(addr, "POST", &format!("/change?if_commit={dev}"), &upsert_body("e", json!({}))).await.0, 412);
@@ -195,7 +195,7 @@ async fn branch_create_time_on_a_big_graph() {
     let mut times = Vec::new();
     for i in 0..5 {
         let t = std::time::Instant::now();
-        store.create_branch(&format!("b{i}"), "main", "t").await.unwrap();
+        store.create_branch(&format!("b{i}"), "main", &Author::new("t")).await.unwrap();
         times.push(t.elapsed());
     }
     let t = std::time::Instant::now();

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use omnigraph_worker::store::Store;
+use omnigraph_worker::store::{Author, Store};
 use serde_json::{json, Value};
 
 async fn fresh() -> (tempfile::TempDir, String, Arc<Store>, std::net::SocketAddr) {
@@ -30,7 +30,7 @@ async fn merge(addr: std::net::SocketAddr, query: &str) -> (u16, Value) {
 async fn fast_forward_then_already_up_to_date() {
     let (_tmp, _uri, store, addr) = fresh().await;
     apply(&store, "main", json!([{"upsert": {"type": "Person", "key": "a", "props": {}}}])).await;
-    store.create_branch("dev", "main", "t").await.unwrap();
+    store.create_branch("dev", "main", &Author::new("t")).await.unwrap();
     let d = apply(&store, "dev", json!([{"upsert": {"type": "Person", "key": "b", "props": {}}}])).await;
     let before = head(&store, "main");
 
@@ -66,7 +66,7 @@ async fn diverged_branches_merge_with_two_parents() {
         {"link": {"edge": "Knows", "from": "a", "to": "gone", "props": {}}},
     ]))
     .await;
-    store.create_branch("dev", "main", "t").await.unwrap();
+    store.create_branch("dev", "main", &Author::new("t")).await.unwrap();
     // Both sides change a, in different properties; each adds its own rows.
     let m = apply(&store, "main", json!([
         {"upsert": {"type": "Person", "key": "a", "props": {"age": 2}}},
@@ -126,7 +126,7 @@ async fn conflicts_are_listed_and_change_nothing() {
         {"upsert": {"type": "Person", "key": "c", "props": {}}},
     ]))
     .await;
-    store.create_branch("dev", "main", "t").await.unwrap();
+    store.create_branch("dev", "main", &Author::new("t")).await.unwrap();
     let m = apply(&store, "main", json!([
         {"upsert": {"type": "Person", "key": "a", "props": {"age": 2}}},
         {"delete": {"type": "Person", "key": "b"}},

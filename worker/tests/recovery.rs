@@ -8,7 +8,7 @@ use arrow_array::RecordBatchIterator;
 use lance::dataset::{Dataset, WriteMode};
 use omnigraph_worker::change;
 use omnigraph_worker::store::location::Location;
-use omnigraph_worker::store::{tables, ApplyError, Store, WriteTo};
+use omnigraph_worker::store::{tables, ApplyError, Author, Store, WriteTo};
 use serde_json::json;
 
 const SCHEMA: &str = "node Person { name: String @key age: I64? }\nedge Knows: Person -> Person\n";
@@ -16,7 +16,7 @@ const SCHEMA: &str = "node Person { name: String @key age: I64? }\nedge Knows: P
 async fn apply(store: &Store, ops: serde_json::Value) {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
     let schema = store.schema.clone();
-    match store.apply(WriteTo::main(), "test", |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::main(), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
         Ok(_) => {}
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
@@ -70,7 +70,7 @@ async fn a_crashed_write_on_a_branch_is_invisible_and_repaired_on_open() {
     let uri = uri.to_str().unwrap();
     let store = Store::init("g", uri, SCHEMA, "test").await.unwrap();
     apply_on(&store, "main", json!([{"upsert": {"type": "Person", "key": "a", "props": {}}}])).await;
-    store.create_branch("dev", "main", "test").await.unwrap();
+    store.create_branch("dev", "main", &Author::new("test")).await.unwrap();
     apply_on(&store, "dev", json!([{"upsert": {"type": "Person", "key": "b", "props": {}}}])).await;
     let pin = store.head("dev").unwrap().commit.tables["Person"].clone();
     let lineage = pin.lineage.clone().expect("dev's first write forked Person");
@@ -109,7 +109,7 @@ async fn a_crashed_write_on_a_branch_is_invisible_and_repaired_on_open() {
 async fn apply_on(store: &Store, branch: &str, ops: serde_json::Value) {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
     let schema = store.schema.clone();
-    match store.apply(WriteTo::branch(branch), "test", |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
         Ok(_) => {}
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),

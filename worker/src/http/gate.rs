@@ -9,6 +9,12 @@
 //!   `local`, because a commit's actor is an audit record.
 //! - Started without a key (a developer's direct run), every request is
 //!   actor `local` and identity headers are ignored: nothing vouches for them.
+//!
+//! The request id (`x-request-id`) travels with the actor as the request's
+//! [`Author`], so every row a write appends records both. The gateway always
+//! sends a well-formed one; a request without one, or with a malformed one
+//! or several, records none (`null`), never refused and never invented here:
+//! an id that the caller did not send would match nothing in its logs.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method};
@@ -18,21 +24,19 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::contract::headers::{ACTOR_HEADER, LOCAL_ACTOR, WORKER_KEY_HEADER};
+use crate::contract::headers::{request_id_well_formed, ACTOR_HEADER, LOCAL_ACTOR, REQUEST_ID_HEADER, WORKER_KEY_HEADER};
 use crate::contract::ErrorCode;
+use crate::store::Author;
 
 /// The longest actor id a worker records, in bytes.
 pub const MAX_ACTOR_LEN: usize = 256;
 
-/// The actor a request acts as, put in the request's extensions by [`gate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor(pub String);
-
-/// The middleware: admits the request and records its actor, or answers.
+/// The middleware: admits the request and puts its [`Author`] in the
+/// request's extensions, or answers.
 pub async fn gate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     match admit(s.worker_key.as_deref(), req.method(), req.uri().path(), req.headers()) {
-        Ok(actor) => {
-            req.extensions_mut().insert(actor);
+        Ok(author) => {
+            req.extensions_mut().insert(author);
             next.run(req).await
         }
         Err(e) => e.into_response(),
@@ -40,16 +44,30 @@ pub async fn gate(State(s): State<AppState>, mut req: Request, next: Next) -> Re
 }
 
 /// The decision, without axum plumbing, so it can be tested directly.
-pub fn admit(key: Option<&[u8]>, method: &Method, path: &str, headers: &HeaderMap) -> Result<Actor, ApiError> {
-    let Some(key) = key else { return Ok(Actor(LOCAL_ACTOR.to_string())) };
+pub fn admit(key: Option<&[u8]>, method: &Method, path: &str, headers: &HeaderMap) -> Result<Author, ApiError> {
+    let author = |actor: String| Author { actor_id: actor, request_id: request_id(headers) };
+    let Some(key) = key else { return Ok(author(LOCAL_ACTOR.to_string())) };
     if method == Method::GET && path == "/healthz" {
-        return Ok(Actor(LOCAL_ACTOR.to_string()));
+        return Ok(author(LOCAL_ACTOR.to_string()));
     }
     let presented = headers.get(WORKER_KEY_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !bool::from(presented.ct_eq(key)) {
         return Err(ApiError::new(ErrorCode::Unauthorized, format!("this worker needs a valid {WORKER_KEY_HEADER} header")));
     }
-    actor_header(headers).map(Actor)
+    actor_header(headers).map(author)
+}
+
+/// `x-request-id`: exactly one, well formed (the gateway's rule), or none.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(REQUEST_ID_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(v), None) if request_id_well_formed(v.as_bytes()) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        _ => {
+            tracing::debug!("{REQUEST_ID_HEADER} is malformed or repeated; the request records none");
+            None
+        }
+    }
 }
 
 /// `x-omnigraph-actor`: exactly one, UTF-8 (an actor id from a JWT claim may
@@ -83,8 +101,12 @@ mod tests {
         h
     }
 
-    fn code(r: Result<Actor, ApiError>) -> ErrorCode {
+    fn code(r: Result<Author, ApiError>) -> ErrorCode {
         r.unwrap_err().code
+    }
+
+    fn actor(r: Result<Author, ApiError>) -> String {
+        r.unwrap().actor_id
     }
 
     const KEY: &[u8] = b"k-123";
@@ -92,7 +114,7 @@ mod tests {
     #[test]
     fn without_a_key_everyone_is_local() {
         let h = headers(&[(ACTOR_HEADER, b"alice"), (WORKER_KEY_HEADER, b"whatever")]);
-        assert_eq!(admit(None, &Method::POST, "/change", &h).unwrap(), Actor("local".into()));
+        assert_eq!(actor(admit(None, &Method::POST, "/change", &h)), "local");
     }
 
     #[test]
@@ -107,15 +129,15 @@ mod tests {
             assert_eq!(code(admit(Some(KEY), &Method::POST, "/change", &h)), ErrorCode::Unauthorized, "{wrong:?}");
         }
         let h = headers(&[(WORKER_KEY_HEADER, KEY), (ACTOR_HEADER, b"alice")]);
-        assert_eq!(admit(Some(KEY), &Method::POST, "/change", &h).unwrap(), Actor("alice".into()));
+        assert_eq!(actor(admit(Some(KEY), &Method::POST, "/change", &h)), "alice");
     }
 
     #[test]
     fn a_keyed_request_needs_a_well_formed_actor() {
         let with = |actor: &[u8]| headers(&[(WORKER_KEY_HEADER, KEY), (ACTOR_HEADER, actor)]);
         let ok = |h: &HeaderMap| admit(Some(KEY), &Method::POST, "/change", h);
-        assert_eq!(ok(&with("zoë 🦀".as_bytes())).unwrap(), Actor("zoë 🦀".into()), "any UTF-8");
-        assert_eq!(ok(&with(&[b'a'; 256])).unwrap().0.len(), 256);
+        assert_eq!(actor(ok(&with("zoë 🦀".as_bytes()))), "zoë 🦀", "any UTF-8");
+        assert_eq!(actor(ok(&with(&[b'a'; 256]))).len(), 256);
         // (DEL and other ASCII controls but tab never get past the HTTP parser.)
         for bad in [&b""[..], &[b'a'; 257], b"\xff\xfe", b"a\tb", "a\u{85}b".as_bytes(), "a\u{9f}".as_bytes()] {
             assert_eq!(code(ok(&with(bad))), ErrorCode::BadRequest, "{bad:?}");
@@ -123,5 +145,19 @@ mod tests {
         assert_eq!(code(ok(&headers(&[(WORKER_KEY_HEADER, KEY)]))), ErrorCode::BadRequest, "missing");
         let two = headers(&[(WORKER_KEY_HEADER, KEY), (ACTOR_HEADER, b"alice"), (ACTOR_HEADER, b"bob")]);
         assert_eq!(code(ok(&two)), ErrorCode::BadRequest, "ambiguous");
+    }
+
+    #[test]
+    fn the_request_id_travels_with_the_actor_when_well_formed() {
+        let rid = |pairs: &[(&'static str, &[u8])]| admit(None, &Method::POST, "/change", &headers(pairs)).unwrap().request_id;
+        assert_eq!(rid(&[(REQUEST_ID_HEADER, b"my-req-1")]), Some("my-req-1".into()));
+        assert_eq!(rid(&[]), None);
+        for bad in [&b"has space"[..], b"", &[b'a'; 129], b"a/b"] {
+            assert_eq!(rid(&[(REQUEST_ID_HEADER, bad)]), None, "{bad:?}");
+        }
+        assert_eq!(rid(&[(REQUEST_ID_HEADER, b"a"), (REQUEST_ID_HEADER, b"b")]), None, "ambiguous");
+        let keyed = headers(&[(WORKER_KEY_HEADER, KEY), (ACTOR_HEADER, b"alice"), (REQUEST_ID_HEADER, b"0123abcd")]);
+        let a = admit(Some(KEY), &Method::POST, "/change", &keyed).unwrap();
+        assert_eq!((a.actor_id.as_str(), a.request_id.as_deref()), ("alice", Some("0123abcd")));
     }
 }

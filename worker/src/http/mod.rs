@@ -24,9 +24,8 @@ use crate::contract::routes::{worker_route, RouteId, WORKER_ROUTES};
 use crate::contract::{BranchName, ErrorCode};
 use crate::limits::{Cancel, CancelOnDrop, Limits};
 use crate::query::{self, Cursor, ReadRequest};
-use crate::store::{ApplyError, MergeOutcome, Snapshot, Store, WriteTo};
+use crate::store::{ApplyError, Author, MergeOutcome, Snapshot, Store, WriteTo};
 pub use error::ApiError;
-use gate::Actor;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -196,7 +195,7 @@ async fn read(State(s): State<AppState>, p: Params, body: Result<Bytes, BytesRej
 
 async fn change(
     State(s): State<AppState>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(author): Extension<Author>,
     p: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -206,22 +205,22 @@ async fn change(
     let ops = change::parse_body(&json_body(&s.limits, body)?).map_err(|e| ApiError::bad(e.to_string()))?;
     s.limits.check_change_ops(ops.len())?;
     let schema = s.store.schema.clone();
-    let (snap, affected) = s.store.apply(to, &actor, |base| change::plan(&schema, base, ops)).await.map_err(|e| match e {
+    let (snap, affected) = s.store.apply(to, &author, |base| change::plan(&schema, base, ops)).await.map_err(|e| match e {
         ApplyError::Plan(e) => ApiError::bad(e.to_string()),
         ApplyError::Store(e) => e.into(),
     })?;
-    tracing::info!(commit = %snap.commit.commit_id, branch = %b, actor = %actor, nodes = affected.nodes, edges = affected.edges, "change committed");
+    tracing::info!(commit = %snap.commit.commit_id, branch = %b, actor = %author.actor_id, nodes = affected.nodes, edges = affected.edges, "change committed");
     Ok(Json(json!({
         "commit_id": snap.commit.commit_id,
         "affected_nodes": affected.nodes,
         "affected_edges": affected.edges,
-        "actor_id": actor,
+        "actor_id": author.actor_id,
     })))
 }
 
 /// `POST /ingest?branch=[&if_commit=]`: an NDJSON body, streamed (never
 /// bounded by `max_body_bytes`, only by `max_ingest_bytes`), as one commit.
-async fn ingest(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, p: Params, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+async fn ingest(State(s): State<AppState>, Extension(author): Extension<Author>, p: Params, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
     let map = params(p, RouteId::Ingest)?;
     let b = branch(&map)?;
     let expected = if_commit(&map)?.map(str::to_string);
@@ -234,12 +233,12 @@ async fn ingest(State(s): State<AppState>, Extension(Actor(actor)): Extension<Ac
     // half-way: it sees the body end early and aborts cleanly.
     let task = tokio::spawn(async move {
         let to = WriteTo { branch: b.as_str(), if_commit: expected.as_deref() };
-        let r = ingest::run(store, to, &actor, body, limits).await;
-        (r, b, actor)
+        let r = ingest::run(store, to, &author, body, limits).await;
+        (r, b, author)
     });
-    let (r, b, actor) = task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("the ingest task failed: {e}")))?;
+    let (r, b, author) = task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("the ingest task failed: {e}")))?;
     let sum = r?;
-    tracing::info!(commit = %sum.commit_id, branch = %b, actor = %actor, lines = sum.lines, nodes = sum.nodes, edges = sum.edges, "ingest committed");
+    tracing::info!(commit = %sum.commit_id, branch = %b, actor = %author.actor_id, lines = sum.lines, nodes = sum.nodes, edges = sum.edges, "ingest committed");
     Ok(Json(json!({"commit_id": sum.commit_id, "lines": sum.lines, "nodes": sum.nodes, "edges": sum.edges})))
 }
 
@@ -275,31 +274,31 @@ async fn list_branches(State(s): State<AppState>, p: Params) -> Result<Json<Valu
 }
 
 /// `POST /branches?branch=NEW&from=BASE`: 201, 409 when NEW exists, 404 when BASE does not.
-async fn create_branch(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, p: Params) -> Result<Response, ApiError> {
+async fn create_branch(State(s): State<AppState>, Extension(author): Extension<Author>, p: Params) -> Result<Response, ApiError> {
     let map = params(p, RouteId::CreateBranch)?;
     let name = required_branch(&map, "branch")?;
     let from = BranchName::parse_or_main(map.get("from").map(String::as_str)).map_err(|e| ApiError::bad(e.to_string()))?;
-    let head = s.store.create_branch(name.as_str(), from.as_str(), &actor).await?;
+    let head = s.store.create_branch(name.as_str(), from.as_str(), &author).await?;
     let body = json!({"name": name.as_str(), "head": head.commit.commit_id, "from": from.as_str()});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `DELETE /branches/{name}`; `main` is 400.
-async fn delete_branch(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, Path(name): Path<String>, p: Params) -> Result<Json<Value>, ApiError> {
+async fn delete_branch(State(s): State<AppState>, Extension(author): Extension<Author>, Path(name): Path<String>, p: Params) -> Result<Json<Value>, ApiError> {
     params(p, RouteId::DeleteBranch)?;
     let name = BranchName::parse(&name).map_err(|e| ApiError::bad(e.to_string()))?;
-    s.store.delete_branch(name.as_str(), &actor).await?;
+    s.store.delete_branch(name.as_str(), &author).await?;
     Ok(Json(json!({"name": name.as_str(), "deleted": true})))
 }
 
 /// `POST /branches/merge?branch=SRC&target=DST[&dry_run=true]`: 200 with
 /// the result, or 409 with every conflict and nothing written.
-async fn merge_branches(State(s): State<AppState>, Extension(Actor(actor)): Extension<Actor>, p: Params) -> Result<Json<Value>, ApiError> {
+async fn merge_branches(State(s): State<AppState>, Extension(author): Extension<Author>, p: Params) -> Result<Json<Value>, ApiError> {
     let map = params(p, RouteId::MergeBranches)?;
     let source = required_branch(&map, "branch")?;
     let target = required_branch(&map, "target")?;
     let dry_run = flag(&map, "dry_run")?;
-    match s.store.merge(source.as_str(), target.as_str(), dry_run, &actor).await? {
+    match s.store.merge(source.as_str(), target.as_str(), dry_run, &author).await? {
         MergeOutcome::Done { result, commit_id } => {
             let mut body = json!({"result": result.as_str(), "commit_id": commit_id});
             if dry_run {

@@ -32,7 +32,7 @@ use crate::change::Working;
 use crate::contract::GraphSchema;
 use crate::limits::{LimitExceeded, Limits};
 use crate::store::state::{GraphData, Key};
-use crate::store::{Snapshot, Store, StoreError, TableBatch, WriteTo};
+use crate::store::{Author, Snapshot, Store, StoreError, TableBatch, WriteTo};
 use line::{Kind, LineError, Lines};
 
 /// Lines validated between two table writes: each write is one Lance append
@@ -96,9 +96,9 @@ struct Parsed {
     edges: u64,
 }
 
-/// Loads `body` into `to.branch` as one commit by `actor`. Run it in a task
+/// Loads `body` into `to.branch` as one commit by `author`. Run it in a task
 /// of its own: it must finish (commit or abort) even if its caller is dropped.
-pub async fn run(store: Arc<Store>, to: WriteTo<'_>, actor: &str, body: Body, limits: Limits) -> Result<Summary, IngestError> {
+pub async fn run(store: Arc<Store>, to: WriteTo<'_>, author: &Author, body: Body, limits: Limits) -> Result<Summary, IngestError> {
     let mut session = store.begin(to).await?;
     let base = session.base().cloned().ok_or_else(|| StoreError::Internal("a new write session has no base".into()))?;
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
@@ -167,7 +167,7 @@ pub async fn run(store: Arc<Store>, to: WriteTo<'_>, actor: &str, body: Body, li
         session.abort().await;
         return Ok(Summary { commit_id: base.commit.commit_id.clone(), lines: 0, nodes: 0, edges: 0 });
     }
-    let snap = session.commit(parsed.data, actor).await?;
+    let snap = session.commit(parsed.data, author).await?;
     Ok(Summary { commit_id: snap.commit.commit_id.clone(), lines: parsed.lines, nodes: parsed.nodes, edges: parsed.edges })
 }
 

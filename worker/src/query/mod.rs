@@ -342,15 +342,7 @@ mod tests {
             let mut data = GraphData::default();
             data.nodes.insert("P".into(), nodes);
             data.edges.insert("E".into(), edges);
-            let commit = CommitRecord {
-                commit_id: "C1".into(),
-                parents: vec![],
-                branch: "main".into(),
-                actor_id: "local".into(),
-                created_at: String::new(),
-                tables: Default::default(),
-                seq: 0,
-            };
+            let commit = CommitRecord { commit_id: "C1".into(), branch: "main".into(), actor_id: "local".into(), ..Default::default() };
             (schema, Snapshot { commit, data, datasets: Default::default() })
         }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::branches::RefOp;
-use super::{Snapshot, Store, StoreError};
+use super::{Author, Snapshot, Store, StoreError};
 use crate::contract::BranchName;
 use crate::merge::{self, Conflict};
 
@@ -46,7 +46,7 @@ fn checked(name: &str) -> Result<BranchName, StoreError> {
 impl Store {
     /// Creates `name` at `from`'s head. Nothing is copied: the new branch
     /// shares the head's snapshot until it writes.
-    pub async fn create_branch(&self, name: &str, from: &str, actor: &str) -> Result<Arc<Snapshot>, StoreError> {
+    pub async fn create_branch(&self, name: &str, from: &str, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
         let name = checked(name)?;
         let mut w = self.writer.lock().await;
         if w.poisoned {
@@ -56,16 +56,16 @@ impl Store {
             return Err(StoreError::BranchExists(name.to_string()));
         }
         let base = self.head(from)?;
-        self.append_ref(&mut w, name.as_str(), RefOp::Create, &base.commit.commit_id, from, actor).await?;
+        self.append_ref(&mut w, name.as_str(), RefOp::Create, &base.commit.commit_id, from, author).await?;
         self.set_head(name.as_str(), base.clone());
-        tracing::info!(branch = %name, from, head = %base.commit.commit_id, actor, "branch created");
+        tracing::info!(branch = %name, from, head = %base.commit.commit_id, actor = %author.actor_id, "branch created");
         Ok(base)
     }
 
     /// Deletes `name` (never `main`). Its commits stay in the log but no
     /// branch reaches them, so they can no longer be read; its lineages are
     /// never written again.
-    pub async fn delete_branch(&self, name: &str, actor: &str) -> Result<(), StoreError> {
+    pub async fn delete_branch(&self, name: &str, author: &Author) -> Result<(), StoreError> {
         let name = checked(name)?;
         if name.as_str() == BranchName::MAIN {
             return Err(StoreError::MainIsPermanent);
@@ -75,19 +75,19 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.head(name.as_str())?;
-        self.append_ref(&mut w, name.as_str(), RefOp::Delete, "", "", actor).await?;
+        self.append_ref(&mut w, name.as_str(), RefOp::Delete, "", "", author).await?;
         w.lineages.retire(name.as_str());
         let mut heads = super::Heads::clone(&self.heads.load());
         heads.remove(name.as_str());
         self.heads.store(Arc::new(heads));
-        tracing::info!(branch = %name, actor, "branch deleted");
+        tracing::info!(branch = %name, actor = %author.actor_id, "branch deleted");
         Ok(())
     }
 
     /// Merges `source` into `target`: nothing to do, a fast-forward, or a
     /// three-way merge against their newest common ancestor, committed with
     /// two parents. A conflict, or `dry_run`, writes nothing.
-    pub async fn merge(&self, source: &str, target: &str, dry_run: bool, actor: &str) -> Result<MergeOutcome, StoreError> {
+    pub async fn merge(&self, source: &str, target: &str, dry_run: bool, author: &Author) -> Result<MergeOutcome, StoreError> {
         let mut w = self.writer.lock().await;
         if w.poisoned && !dry_run {
             return Err(StoreError::Poisoned);
@@ -103,9 +103,9 @@ impl Store {
             if dry_run {
                 return done(MergeResult::FastForward, &tgt_id);
             }
-            self.append_ref(&mut w, target, RefOp::Move, &src_id, source, actor).await?;
+            self.append_ref(&mut w, target, RefOp::Move, &src_id, source, author).await?;
             self.set_head(target, src.clone());
-            tracing::info!(source, target, head = %src_id, actor, "fast-forward");
+            tracing::info!(source, target, head = %src_id, actor = %author.actor_id, "fast-forward");
             return done(MergeResult::FastForward, &src_id);
         }
         let base = log
@@ -120,8 +120,8 @@ impl Store {
         if dry_run {
             return done(MergeResult::Merged, &tgt_id);
         }
-        let snap = self.commit(&mut w, target, &tgt, plan, vec![tgt_id, src_id], actor).await?;
-        tracing::info!(source, target, commit = %snap.commit.commit_id, actor, "merged");
+        let snap = self.commit(&mut w, target, &tgt, plan, vec![tgt_id, src_id], author).await?;
+        tracing::info!(source, target, commit = %snap.commit.commit_id, actor = %author.actor_id, "merged");
         done(MergeResult::Merged, &snap.commit.commit_id)
     }
 }

@@ -64,11 +64,18 @@ pub struct RefEvent {
     /// For a create, the branch it was made from; for a move, the branch merged in.
     pub from: String,
     pub actor_id: String,
+    /// The `x-request-id` of the request that made the event, when it had one.
+    pub request_id: Option<String>,
     pub created_at: String,
 }
 
+/// The columns added since the first version of the log (nullable; see [`migrate`]).
+fn added_fields() -> Vec<Field> {
+    vec![Field::new("request_id", DataType::Utf8, true)]
+}
+
 fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("seq", DataType::Int64, false),
         Field::new("branch", DataType::Utf8, false),
         Field::new("op", DataType::Utf8, false),
@@ -76,13 +83,28 @@ fn schema() -> SchemaRef {
         Field::new("from", DataType::Utf8, false),
         Field::new("actor_id", DataType::Utf8, false),
         Field::new("created_at", DataType::Utf8, false),
-    ]))
+    ];
+    fields.extend(added_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// Brings a ref log written by an older worker up to today's columns.
+pub async fn migrate(ds: &mut Dataset) -> Result<(), StoreError> {
+    log_rows::add_missing_columns(ds, &added_fields(), REFS_TABLE).await
 }
 
 fn to_batch(e: &RefEvent) -> Result<RecordBatch, StoreError> {
     let s = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v.to_string()])) };
-    let cols: Vec<ArrayRef> =
-        vec![Arc::new(Int64Array::from(vec![e.seq])), s(&e.branch), s(e.op.as_str()), s(&e.head), s(&e.from), s(&e.actor_id), s(&e.created_at)];
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![e.seq])),
+        s(&e.branch),
+        s(e.op.as_str()),
+        s(&e.head),
+        s(&e.from),
+        s(&e.actor_id),
+        s(&e.created_at),
+        Arc::new(StringArray::from(vec![e.request_id.as_deref()])),
+    ];
     RecordBatch::try_new(schema(), cols).map_err(|e| StoreError::Internal(format!("ref batch: {e}")))
 }
 
@@ -120,6 +142,7 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<RefEvent>, StoreError> {
         let c = log_rows::Columns { batch: &b, table: "_branches" };
         let seq = c.seq()?;
         let (branch, op, head, from, actor, created) = (c.string("branch")?, c.string("op")?, c.string("head")?, c.string("from")?, c.string("actor_id")?, c.string("created_at")?);
+        let request_id = c.opt_string("request_id")?;
         for i in 0..b.num_rows() {
             let op = RefOp::parse(op.value(i)).ok_or_else(|| StoreError::Corrupt(format!("_branches: unknown op {:?}", op.value(i))))?;
             out.push(RefEvent {
@@ -129,6 +152,7 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<RefEvent>, StoreError> {
                 head: head.value(i).to_string(),
                 from: from.value(i).to_string(),
                 actor_id: actor.value(i).to_string(),
+                request_id: log_rows::optional(request_id, i),
                 created_at: created.value(i).to_string(),
             });
         }
@@ -207,14 +231,13 @@ mod tests {
             parents: parents.iter().map(|p| p.to_string()).collect(),
             branch: branch.into(),
             actor_id: "t".into(),
-            created_at: String::new(),
-            tables: BTreeMap::new(),
             seq,
+            ..Default::default()
         }
     }
 
     fn ev(seq: i64, branch: &str, op: RefOp, head: &str) -> RefEvent {
-        RefEvent { seq, branch: branch.into(), op, head: head.into(), from: "main".into(), actor_id: "t".into(), created_at: String::new() }
+        RefEvent { seq, branch: branch.into(), op, head: head.into(), from: "main".into(), actor_id: "t".into(), request_id: None, created_at: String::new() }
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn versions_only<S: Serializer>(tables: &BTreeMap<String, TablePin>, s: S) -> Re
 }
 
 /// One graph commit, exactly as `/commits` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CommitRecord {
     pub commit_id: String,
     /// The commit it was made on; a merge commit has two, the target's head first.
@@ -75,6 +75,9 @@ pub struct CommitRecord {
     /// The branch it was written on (a fast-forward can later make it another branch's head too).
     pub branch: String,
     pub actor_id: String,
+    /// The `x-request-id` of the request that wrote it; `None` for a request
+    /// without one (a direct call) and for commits written before it was kept.
+    pub request_id: Option<String>,
     pub created_at: String,
     /// Table name → where this commit's content of the table lives.
     #[serde(serialize_with = "versions_only")]
@@ -178,8 +181,14 @@ impl CommitLog {
     }
 }
 
+/// The columns added since the first version of the log, all nullable: a
+/// graph written before them gets them on open ([`migrate`]).
+fn added_fields() -> Vec<Field> {
+    vec![Field::new("request_id", DataType::Utf8, true)]
+}
+
 fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("seq", DataType::Int64, false),
         Field::new("commit_id", DataType::Utf8, false),
         Field::new("parents", DataType::Utf8, false),
@@ -187,7 +196,15 @@ fn schema() -> SchemaRef {
         Field::new("actor_id", DataType::Utf8, false),
         Field::new("created_at", DataType::Utf8, false),
         Field::new("tables", DataType::Utf8, false),
-    ]))
+    ];
+    fields.extend(added_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// Brings a log written by an older worker up to today's columns (old rows
+/// read the new ones as null). Cheap, and a no-op once done.
+pub async fn migrate(ds: &mut Dataset) -> Result<(), StoreError> {
+    log_rows::add_missing_columns(ds, &added_fields(), COMMITS_TABLE).await
 }
 
 fn to_batch(c: &CommitRecord) -> Result<RecordBatch, StoreError> {
@@ -199,6 +216,7 @@ fn to_batch(c: &CommitRecord) -> Result<RecordBatch, StoreError> {
         Arc::new(StringArray::from(vec![c.actor_id.as_str()])),
         Arc::new(StringArray::from(vec![c.created_at.as_str()])),
         Arc::new(StringArray::from(vec![json(&c.tables.iter().map(|(k, p)| (k, StoredPin::from(p))).collect::<BTreeMap<_, _>>())])),
+        Arc::new(StringArray::from(vec![c.request_id.as_deref()])),
     ];
     RecordBatch::try_new(schema(), cols).map_err(|e| StoreError::Internal(format!("commit batch: {e}")))
 }
@@ -230,6 +248,7 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
         let seq = c.seq()?;
         let (id, parents, branch, actor, created, tables) =
             (c.string("commit_id")?, c.string("parents")?, c.string("branch")?, c.string("actor_id")?, c.string("created_at")?, c.string("tables")?);
+        let request_id = c.opt_string("request_id")?;
         for i in 0..b.num_rows() {
             let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("_commits row {i}: {what}: {e}"));
             out.push(CommitRecord {
@@ -238,6 +257,7 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
                 parents: serde_json::from_str(parents.value(i)).map_err(|e| corrupt("parents", e))?,
                 branch: branch.value(i).to_string(),
                 actor_id: actor.value(i).to_string(),
+                request_id: log_rows::optional(request_id, i),
                 created_at: created.value(i).to_string(),
                 tables: serde_json::from_str::<BTreeMap<String, StoredPin>>(tables.value(i))
                     .map_err(|e| corrupt("tables", e))?
@@ -261,9 +281,8 @@ mod tests {
             parents: parents.iter().map(|p| p.to_string()).collect(),
             branch: branch.into(),
             actor_id: "local".into(),
-            created_at: String::new(),
-            tables: BTreeMap::new(),
             seq,
+            ..Default::default()
         }
     }
 

@@ -14,6 +14,7 @@
 //! the same commit share one, and a commit's new state shares all but what
 //! it changed with its parent (persistent maps, `state.rs`).
 
+mod author;
 mod branch_ops;
 pub mod branches;
 pub mod commits;
@@ -39,6 +40,7 @@ pub use commits::{CommitLog, CommitRecord, TablePin};
 use lineage::Lineages;
 use location::{Location, COMMITS_TABLE, SCHEMA_FILE};
 use state::GraphData;
+pub use author::Author;
 pub use branch_ops::{MergeOutcome, MergeResult};
 pub use write::{ApplyError, Plan, TableBatch, TableWrite, WriteSession, WriteTo};
 
@@ -161,6 +163,7 @@ impl Store {
             parents: Vec::new(),
             branch: BranchName::MAIN.to_string(),
             actor_id: actor.to_string(),
+            request_id: None,
             created_at: now_rfc3339(),
             tables: versions,
             seq: 0,
@@ -187,9 +190,11 @@ impl Store {
             None => return Err(StoreError::BadUri(format!("{}: only local paths are supported by this build", loc.display))),
         };
         let schema = Arc::new(GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?);
-        let commits_ds = loc.open(COMMITS_TABLE, None).await?;
+        let mut commits_ds = loc.open(COMMITS_TABLE, None).await?;
+        commits::migrate(&mut commits_ds).await?;
         let log = CommitLog::new(commits::read_all(&commits_ds).await?);
-        let refs_ds = branches::open_or_create(&loc).await?;
+        let mut refs_ds = branches::open_or_create(&loc).await?;
+        branches::migrate(&mut refs_ds).await?;
         let replayed = branches::replay(&log, &branches::read_all(&refs_ds).await?)?;
         let mut lineages = replayed.lineages;
 
@@ -297,14 +302,15 @@ impl Store {
     }
 
     /// Appends one ref event: the publish point of a branch operation.
-    async fn append_ref(&self, w: &mut Writer, branch: &str, op: RefOp, head: &str, from: &str, actor: &str) -> Result<(), StoreError> {
+    async fn append_ref(&self, w: &mut Writer, branch: &str, op: RefOp, head: &str, from: &str, author: &Author) -> Result<(), StoreError> {
         let event = RefEvent {
             seq: Self::take_seq(w),
             branch: branch.to_string(),
             op,
             head: head.to_string(),
             from: from.to_string(),
-            actor_id: actor.to_string(),
+            actor_id: author.actor_id.clone(),
+            request_id: author.request_id.clone(),
             created_at: now_rfc3339(),
         };
         branches::append(&mut w.refs, &self.loc, &event).await

@@ -21,7 +21,7 @@ use lance::dataset::{Dataset, DeleteBuilder, WriteMode};
 use super::commits::{self, CommitRecord, TablePin};
 use super::lineage::{self, lineage_of};
 use super::state::{edge_id, EdgeTable, GraphData, Key, NodeTable};
-use super::{now_rfc3339, restore, tables, Snapshot, Store, StoreError, Writer};
+use super::{now_rfc3339, restore, tables, Author, Snapshot, Store, StoreError, Writer};
 use crate::contract::{EdgeType, NodeType};
 
 /// What a change writes to one table: rows to remove (they exist in the base
@@ -164,18 +164,18 @@ impl Store {
     }
 
     /// Runs `plan` against the head of `to.branch` under the writer lock and
-    /// commits its result as one graph commit by `actor`.
+    /// commits its result as one graph commit by `author`.
     pub async fn apply<E, R>(
         &self,
         to: WriteTo<'_>,
-        actor: &str,
+        author: &Author,
         plan: impl FnOnce(&Snapshot) -> Result<(Plan, R), E>,
     ) -> Result<(Arc<Snapshot>, R), ApplyError<E>> {
         let mut w = self.writer.lock().await;
         let base = self.writable_head(&w, to)?;
         let (plan, extra) = plan(&base).map_err(ApplyError::Plan)?;
         let parents = vec![base.commit.commit_id.clone()];
-        let snap = self.commit(&mut w, to.branch, &base, plan, parents, actor).await?;
+        let snap = self.commit(&mut w, to.branch, &base, plan, parents, author).await?;
         Ok((snap, extra))
     }
 
@@ -191,7 +191,7 @@ impl Store {
     /// Writes `plan` on `branch` on top of `base` (its head), appends the
     /// commit row with `parents`, and publishes the new head. On failure the
     /// extended lineages are restored and the head keeps its content.
-    pub(super) async fn commit(&self, w: &mut Writer, branch: &str, base: &Arc<Snapshot>, plan: Plan, parents: Vec<String>, actor: &str) -> Result<Arc<Snapshot>, StoreError> {
+    pub(super) async fn commit(&self, w: &mut Writer, branch: &str, base: &Arc<Snapshot>, plan: Plan, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
         let mut txn = Txn::new(branch, base);
         for job in self.table_jobs(&plan)? {
             if let Err(e) = self.txn_write(w, &mut txn, job).await {
@@ -199,7 +199,7 @@ impl Store {
                 return Err(e);
             }
         }
-        self.txn_finish(w, txn, plan.data, parents, actor).await
+        self.txn_finish(w, txn, plan.data, parents, author).await
     }
 
     /// Writes one table's batch in `txn`: on the lineage the commit already
@@ -238,12 +238,13 @@ impl Store {
 
     /// Appends the commit row (the publish point) and publishes the new
     /// head; on failure, rolls `txn` back.
-    async fn txn_finish(&self, w: &mut Writer, txn: Txn, data: GraphData, parents: Vec<String>, actor: &str) -> Result<Arc<Snapshot>, StoreError> {
+    async fn txn_finish(&self, w: &mut Writer, txn: Txn, data: GraphData, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
         let record = CommitRecord {
             commit_id: ulid::Ulid::new().to_string(),
             parents,
             branch: txn.branch.clone(),
-            actor_id: actor.to_string(),
+            actor_id: author.actor_id.clone(),
+            request_id: author.request_id.clone(),
             created_at: now_rfc3339(),
             tables: txn.pins.clone(),
             seq: Self::take_seq(w),
@@ -360,10 +361,10 @@ impl WriteSession<'_> {
 
     /// Appends the commit row, with the base head as its parent, and
     /// publishes `data` (the state after every batch) as the branch's head.
-    pub async fn commit(mut self, data: GraphData, actor: &str) -> Result<Arc<Snapshot>, StoreError> {
+    pub async fn commit(mut self, data: GraphData, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
         let txn = self.txn.take().ok_or_else(|| StoreError::Internal("the write session is over".into()))?;
         let parents = vec![txn.base.commit.commit_id.clone()];
-        self.store.txn_finish(&mut self.w, txn, data, parents, actor).await
+        self.store.txn_finish(&mut self.w, txn, data, parents, author).await
     }
 
     /// Undoes every table write; the head is as before.

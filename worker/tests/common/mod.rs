@@ -9,7 +9,7 @@ use std::sync::Arc;
 use omnigraph_worker::change;
 use omnigraph_worker::http::{router, AppState};
 use omnigraph_worker::limits::Limits;
-use omnigraph_worker::store::{ApplyError, Store, WriteTo};
+use omnigraph_worker::store::{ApplyError, Author, Store, WriteTo};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,7 +19,7 @@ pub const SCHEMA: &str = "node Person { name: String @key age: I64? city: String
 pub async fn apply(store: &Store, branch: &str, ops: Value) -> String {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
     let schema = store.schema.clone();
-    match store.apply(WriteTo::branch(branch), "test", |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
         Ok((snap, _)) => snap.commit.commit_id.clone(),
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
@@ -56,8 +56,14 @@ pub async fn serve_with(store: Arc<Store>, limits: Limits) -> std::net::SocketAd
 
 /// One request over a fresh connection; returns (status, JSON body).
 pub async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    call_with(addr, method, path, body, &[]).await
+}
+
+/// [`call`] with extra request headers.
+pub async fn call_with(addr: std::net::SocketAddr, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
