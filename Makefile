@@ -43,6 +43,8 @@ bench: deps
 	$(CARGO) bench -p omnigraph-benches --bench gateway_latency
 	$(CARGO) bench -p omnigraph-benches --bench graph_create
 	$(CARGO) bench -p omnigraph-benches --bench worker_load
+	$(CARGO) bench -p omnigraph-benches --bench fairness
+	$(CARGO) bench -p omnigraph-benches --bench ingest_export
 
 clean-data:
 	rm -rf data .omnigraph

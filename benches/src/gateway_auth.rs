@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use omnigraph_e2e::{percentile, sha256_hex, write_file};
 use omnigraph_gateway::authn::jwt::KeySource;
 use omnigraph_gateway::authn::{Authenticator, JwtVerifier, StaticTokens};
-use omnigraph_gateway::authz::{Engine, RequestContext, Resource, BUILTIN_SCHEMA};
+use omnigraph_contract::{BranchName, ResolvedActor};
+use omnigraph_gateway::authz::{ActionSets, Engine, RequestContext, Resource, BUILTIN_SCHEMA};
+use omnigraph_gateway::decision::{decide_with, Branches, GraphPolicies};
+use omnigraph_gateway::lifecycle::Requested;
 use omnigraph_gateway::config::{ClaimMap, JwksSource, JwtIssuer};
 use omnigraph_gateway::route::Action;
 use serde_json::json;
@@ -114,6 +117,8 @@ fn main() {
     }
     report("Cedar decision, 100 policies, NOT sliced (for comparison)", &mut s, "-");
 
+    shadow_cost(&engine, &server, &graph_src, &sets, &actor);
+
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(Path::new(FIXTURES).join("jwt-rsa.pem")).expect("pem")).expect("key");
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some("rsa-1".into());
@@ -142,6 +147,43 @@ fn main() {
         std::hint::black_box(Arc::clone(&a));
     }
     report("JWT RS256, uncached (verify + cache insert)", &mut s, "p50 <= 100");
+}
+
+/// What a shadow set adds to a request: the proxy decides every request by
+/// the live set and then by the candidate set through the same function
+/// (`decision::decide_with`), keeping the candidate's decision only when it
+/// differs. The candidate here is the live graph set plus one rule that
+/// forbids the benchmark actor's team its change on `dev`, so every sample
+/// takes the "differs" path. Live-only and live+shadow samples alternate,
+/// so both see the same machine noise.
+fn shadow_cost(engine: &Engine, server: &[cedar_policy::Policy], graph_src: &str, live: &ActionSets, actor: &ResolvedActor) {
+    let candidate_src = format!("{graph_src}forbid (principal in Omnigraph::Group::\"team9\", action == Omnigraph::Action::\"change\", resource) when {{ context has branch && context.branch == \"dev\" }};\n");
+    let candidate = engine.parse_file("alpha.cedar", &candidate_src).expect("candidate policies");
+    let shadow = engine.slice(server.iter().chain(&candidate)).expect("slice candidate");
+    let dev = BranchName::parse("dev").expect("branch");
+    let branches = Branches { branch: Some(&dev), ..Branches::default() };
+    let protected = |b: &BranchName| b.as_str() == "main";
+    let requested = Requested::default();
+    let graph = |sets| GraphPolicies { id: "alpha", tenant: Some("acme"), sets, protected: &protected };
+    let decide = |sets: &ActionSets| decide_with(engine, sets, Some(&graph(sets)), Some("alpha"), actor, Action::Change, branches, &requested);
+    let (mut live_s, mut both_s) = (Vec::with_capacity(20_000), Vec::with_capacity(20_000));
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        let v = decide(live);
+        live_s.push(t.elapsed());
+        assert!(v.decision.allowed);
+
+        let t = Instant::now();
+        let v = decide(live);
+        let differs = Some(decide(&shadow)).filter(|sv| sv.decision.allowed != v.decision.allowed);
+        both_s.push(t.elapsed());
+        assert!(differs.is_some_and(|sv| !sv.decision.allowed), "the candidate denies what the live set allows");
+    }
+    let p50 = |s: &mut [Duration]| percentile(s, 50.0).as_secs_f64() * 1e6;
+    let added = p50(&mut both_s) - p50(&mut live_s);
+    report("live decision as the proxy makes it (decide_with), 100 policies", &mut live_s, "-");
+    report("live + shadow decision (100 + 101 policies, they differ)", &mut both_s, "-");
+    println!("| what the shadow set adds, p50 | | {added:.2} | | p50 <= 10 |");
 }
 
 /// The same 100 policies with every action seeing every policy: what slicing saves.

@@ -10,12 +10,15 @@
 //!
 //! Needs release binaries (`make bench` builds them).
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "raw_client.rs"]
+mod raw_client;
+
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use omnigraph_e2e::*;
+use raw_client::RawClient;
 use serde_json::json;
 
 fn us(d: Duration) -> f64 {
@@ -180,47 +183,4 @@ fn main() {
     println!("| gateway | {gw_rps:.0} | **{:.2}** |", gw_rps / direct_rps);
     println!("\ntarget: gateway ÷ direct >= 0.7");
     drop(nginx);
-}
-
-/// One keep-alive connection sending the same pre-built request again and again.
-struct RawClient {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    request: Vec<u8>,
-}
-
-impl RawClient {
-    fn connect(addr: &str, path: &str, extra_headers: &str, body: &str) -> RawClient {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n{extra_headers}content-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes();
-        RawClient { reader: BufReader::new(s.try_clone().expect("clone")), writer: s, request }
-    }
-
-    /// Sends the request and reads the whole response; returns the round trip.
-    fn once(&mut self) -> Duration {
-        let t = Instant::now();
-        self.writer.write_all(&self.request).expect("write");
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("status line");
-        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).expect("header");
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().expect("content-length");
-            }
-        }
-        let mut buf = vec![0u8; len];
-        self.reader.read_exact(&mut buf).expect("body");
-        t.elapsed()
-    }
 }

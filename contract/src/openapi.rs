@@ -66,6 +66,7 @@ fn response_schema(method: &str, pattern: &str) -> Value {
         ("GET", "/snapshot") => r("Snapshot"),
         ("GET", "/commits") => r("CommitList"),
         ("GET", "/commits/{id}") => r("Commit"),
+        ("POST", "/schema/apply") => r("SchemaApplyResponse"),
         _ => json!({"type": "object"}),
     }
 }
@@ -103,7 +104,7 @@ fn gateway_op(r: &GatewayRoute) -> Value {
         (None, "/readyz") => &["503"],
         (None, _) => &[],
         (Some(_), "/graphs") if r.method == "POST" => &["400", "401", "403", "409", "413", "429", "503"],
-        (Some(_), _) => &["400", "401", "403", "404", "409", "503"],
+        (Some(_), _) => &["400", "401", "403", "404", "409", "429", "503"],
     };
     let params = query_params(r.params, None);
     operation(r.summary, r.action.map(|a| a.name()), params, r.request, r.response, ok, response_schema(r.method, r.pattern), errors)
@@ -113,7 +114,11 @@ fn worker_op(r: &WorkerRoute) -> Value {
     let ok = if r.method == "POST" && r.pattern == "/branches" { "201" } else { "200" };
     let mut params = path_params(r.pattern);
     params.extend(query_params(r.params, Some(r.branch)));
-    let errors = ["400", "401", "403", "404", "405", "409", "413", "503"];
+    // 412 answers a stale `?if_commit=`; 429 is the gateway's per-actor limits.
+    let mut errors = vec!["400", "401", "403", "404", "405", "409", "413", "429", "503"];
+    if r.params.contains(&"if_commit") {
+        errors.push("412");
+    }
     operation(r.summary, Some(r.action.name()), params, r.request, r.response, ok, response_schema(r.method, r.pattern), &errors)
 }
 
@@ -160,7 +165,13 @@ fn components() -> Value {
                 "commit_id": {"type": "string"}, "parents": {"type": "array", "items": {"type": "string"}}, "branch": {"type": "string"},
                 "actor_id": {"type": "string"}, "request_id": {"type": "string", "nullable": true}, "created_at": {"type": "string"}, "tables": {"type": "object"}
             }},
-            "CommitList": {"type": "object", "required": ["commits"], "properties": {"commits": {"type": "array", "items": {"$ref": "#/components/schemas/Commit"}}}}
+            "CommitList": {"type": "object", "required": ["commits"], "properties": {"commits": {"type": "array", "items": {"$ref": "#/components/schemas/Commit"}}}},
+            "SchemaApplyResponse": {"type": "object", "required": ["commit_id", "steps"], "properties": {
+                "commit_id": {"type": "string", "nullable": true}, "dry_run": {"type": "boolean"},
+                "steps": {"type": "array", "items": {"type": "object", "required": ["kind", "type"], "properties": {
+                    "kind": {"type": "string", "enum": ["add_type", "add_property", "drop_type", "drop_property"]}, "type": {"type": "string"}, "property": {"type": "string"}
+                }}}
+            }}
         }
     })
 }

@@ -188,8 +188,8 @@ use Body as Y;
 /// row that fits, so `POST /branches/merge` is never `/branches/{name}`.
 pub const WORKER_ROUTES: &[WorkerRoute] = &[
     route(RouteId::Healthz, "GET", "/healthz", A::GraphRead, B::None, &[], "GET /healthz", "The worker's health: {status, graph_id, version}.", Y::None, Y::Json),
-    route(RouteId::Schema, "GET", "/schema", A::Read, B::None, &[], "GET /schema", "The graph's .pg schema source.", Y::None, Y::Text),
-    route(RouteId::SchemaApply, "POST", "/schema/apply", A::SchemaApply, B::Query, &["branch", "allow_data_loss"], "POST /schema/apply", "Apply a new .pg schema (additive changes).", Y::Text, Y::Json),
+    route(RouteId::Schema, "GET", "/schema", A::Read, B::Query, &["branch", "commit"], "GET /schema", "The .pg schema source of the branch head, or of ?commit= on it.", Y::None, Y::Text),
+    route(RouteId::SchemaApply, "POST", "/schema/apply", A::SchemaApply, B::Query, &["branch", "dry_run", "allow_data_loss", "if_commit"], "POST /schema/apply", "Apply a new .pg schema to the branch as one commit: new types and optional properties; drops need allow_data_loss=true.", Y::Text, Y::Json),
     route(RouteId::Snapshot, "GET", "/snapshot", A::Read, B::Query, &["branch"], "GET /snapshot", "The branch head: {branch, commit_id, tables}.", Y::None, Y::Json),
     route(RouteId::Read, "POST", "/read", A::Read, B::Query, &["branch", "commit"], "POST /read", "Run a read query.", Y::Json, Y::Json),
     route(RouteId::Change, "POST", "/change", A::Change, B::Query, &["branch", "if_commit"], "POST /change", "Apply a batch of ops as one commit.", Y::Json, Y::Json),

@@ -99,11 +99,21 @@ impl BackgroundService for SupervisorService {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     if let Some(c) = self.certs.clone() {
-                        match tokio::task::spawn_blocking(move || c.reload()).await {
-                            Ok(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it"),
-                            Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays in use"),
-                            Err(e) => tracing::error!(error = %e, "SIGHUP: the certificate reload task failed"),
-                        }
+                        let result = match tokio::task::spawn_blocking(move || c.reload()).await {
+                            Ok(Ok(())) => {
+                                tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it");
+                                "ok"
+                            }
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays in use");
+                                "failed"
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "SIGHUP: the certificate reload task failed");
+                                "failed"
+                            }
+                        };
+                        self.state.metrics.tls_reloads.with_label_values(&[result]).inc();
                     }
                     let st = self.state.clone();
                     match tokio::task::spawn_blocking(move || st.reload_policies()).await {
