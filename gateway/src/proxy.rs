@@ -308,6 +308,8 @@ impl ProxyHttp for Gateway {
             _ => (ErrorCode::Internal, "internal gateway error".to_string()),
         };
         let headers = if code == ErrorCode::WorkerUnavailable { vec![("retry-after", RETRY_AFTER_S.to_string())] } else { Vec::new() };
+        // The connection is not reused (below), so the answer says so.
+        session.set_keepalive(None);
         if session.response_written().is_none() {
             let _ = respond::error(session, code, msg, None, &headers).await;
         }
