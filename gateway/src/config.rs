@@ -60,6 +60,41 @@ pub struct Limits {
     pub per_actor_inflight: usize,
     /// Requests one actor may start per second; more get 429 (0: no limit).
     pub per_actor_rps: u64,
+    /// Bytes of private writable memory (`RLIMIT_DATA`: heap, anonymous
+    /// mappings, thread stacks) each worker process may map; past it an
+    /// allocation fails, the worker aborts and is restarted (0: no limit).
+    #[serde(deserialize_with = "worker_memory_bytes")]
+    pub worker_memory_bytes: u64,
+    /// Open descriptors (`RLIMIT_NOFILE`) each worker process may hold (0:
+    /// the gateway's own limit).
+    #[serde(deserialize_with = "worker_nofile")]
+    pub worker_nofile: u64,
+}
+
+/// The smallest `limits.worker_memory_bytes` accepted: below it no worker
+/// could even start or serve (an idle debug worker maps 20 to 30 MiB of
+/// data, and each thread's stack counts; docs/reliability.md).
+pub const MIN_WORKER_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+/// The smallest `limits.worker_nofile` accepted: a worker needs a few dozen
+/// descriptors for its socket, its logs and its datasets' files.
+pub const MIN_WORKER_NOFILE: u64 = 64;
+
+/// A limit that is 0 (off) or at least `min`; anything between could only
+/// leave a worker that never starts, so it is refused when the config loads.
+fn zero_or_at_least<'de, D: serde::Deserializer<'de>>(d: D, key: &str, min: u64) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v != 0 && v < min {
+        return Err(serde::de::Error::custom(format!("limits.{key} is {v}; it must be 0 (no limit) or at least {min}")));
+    }
+    Ok(v)
+}
+
+fn worker_memory_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    zero_or_at_least(d, "worker_memory_bytes", MIN_WORKER_MEMORY_BYTES)
+}
+
+fn worker_nofile<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    zero_or_at_least(d, "worker_nofile", MIN_WORKER_NOFILE)
 }
 
 impl Default for Limits {
@@ -78,6 +113,8 @@ impl Default for Limits {
             read_timeout_ms: w.read_timeout_ms,
             per_actor_inflight: 256,
             per_actor_rps: 0,
+            worker_memory_bytes: 0,
+            worker_nofile: 4096,
         }
     }
 }
@@ -470,6 +507,19 @@ graphs:
     fn unknown_keys_are_errors() {
         let e = parse(Path::new("x.yaml"), b"server: {bind: a, policy: {file: p}, bnid: 3}\n").unwrap_err();
         assert!(e.to_string().contains("bnid"), "{e}");
+    }
+
+    #[test]
+    fn worker_process_limits_default_and_bounds() {
+        let base = "server: {bind: a, policy: {file: p}}\n";
+        let c = parse(Path::new("x.yaml"), base.as_bytes()).unwrap();
+        assert_eq!((c.limits.worker_memory_bytes, c.limits.worker_nofile), (0, 4096), "memory off, 4096 descriptors");
+        let c = parse(Path::new("x.yaml"), format!("{base}limits: {{worker_memory_bytes: 1073741824, worker_nofile: 0}}\n").as_bytes()).unwrap();
+        assert_eq!((c.limits.worker_memory_bytes, c.limits.worker_nofile), (1 << 30, 0));
+        for bad in ["worker_memory_bytes: 1000", "worker_nofile: 3"] {
+            let e = parse(Path::new("x.yaml"), format!("{base}limits: {{{bad}}}\n").as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(bad.split(':').next().unwrap()) && e.contains("at least"), "{bad}: {e}");
+        }
     }
 
     #[test]

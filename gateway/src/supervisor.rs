@@ -6,6 +6,11 @@
 //! `wait()`: `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
 //! exits (FACTS.md), so the thread must outlive the child. Each worker runs in
 //! its own process group, so a stop reaches anything it started too.
+//!
+//! Each worker also runs under the resource limits of `limits:`
+//! ([`WorkerRlimits`]), set between fork and exec: a worker that runs out of
+//! memory or descriptors fails alone and is restarted, and the gateway and
+//! the other graphs' workers never share its fate.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 use omnigraph_contract::headers::{LOG_BARE_ENV, WORKER_KEY_ENV};
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::registry::{GraphEntry, Status};
 
@@ -34,6 +40,8 @@ pub struct Supervisor {
     pub worker_bin: PathBuf,
     /// `limits:` as worker flags, passed to every worker.
     worker_args: Vec<String>,
+    /// `limits.worker_memory_bytes` and `limits.worker_nofile`, set in each worker.
+    rlimits: WorkerRlimits,
     shutting_down: AtomicBool,
     start_permits: Semaphore,
     metrics: Arc<Metrics>,
@@ -71,6 +79,98 @@ pub fn uri_is_empty(uri: &str) -> bool {
     }
 }
 
+/// The kernel resource limits each worker process runs with
+/// (`limits.worker_memory_bytes`, `limits.worker_nofile`; docs/reliability.md).
+///
+/// Memory is bounded with `RLIMIT_DATA`, not `RLIMIT_AS`: since Linux 4.7
+/// `RLIMIT_DATA` counts the private writable memory a process maps (heap,
+/// anonymous mappings, thread stacks), which is what grows with the work a
+/// worker does, while `RLIMIT_AS` also counts address space only reserved
+/// (`PROT_NONE`), such as glibc's 64 MiB per-thread malloc arenas: under a
+/// 1 GiB `RLIMIT_AS` a worker died serving 64 concurrent reads with 182 MB
+/// of data mapped, and the same work passes under a 1 GiB `RLIMIT_DATA`
+/// (docs/reliability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerRlimits {
+    /// `RLIMIT_DATA` in bytes; 0 leaves the gateway's own limit.
+    pub data_bytes: u64,
+    /// `RLIMIT_NOFILE`; 0 leaves the gateway's own limit.
+    pub nofile: u64,
+}
+
+/// Which limit one [`Rlimit`] sets (matched inside `pre_exec`, so the
+/// child only makes the `setrlimit` system call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RlimitKind {
+    Data,
+    Nofile,
+}
+
+/// One limit, worked out in the parent before the fork.
+#[derive(Debug, Clone, Copy)]
+struct Rlimit {
+    kind: RlimitKind,
+    value: u64,
+}
+
+impl Rlimit {
+    /// Sets the limit, soft and hard, in the calling process. Only the
+    /// `setrlimit` system call: safe between fork and exec.
+    fn apply(&self) -> std::io::Result<()> {
+        let lim = libc::rlimit { rlim_cur: self.value as libc::rlim_t, rlim_max: self.value as libc::rlim_t };
+        // SAFETY: setrlimit reads the local struct; it is async-signal-safe.
+        let rc = unsafe {
+            match self.kind {
+                RlimitKind::Data => libc::setrlimit(libc::RLIMIT_DATA, &lim),
+                RlimitKind::Nofile => libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+            }
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The calling process's hard limit of `kind` (`RLIM_INFINITY` if unknown).
+#[allow(clippy::useless_conversion, reason = "rlim_t is u64 here, u32 on 32-bit targets")]
+fn hard_limit(kind: RlimitKind) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only the local struct.
+    let rc = unsafe {
+        match kind {
+            RlimitKind::Data => libc::getrlimit(libc::RLIMIT_DATA, &mut lim),
+            RlimitKind::Nofile => libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim),
+        }
+    };
+    if rc != 0 {
+        return u64::from(libc::RLIM_INFINITY);
+    }
+    u64::from(lim.rlim_max)
+}
+
+impl WorkerRlimits {
+    pub fn from_limits(l: &Limits) -> WorkerRlimits {
+        WorkerRlimits { data_bytes: l.worker_memory_bytes, nofile: l.worker_nofile }
+    }
+
+    /// The limits to set in a new worker, each at most the gateway's own
+    /// hard limit (an unprivileged child cannot raise it, and asking would
+    /// fail the spawn), as a fixed array so the child allocates nothing.
+    fn plan(&self, hard: impl Fn(RlimitKind) -> u64) -> [Option<Rlimit>; 2] {
+        let one = |kind, want: u64| {
+            (want > 0).then(|| {
+                let cap = hard(kind);
+                if want > cap {
+                    tracing::warn!(limit = ?kind, configured = want, hard = cap, "a worker limit is above the gateway's own hard limit; the worker gets the hard limit");
+                }
+                Rlimit { kind, value: want.min(cap) }
+            })
+        };
+        [one(RlimitKind::Data, self.data_bytes), one(RlimitKind::Nofile, self.nofile)]
+    }
+}
+
 fn random_key() -> String {
     use rand::RngCore;
     let mut b = [0u8; 32];
@@ -79,14 +179,17 @@ fn random_key() -> String {
 }
 
 impl Supervisor {
-    pub fn new(worker_bin: PathBuf, start_concurrency: usize, worker_args: Vec<String>, metrics: Arc<Metrics>) -> Supervisor {
+    /// A supervisor whose workers get `limits` (the per-request ones as
+    /// `serve` flags, the process ones as resource limits).
+    pub fn new(worker_bin: PathBuf, start_concurrency: usize, limits: &Limits, metrics: Arc<Metrics>) -> Supervisor {
         let ready_timeout = std::env::var("OMNIGRAPH_WORKER_READY_TIMEOUT_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .map_or(READY_TIMEOUT, Duration::from_millis);
         Supervisor {
             worker_bin,
-            worker_args,
+            worker_args: limits.worker().to_args(),
+            rlimits: WorkerRlimits::from_limits(limits),
             shutting_down: AtomicBool::new(false),
             start_permits: Semaphore::new(start_concurrency.max(1)),
             metrics,
@@ -174,7 +277,9 @@ impl Supervisor {
         }
         cmd.env(WORKER_KEY_ENV, &key).env(LOG_BARE_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let parent = std::process::id() as i32;
-        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        let rlimits = self.rlimits.plan(hard_limit);
+        // SAFETY: only async-signal-safe libc calls between fork and exec
+        // (prctl, getppid, _exit, setrlimit), and no allocation.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -183,6 +288,9 @@ impl Supervisor {
                 // The parent may have died between fork and prctl.
                 if libc::getppid() != parent {
                     libc::_exit(1);
+                }
+                for r in rlimits.iter().flatten() {
+                    r.apply()?;
                 }
                 Ok(())
             });
@@ -338,6 +446,46 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(Backoff::after_exit(BACKOFF_MAX, STABLE_AFTER + Duration::from_secs(1)), BACKOFF_START, "a stable worker starts over");
         assert_eq!(Backoff::after_exit(Duration::from_secs(4), Duration::from_secs(1)), Duration::from_secs(4), "a crash loop keeps backing off");
+    }
+
+    #[test]
+    fn worker_rlimits_are_clamped_to_the_hard_limit_and_zero_is_off() {
+        let hard = |k: RlimitKind| if k == RlimitKind::Nofile { 1024 } else { libc::RLIM_INFINITY };
+        let plan = WorkerRlimits { data_bytes: 0, nofile: 4096 }.plan(hard);
+        assert!(plan[0].is_none(), "0 leaves the memory limit alone");
+        let nofile = plan[1].expect("a nofile limit");
+        assert_eq!((nofile.kind, nofile.value), (RlimitKind::Nofile, 1024), "never above the hard limit, or the spawn would fail");
+        let plan = WorkerRlimits { data_bytes: 1 << 30, nofile: 0 }.plan(hard);
+        let data = plan[0].expect("a data limit");
+        assert_eq!((data.kind, data.value), (RlimitKind::Data, 1 << 30));
+        assert!(plan[1].is_none());
+        let l = Limits { worker_memory_bytes: 5, worker_nofile: 77, ..Limits::default() };
+        assert_eq!(WorkerRlimits::from_limits(&l), WorkerRlimits { data_bytes: 5, nofile: 77 });
+    }
+
+    #[test]
+    fn a_spawned_child_runs_under_the_limits() {
+        let hard_nofile = hard_limit(RlimitKind::Nofile);
+        let want = WorkerRlimits { data_bytes: 1 << 30, nofile: 100.min(hard_nofile) };
+        let plan = want.plan(hard_limit);
+        let mut cmd = Command::new("cat");
+        cmd.arg("/proc/self/limits");
+        // SAFETY: as in Supervisor::start, only setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for r in plan.iter().flatten() {
+                    r.apply()?;
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().expect("run cat");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row = |name: &str| text.lines().find(|l| l.starts_with(name)).map(|l| l.split_whitespace().collect::<Vec<_>>()).unwrap_or_default();
+        let expect = |i: usize| plan[i].map(|r| r.value.to_string()).unwrap_or_default();
+        let (data, nofile) = (expect(0), expect(1));
+        assert_eq!(row("Max data size")[3..5], [data.as_str(), data.as_str()], "soft and hard: {text}");
+        assert_eq!(row("Max open files")[3..5], [nofile.as_str(), nofile.as_str()], "soft and hard: {text}");
     }
 
     #[test]
