@@ -249,7 +249,7 @@ mod tests {
     fn the_route_table_row_by_row() {
         let rows: &[(&str, &str, Option<&str>, Action, Option<&str>, &str)] = &[
             ("GET", "/graphs/a/healthz", None, Action::GraphRead, None, "/healthz"),
-            ("GET", "/graphs/a/schema", None, Action::Read, None, "/schema"),
+            ("GET", "/graphs/a/schema", None, Action::Read, Some("main"), "/schema"),
             ("POST", "/graphs/a/schema/apply", Some("allow_data_loss=true"), Action::SchemaApply, Some("main"), "/schema/apply?allow_data_loss=true"),
             ("GET", "/graphs/a/snapshot", Some("branch=dev"), Action::Read, Some("dev"), "/snapshot?branch=dev"),
             ("POST", "/graphs/a/read", None, Action::Read, Some("main"), "/read"),

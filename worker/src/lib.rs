@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod limits;
 pub mod merge;
 pub mod query;
+pub mod schema_change;
 pub mod serve;
 pub mod store;

@@ -17,8 +17,7 @@ const SCHEMA: &str = "node Person { name: String @key age: I64? }\n";
 
 async fn upsert(store: &Store, branch: &str, key: &str) -> String {
     let ops = change::parse_body(&json!({"ops": [{"upsert": {"type": "Person", "key": key, "props": {}}}]})).unwrap();
-    let schema = store.schema.clone();
-    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&base.schema.graph, base, ops)).await {
         Ok((snap, _)) => snap.commit.commit_id.clone(),
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),

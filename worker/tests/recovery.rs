@@ -15,8 +15,7 @@ const SCHEMA: &str = "node Person { name: String @key age: I64? }\nedge Knows: P
 
 async fn apply(store: &Store, ops: serde_json::Value) {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
-    let schema = store.schema.clone();
-    match store.apply(WriteTo::main(), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::main(), &Author::new("test"), |base| change::plan(&base.schema.graph, base, ops)).await {
         Ok(_) => {}
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
@@ -31,7 +30,7 @@ async fn an_uncommitted_table_write_is_invisible_and_repaired_on_open() {
     let store = Store::init("g", uri, SCHEMA, "test").await.unwrap();
     apply(&store, json!([{"upsert": {"type": "Person", "key": "a", "props": {"age": 1}}}])).await;
     let pinned = store.head("main").unwrap().commit.tables["Person"].version;
-    let schema = store.schema.clone();
+    let schema = store.head("main").unwrap().schema.graph.clone();
     drop(store);
 
     // The "crash": a table write lands, its commit row never does.
@@ -74,7 +73,7 @@ async fn a_crashed_write_on_a_branch_is_invisible_and_repaired_on_open() {
     apply_on(&store, "dev", json!([{"upsert": {"type": "Person", "key": "b", "props": {}}}])).await;
     let pin = store.head("dev").unwrap().commit.tables["Person"].clone();
     let lineage = pin.lineage.clone().expect("dev's first write forked Person");
-    let schema = store.schema.clone();
+    let schema = store.head("main").unwrap().schema.graph.clone();
     drop(store);
 
     let loc = Location::parse(uri).unwrap();
@@ -108,8 +107,7 @@ async fn a_crashed_write_on_a_branch_is_invisible_and_repaired_on_open() {
 
 async fn apply_on(store: &Store, branch: &str, ops: serde_json::Value) {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
-    let schema = store.schema.clone();
-    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&base.schema.graph, base, ops)).await {
         Ok(_) => {}
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),

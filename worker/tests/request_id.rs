@@ -1,8 +1,9 @@
 //! Every commit records the `x-request-id` of the request that wrote it
 //! (`/change`, `/ingest`, a merge commit), shown by `/commits` and
 //! `/commits/{id}` as `request_id` (`null` without one); and a graph whose
-//! logs were written before the column existed opens, reads its old commits
-//! with `request_id: null`, and takes new ones.
+//! logs were written before the column (and the schema columns) existed
+//! opens, reads its old commits with `request_id: null`, and takes new
+//! commits and a new schema.
 
 mod common;
 
@@ -168,26 +169,33 @@ async fn a_graph_written_before_request_ids_opens_reads_and_takes_new_commits() 
     // It takes new commits and branch events, with their request ids.
     let author = Author::new("new").with_request_id(Some("r-1".into()));
     let ops = omnigraph_worker::change::parse_body(&json!({"ops": [{"upsert": {"type": "Person", "key": "b", "props": {}}}]})).unwrap();
-    let schema = store.schema.clone();
-    let newest = match store.apply(omnigraph_worker::store::WriteTo::main(), &author, |base| omnigraph_worker::change::plan(&schema, base, ops)).await {
+    let newest = match store.apply(omnigraph_worker::store::WriteTo::main(), &author, |base| omnigraph_worker::change::plan(&base.schema.graph, base, ops)).await {
         Ok((snap, _)) => snap.commit.commit_id.clone(),
         Err(_) => panic!("the change failed"),
     };
     store.create_branch("later", "main", &author).await.unwrap();
+    let v2 = format!("{SCHEMA}node Tag {{ name: String @key }}\n");
+    let parsed = omnigraph_worker::contract::GraphSchema::parse(&v2).unwrap();
+    let applied = match store.apply_schema(omnigraph_worker::store::WriteTo::main(), &author, &v2, parsed, Default::default()).await {
+        Ok(a) => a.commit_id.expect("a commit"),
+        Err(_) => panic!("the schema apply failed"),
+    };
     drop(store);
-    for table in ["_commits", "_branches"] {
+    for (table, column) in [("_commits", "request_id"), ("_commits", "schema_id"), ("_commits", "schema"), ("_branches", "request_id")] {
         let ds = Dataset::open(&format!("{uri}/{table}.lance")).await.unwrap();
-        let f = ds.schema().field("request_id").unwrap_or_else(|| panic!("{table} got the column"));
-        assert!(f.nullable, "{table}.request_id is nullable");
+        let f = ds.schema().field(column).unwrap_or_else(|| panic!("{table} got {column}"));
+        assert!(f.nullable, "{table}.{column} is nullable");
     }
 
     // Reopened, the old rows are still null and the new one has its id.
     let store = Arc::new(Store::open("g", &uri).await.unwrap());
     assert_eq!(store.head("later").unwrap().commit.commit_id, newest);
+    assert_eq!(&*store.head("main").unwrap().schema.source, v2.as_str());
+    assert_eq!(&*store.schema_at("main", &old[0].commit_id).unwrap().source, SCHEMA, "old commits read _schema.pg");
     let addr = common::serve(store).await;
     let ids = request_ids(addr, "main").await;
-    assert_eq!(ids.len(), n + 1);
-    assert_eq!(ids[&newest], json!("r-1"));
+    assert_eq!(ids.len(), n + 2);
+    assert_eq!((&ids[&newest], &ids[&applied]), (&json!("r-1"), &json!("r-1")));
     assert!(old.iter().all(|c| ids[&c.commit_id] == Value::Null), "{ids:?}");
     let (s, one) = call(addr, "GET", &format!("/commits/{}", old[0].commit_id), "").await;
     assert_eq!((s, &one["request_id"]), (200, &Value::Null), "{one}");

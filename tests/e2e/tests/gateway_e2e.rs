@@ -216,7 +216,7 @@ fn every_route_is_gated_by_its_action() {
         ("GET", "/graphs/alpha".into(), None, "graph_read", 200),
         ("GET", "/graphs/alpha/healthz".into(), None, "graph_read", 200),
         ("GET", "/graphs/alpha/schema".into(), None, "read", 200),
-        ("POST", "/graphs/alpha/schema/apply".into(), Some(json!({})), "schema_apply", 501),
+        ("POST", "/graphs/alpha/schema/apply".into(), Some(json!({})), "schema_apply", 400),
         ("GET", "/graphs/alpha/snapshot".into(), None, "read", 200),
         ("POST", "/graphs/alpha/read".into(), Some(json!({"match": {"type": "Person"}})), "read", 200),
         ("POST", "/graphs/alpha/change".into(), Some(change_ops("x")), "change", 200),

@@ -296,7 +296,7 @@ fn routes_branches_and_errors_follow_the_contract() {
     let s = get(&w.url("/schema"));
     assert_eq!(s.body, Value::String(SOCIAL_SCHEMA.to_string()));
     let r = call("POST", &w.url("/schema/apply"), Some(b"{}"), &[]);
-    assert_eq!((r.status, r.body["code"].as_str()), (501, Some("not_implemented")));
+    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("bad_request")), "{{}} is not a .pg schema: {:?}", r.body);
     let r = call("POST", &w.url("/ingest"), Some(b"{}"), &[]);
     assert_eq!((r.status, &r.body["details"]), (400, &json!({"line": 1})), "{{}} is neither a node nor an edge: {:?}", r.body);
     let r = call("POST", &w.url("/export"), None, &[]);

@@ -35,6 +35,20 @@ impl ApiError {
         e
     }
 
+    /// 409 for a three-way merge whose source has a schema the target
+    /// lacks: one conflict on `_schema`, the steps in `details`.
+    pub fn schema_conflict(source: &str, target: &str, steps: &[crate::schema_change::Step]) -> ApiError {
+        let message = format!(
+            "{source} has a schema that {target} lacks, and a merge keeps {target}'s: apply {source}'s schema to {target} first \
+             (GET /schema?branch={source}, then POST /schema/apply?branch={target}); nothing was written"
+        );
+        let conflict = crate::merge::Conflict { table: "_schema".into(), key: String::new(), kind: crate::merge::ConflictKind::DivergentUpdate };
+        let mut e = ApiError::new(ErrorCode::Conflict, message);
+        e.extra = Some(("conflicts", serde_json::to_value([conflict]).unwrap_or_default()));
+        e.details = Some(serde_json::json!({ "steps": steps }));
+        e
+    }
+
     pub fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::BadRequest, message)
     }

@@ -21,10 +21,10 @@ use serde_json::{json, Value};
 use crate::change;
 use crate::ingest::{self, IngestError};
 use crate::contract::routes::{worker_route, RouteId, WORKER_ROUTES};
-use crate::contract::{BranchName, ErrorCode};
+use crate::contract::{BranchName, ErrorCode, GraphSchema};
 use crate::limits::{Cancel, CancelOnDrop, Limits};
 use crate::query::{self, Cursor, ReadRequest};
-use crate::store::{ApplyError, Author, MergeOutcome, Snapshot, Store, WriteTo};
+use crate::store::{ApplyError, Author, MergeOutcome, SchemaOptions, Snapshot, Store, WriteTo};
 pub use error::ApiError;
 
 #[derive(Clone)]
@@ -109,9 +109,7 @@ fn handler(id: RouteId) -> MethodRouter<AppState> {
         RouteId::MergeBranches => on(f, merge_branches),
         RouteId::Ingest => on(f, ingest),
         RouteId::Export => on(f, export),
-        RouteId::SchemaApply => {
-            on(f, || async { ApiError::new(ErrorCode::NotImplemented, "not implemented yet in this worker version") })
-        }
+        RouteId::SchemaApply => on(f, schema_apply),
     }
 }
 
@@ -140,19 +138,57 @@ async fn healthz(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"status": "ok", "graph_id": s.store.graph_id, "version": env!("CARGO_PKG_VERSION")}))
 }
 
-async fn schema(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s.store.schema_source.to_string()).into_response()
+/// `GET /schema?branch=[&commit=]`: the `.pg` text of the branch head, or
+/// of a commit in the branch's history.
+async fn schema(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {
+    let map = params(p, RouteId::Schema)?;
+    let b = branch(&map)?;
+    let version = match map.get("commit") {
+        Some(c) => s.store.schema_at(b.as_str(), c)?,
+        None => s.store.head(b.as_str())?.schema.clone(),
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], version.source.to_string()).into_response())
+}
+
+/// `POST /schema/apply?branch=[&dry_run=][&allow_data_loss=][&if_commit=]`,
+/// the body the whole new `.pg` text: `{"commit_id", "steps"}`, or 400 with
+/// the plan in `details` and nothing changed.
+async fn schema_apply(State(s): State<AppState>, Extension(author): Extension<Author>, p: Params, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+    let map = params(p, RouteId::SchemaApply)?;
+    let b = branch(&map)?;
+    let to = WriteTo { branch: b.as_str(), if_commit: if_commit(&map)? };
+    let opts = SchemaOptions { dry_run: flag(&map, "dry_run")?, allow_data_loss: flag(&map, "allow_data_loss")? };
+    let bytes = ApiError::body(&s.limits, body)?;
+    let source = std::str::from_utf8(&bytes).map_err(|e| ApiError::bad(format!("the body is not UTF-8 .pg text: {e}")))?;
+    if source.trim().is_empty() {
+        // Almost always a client that sent no body: never read it as "drop every type".
+        return Err(ApiError::bad("the body is empty: send the whole new .pg schema"));
+    }
+    let new = GraphSchema::parse(source).map_err(|e| ApiError {
+        details: Some(json!({"line": e.line, "column": e.col})),
+        ..ApiError::bad(format!("invalid schema: {}", e.render("schema", source)))
+    })?;
+    let applied = s.store.apply_schema(to, &author, source, new, opts).await.map_err(|e| match e {
+        ApplyError::Plan(r) => ApiError { details: Some(json!({"steps": r.diff.steps, "refused": r.diff.refused})), ..ApiError::bad(r.message) },
+        ApplyError::Store(e) => e.into(),
+    })?;
+    let mut out = json!({"commit_id": applied.commit_id, "steps": applied.steps});
+    if opts.dry_run {
+        out["dry_run"] = json!(true);
+    }
+    Ok(Json(out))
 }
 
 async fn snapshot(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
     let map = params(p, RouteId::Snapshot)?;
     let b = branch(&map)?;
     let snap = s.store.head(b.as_str())?;
-    Ok(Json(json!({"branch": b.as_str(), "commit_id": snap.commit.commit_id, "tables": tables_json(&s.store, &snap)})))
+    Ok(Json(json!({"branch": b.as_str(), "commit_id": snap.commit.commit_id, "tables": tables_json(&snap)})))
 }
 
-fn tables_json(store: &Store, snap: &Snapshot) -> Vec<Value> {
-    let kinds = store.schema.nodes.iter().map(|n| (&n.name, "node")).chain(store.schema.edges.iter().map(|e| (&e.name, "edge")));
+fn tables_json(snap: &Snapshot) -> Vec<Value> {
+    let schema = &snap.schema.graph;
+    let kinds = schema.nodes.iter().map(|n| (&n.name, "node")).chain(schema.edges.iter().map(|e| (&e.name, "edge")));
     kinds
         .map(|(name, kind)| {
             json!({"name": name, "kind": kind, "version": snap.commit.tables.get(name.as_str()).map(|p| p.version), "rows": snap.data.row_count(name)})
@@ -182,7 +218,7 @@ async fn read(State(s): State<AppState>, p: Params, body: Result<Bytes, BytesRej
             Some(c) => s.store.snapshot_at(b.as_str(), &c).await?,
             None => s.store.head(b.as_str())?,
         };
-        Ok::<_, ApiError>(query::execute(s.store.schema.clone(), snap, req, offset, &limits, cancel).await?)
+        Ok::<_, ApiError>(query::execute(snap.schema.graph.clone(), snap, req, offset, &limits, cancel).await?)
     };
     match tokio::time::timeout(limits.read_timeout(), work).await {
         Ok(r) => r.map(Json),
@@ -204,8 +240,7 @@ async fn change(
     let to = WriteTo { branch: b.as_str(), if_commit: if_commit(&map)? };
     let ops = change::parse_body(&json_body(&s.limits, body)?).map_err(|e| ApiError::bad(e.to_string()))?;
     s.limits.check_change_ops(ops.len())?;
-    let schema = s.store.schema.clone();
-    let (snap, affected) = s.store.apply(to, &author, |base| change::plan(&schema, base, ops)).await.map_err(|e| match e {
+    let (snap, affected) = s.store.apply(to, &author, |base| change::plan(&base.schema.graph, base, ops)).await.map_err(|e| match e {
         ApplyError::Plan(e) => ApiError::bad(e.to_string()),
         ApplyError::Store(e) => e.into(),
     })?;
@@ -251,7 +286,7 @@ async fn export(State(s): State<AppState>, p: Params) -> Result<Response, ApiErr
         None => s.store.head(b.as_str())?,
     };
     let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
-    Ok((headers, crate::export::body(s.store.schema.clone(), snap)).into_response())
+    Ok((headers, crate::export::body(snap.schema.graph.clone(), snap)).into_response())
 }
 
 async fn commits(State(s): State<AppState>, p: Params) -> Result<Json<Value>, ApiError> {
@@ -307,5 +342,6 @@ async fn merge_branches(State(s): State<AppState>, Extension(author): Extension<
             Ok(Json(body))
         }
         MergeOutcome::Conflicts(conflicts) => Err(ApiError::merge_conflicts(&conflicts)),
+        MergeOutcome::SchemaDiffers(steps) => Err(ApiError::schema_conflict(source.as_str(), target.as_str(), &steps)),
     }
 }

@@ -108,7 +108,7 @@ pub async fn run(store: Arc<Store>, to: WriteTo<'_>, author: &Author, body: Body
     let failed = Arc::new(AtomicBool::new(false));
 
     let parser = {
-        let (schema, base, failed) = (store.schema.clone(), base.clone(), failed.clone());
+        let (schema, base, failed) = (base.schema.graph.clone(), base.clone(), failed.clone());
         tokio::task::spawn_blocking(move || parse(&schema, &base, chunk_rx, batch_tx, &failed, limits.max_body_bytes))
     };
     let reader = async move {

@@ -343,7 +343,8 @@ mod tests {
             data.nodes.insert("P".into(), nodes);
             data.edges.insert("E".into(), edges);
             let commit = CommitRecord { commit_id: "C1".into(), branch: "main".into(), actor_id: "local".into(), ..Default::default() };
-            (schema, Snapshot { commit, data, datasets: Default::default() })
+            let version = Arc::new(crate::store::schemas::SchemaVersion { id: None, source: Arc::from(SCHEMA), graph: Arc::new(schema.clone()) });
+            (schema, Snapshot { commit, schema: version, data, datasets: Default::default() })
         }
 
         fn req(v: serde_json::Value) -> ReadRequest {

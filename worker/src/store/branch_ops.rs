@@ -3,13 +3,24 @@
 //! Each takes the writer lock, so it sees every write before it and none
 //! during it, and publishes with exactly one row: a ref event for create,
 //! delete and fast-forward, a commit with two parents for a merge.
+//!
+//! Schemas: a branch made from another starts with its schema, and a
+//! fast-forward takes the source's schema with its head. A three-way merge
+//! keeps the target's schema, so it needs the source's schema to be the
+//! target's (structurally: text, comments and order aside) or to be the
+//! one they shared at their common ancestor. Otherwise (the source applied
+//! a schema the target lacks) it is refused, and the source's schema must be
+//! applied to the target first. Base and source rows are read as the
+//! target's schema has them: what the target dropped is not merged back.
 
 use std::sync::Arc;
 
 use super::branches::RefOp;
+use super::schemas::SchemaVersion;
 use super::{Author, Snapshot, Store, StoreError};
 use crate::contract::BranchName;
 use crate::merge::{self, Conflict};
+use crate::schema_change::{self, Step};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeResult {
@@ -37,6 +48,15 @@ pub enum MergeOutcome {
     Done { result: MergeResult, commit_id: String },
     /// Nothing was written.
     Conflicts(Vec<Conflict>),
+    /// A three-way merge whose source applied a schema the target lacks:
+    /// nothing was written. The steps turn the target's schema into the source's.
+    SchemaDiffers(Vec<Step>),
+}
+
+/// The same types and properties (the same version, or two that differ in
+/// text only).
+fn same_schema(a: &SchemaVersion, b: &SchemaVersion) -> bool {
+    a.id == b.id || schema_change::diff(&a.graph, &b.graph).is_empty()
 }
 
 fn checked(name: &str) -> Result<BranchName, StoreError> {
@@ -113,7 +133,12 @@ impl Store {
             .cloned()
             .ok_or_else(|| StoreError::Corrupt(format!("{source} and {target} have no common commit")))?;
         let base = self.snapshot_of(base).await?;
-        let plan = match merge::three_way(&self.schema, &base.data, &tgt.data, &src.data) {
+        let (ours, theirs) = (&tgt.schema, &src.schema);
+        if !same_schema(theirs, ours) && !same_schema(theirs, &base.schema) {
+            return Ok(MergeOutcome::SchemaDiffers(schema_change::diff(&ours.graph, &theirs.graph).steps));
+        }
+        let conformed = |s: &Snapshot| if same_schema(&s.schema, ours) { s.data.clone() } else { schema_change::conform(&s.data, &s.schema.graph, &ours.graph) };
+        let plan = match merge::three_way(&ours.graph, &conformed(&base), &tgt.data, &conformed(&src)) {
             Ok(plan) => plan,
             Err(conflicts) => return Ok(MergeOutcome::Conflicts(conflicts)),
         };

@@ -114,7 +114,7 @@ fn to_batch(e: &RefEvent) -> Result<RecordBatch, StoreError> {
 pub async fn open_or_create(loc: &Location) -> Result<Dataset, StoreError> {
     match loc.open(REFS_TABLE, None).await {
         Ok(ds) => Ok(ds),
-        Err(_) if !loc.local.as_ref().is_some_and(|d| has_versions(&d.join(format!("{REFS_TABLE}.lance")))) => {
+        Err(_) if !loc.has_versions(REFS_TABLE) => {
             let reader = RecordBatchIterator::new(Vec::<Result<RecordBatch, arrow_schema::ArrowError>>::new(), schema());
             Dataset::write(reader, loc.table_uri(REFS_TABLE).as_str(), Some(loc.write_params(WriteMode::Create)))
                 .await
@@ -122,12 +122,6 @@ pub async fn open_or_create(loc: &Location) -> Result<Dataset, StoreError> {
         }
         Err(e) => Err(e),
     }
-}
-
-/// True when a dataset folder holds at least one committed version: then a
-/// failure to open it is a real error, never a reason to recreate it.
-fn has_versions(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir.join("_versions")).is_ok_and(|mut it| it.next().is_some())
 }
 
 /// Appends one ref event: the publish point of a branch create, move or delete.

@@ -82,6 +82,13 @@ pub struct CommitRecord {
     /// Table name → where this commit's content of the table lives.
     #[serde(serialize_with = "versions_only")]
     pub tables: BTreeMap<String, TablePin>,
+    /// The schema it is read with: the commit that introduced it, or `None`
+    /// for the graph's first schema (`_schema.pg`); see `schemas.rs`.
+    #[serde(skip)]
+    pub schema_id: Option<Arc<str>>,
+    /// The `.pg` text, on the commit that introduced it (a schema apply) only.
+    #[serde(skip)]
+    pub schema_source: Option<Arc<str>>,
     /// Position in the log; orders commits without trusting clocks.
     #[serde(skip)]
     pub seq: i64,
@@ -184,7 +191,7 @@ impl CommitLog {
 /// The columns added since the first version of the log, all nullable: a
 /// graph written before them gets them on open ([`migrate`]).
 fn added_fields() -> Vec<Field> {
-    vec![Field::new("request_id", DataType::Utf8, true)]
+    vec![Field::new("request_id", DataType::Utf8, true), Field::new("schema_id", DataType::Utf8, true), Field::new("schema", DataType::Utf8, true)]
 }
 
 fn schema() -> SchemaRef {
@@ -217,6 +224,8 @@ fn to_batch(c: &CommitRecord) -> Result<RecordBatch, StoreError> {
         Arc::new(StringArray::from(vec![c.created_at.as_str()])),
         Arc::new(StringArray::from(vec![json(&c.tables.iter().map(|(k, p)| (k, StoredPin::from(p))).collect::<BTreeMap<_, _>>())])),
         Arc::new(StringArray::from(vec![c.request_id.as_deref()])),
+        Arc::new(StringArray::from(vec![c.schema_id.as_deref()])),
+        Arc::new(StringArray::from(vec![c.schema_source.as_deref()])),
     ];
     RecordBatch::try_new(schema(), cols).map_err(|e| StoreError::Internal(format!("commit batch: {e}")))
 }
@@ -248,7 +257,7 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
         let seq = c.seq()?;
         let (id, parents, branch, actor, created, tables) =
             (c.string("commit_id")?, c.string("parents")?, c.string("branch")?, c.string("actor_id")?, c.string("created_at")?, c.string("tables")?);
-        let request_id = c.opt_string("request_id")?;
+        let (request_id, schema_id, schema) = (c.opt_string("request_id")?, c.opt_string("schema_id")?, c.opt_string("schema")?);
         for i in 0..b.num_rows() {
             let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("_commits row {i}: {what}: {e}"));
             out.push(CommitRecord {
@@ -258,6 +267,8 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
                 branch: branch.value(i).to_string(),
                 actor_id: actor.value(i).to_string(),
                 request_id: log_rows::optional(request_id, i),
+                schema_id: log_rows::optional(schema_id, i).map(Arc::from),
+                schema_source: log_rows::optional(schema, i).map(Arc::from),
                 created_at: created.value(i).to_string(),
                 tables: serde_json::from_str::<BTreeMap<String, StoredPin>>(tables.value(i))
                     .map_err(|e| corrupt("tables", e))?

@@ -92,6 +92,13 @@ impl Location {
         self.store_params()
     }
 
+    /// True when `table`'s dataset holds at least one committed version: a
+    /// failure to open it is then a real error, never a reason to create it
+    /// again. Always false for an object-store URI (not supported yet).
+    pub fn has_versions(&self, table: &str) -> bool {
+        self.local.as_ref().is_some_and(|d| std::fs::read_dir(d.join(format!("{table}.lance")).join("_versions")).is_ok_and(|mut it| it.next().is_some()))
+    }
+
     /// True when the location holds nothing: a missing or empty directory.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         match &self.local {

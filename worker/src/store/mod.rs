@@ -21,6 +21,8 @@ pub mod commits;
 pub mod lineage;
 pub mod location;
 mod log_rows;
+mod schema_apply;
+pub mod schemas;
 pub mod state;
 pub mod tables;
 pub mod value;
@@ -35,6 +37,7 @@ use futures::future::try_join_all;
 use lance::dataset::{Dataset, WriteMode};
 
 use crate::contract::{BranchName, GraphSchema, SchemaError};
+use schemas::{SchemaVersion, Schemas};
 use branches::{RefEvent, RefOp};
 pub use commits::{CommitLog, CommitRecord, TablePin};
 use lineage::Lineages;
@@ -42,6 +45,7 @@ use location::{Location, COMMITS_TABLE, SCHEMA_FILE};
 use state::GraphData;
 pub use author::Author;
 pub use branch_ops::{MergeOutcome, MergeResult};
+pub use schema_apply::{SchemaApplied, SchemaOptions, SchemaRefused};
 pub use write::{ApplyError, Plan, TableBatch, TableWrite, WriteSession, WriteTo};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,12 +91,14 @@ impl StoreError {
     }
 }
 
-/// The graph at one commit: its record, its in-memory state, and each table
-/// checked out at the version the commit pins (or at a later version with the
-/// same content, after a rollback restored it).
+/// The graph at one commit: its record, the schema it is read with, its
+/// in-memory state, and each table checked out at the version the commit
+/// pins (or at a later version with the same content, after a rollback
+/// restored it).
 #[derive(Clone)]
 pub struct Snapshot {
     pub commit: CommitRecord,
+    pub schema: Arc<SchemaVersion>,
     pub data: GraphData,
     pub datasets: BTreeMap<String, Arc<Dataset>>,
 }
@@ -116,8 +122,9 @@ const HISTORY_CACHE: usize = 4;
 pub struct Store {
     pub graph_id: String,
     loc: Location,
-    pub schema: Arc<GraphSchema>,
-    pub schema_source: Arc<str>,
+    /// Every schema version, by id (`schemas.rs`); a branch's current one
+    /// is its head's [`Snapshot::schema`].
+    schemas: ArcSwap<Schemas>,
     heads: ArcSwap<Heads>,
     log: ArcSwap<CommitLog>,
     writer: tokio::sync::Mutex<Writer>,
@@ -166,6 +173,9 @@ impl Store {
             request_id: None,
             created_at: now_rfc3339(),
             tables: versions,
+            // The first schema is `_schema.pg` (see `schemas.rs`).
+            schema_id: None,
+            schema_source: None,
             seq: 0,
         };
         commits::create(&loc, &first).await?;
@@ -189,10 +199,16 @@ impl Store {
             Some(dir) => std::fs::read_to_string(dir.join(SCHEMA_FILE)).map_err(|e| StoreError::Corrupt(format!("read {SCHEMA_FILE}: {e}")))?,
             None => return Err(StoreError::BadUri(format!("{}: only local paths are supported by this build", loc.display))),
         };
-        let schema = Arc::new(GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?);
+        let genesis = GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?;
+        let mut schemas = Schemas::new(SchemaVersion { id: None, source: Arc::from(schema_source), graph: Arc::new(genesis) });
         let mut commits_ds = loc.open(COMMITS_TABLE, None).await?;
         commits::migrate(&mut commits_ds).await?;
         let log = CommitLog::new(commits::read_all(&commits_ds).await?);
+        for r in log.records() {
+            if let (Some(id), Some(source)) = (&r.schema_id, &r.schema_source) {
+                schemas.insert(Arc::new(SchemaVersion::parse(Some(id.clone()), source)?));
+            }
+        }
         let mut refs_ds = branches::open_or_create(&loc).await?;
         branches::migrate(&mut refs_ds).await?;
         let replayed = branches::replay(&log, &branches::read_all(&refs_ds).await?)?;
@@ -206,7 +222,8 @@ impl Store {
                 Some(s) => s.clone(),
                 None => {
                     let record = log.get(commit_id).cloned().ok_or_else(|| StoreError::Corrupt(format!("head {commit_id} of {name} is not in the log")))?;
-                    let s = Arc::new(load_snapshot(&loc, &schema, record, &loaded).await?);
+                    let schema = schemas.get(record.schema_id.as_deref())?;
+                    let s = Arc::new(load_snapshot(&loc, schema, record, &loaded).await?);
                     loaded.push(s.clone());
                     s
                 }
@@ -214,15 +231,14 @@ impl Store {
             heads.insert(name.clone(), snap);
         }
         for (name, snap) in heads.clone() {
-            if let Some(repaired) = repair(&loc, &schema, &name, &snap, &mut lineages).await? {
+            if let Some(repaired) = repair(&loc, &name, &snap, &mut lineages).await? {
                 heads.insert(name, Arc::new(repaired));
             }
         }
         Ok(Store {
             graph_id: graph_id.to_string(),
             loc,
-            schema,
-            schema_source: Arc::from(schema_source),
+            schemas: ArcSwap::from_pointee(schemas),
             heads: ArcSwap::from_pointee(heads),
             log: ArcSwap::from_pointee(log),
             writer: tokio::sync::Mutex::new(Writer { commits: commits_ds, refs: refs_ds, lineages, next_seq: replayed.next_seq, poisoned: false }),
@@ -256,6 +272,12 @@ impl Store {
             .ok_or_else(|| StoreError::NotOnBranch { commit: commit_id.to_string(), branch: branch.to_string() })
     }
 
+    /// The schema the graph had at `commit_id`, which must be in `branch`'s history.
+    pub fn schema_at(&self, branch: &str, commit_id: &str) -> Result<Arc<SchemaVersion>, StoreError> {
+        let record = self.commit_on(branch, commit_id)?;
+        self.schemas.load().get(record.schema_id.as_deref())
+    }
+
     /// The graph at `commit_id`, which must be in `branch`'s history: a
     /// branch head, a cached snapshot, or one loaded from the table versions
     /// the commit pins.
@@ -273,7 +295,8 @@ impl Store {
         if let Some(s) = self.cached(&record.commit_id) {
             return Ok(s);
         }
-        let snap = Arc::new(load_snapshot(&self.loc, &self.schema, record, &heads).await?);
+        let schema = self.schemas.load().get(record.schema_id.as_deref())?;
+        let snap = Arc::new(load_snapshot(&self.loc, schema, record, &heads).await?);
         let mut cache = self.history.lock().map_err(|_| StoreError::Internal("history cache lock".into()))?;
         if cache.len() >= HISTORY_CACHE {
             cache.pop_front();
@@ -330,9 +353,9 @@ async fn restore(loc: &Location, table: &str, lineage: Option<&str>, version: u6
 /// lineage's tip, after restoring it to the pinned version when a change
 /// crashed between its table writes and its commit row. Returns the head
 /// with the restored datasets, when any was.
-async fn repair(loc: &Location, schema: &GraphSchema, branch: &str, snap: &Snapshot, lineages: &mut Lineages) -> Result<Option<Snapshot>, StoreError> {
+async fn repair(loc: &Location, branch: &str, snap: &Snapshot, lineages: &mut Lineages) -> Result<Option<Snapshot>, StoreError> {
     let mut repaired: Option<Snapshot> = None;
-    for name in table_names(schema) {
+    for name in table_names(&snap.schema.graph) {
         let pin = snap.commit.tables.get(name).ok_or_else(|| StoreError::Corrupt(format!("head commit does not pin table {name}")))?;
         if lineages.owner(pin.lineage.as_ref()) != Some(branch) {
             continue;
@@ -358,7 +381,8 @@ async fn repair(loc: &Location, schema: &GraphSchema, branch: &str, snap: &Snaps
 /// is shared with it rather than read again, so branches that did not touch
 /// a table share its state, and the common ancestor of a merge costs only
 /// the tables that changed.
-async fn load_snapshot(loc: &Location, schema: &GraphSchema, commit: CommitRecord, known: &[Arc<Snapshot>]) -> Result<Snapshot, StoreError> {
+async fn load_snapshot(loc: &Location, schema_version: Arc<SchemaVersion>, commit: CommitRecord, known: &[Arc<Snapshot>]) -> Result<Snapshot, StoreError> {
+    let schema = &*schema_version.graph;
     let pin = |name: &str| commit.tables.get(name).ok_or_else(|| StoreError::Corrupt(format!("commit does not pin table {name}")));
     let same = |name: &str, p: &TablePin| known.iter().find(|s| s.commit.tables.get(name) == Some(p));
     let node_loads = schema.nodes.iter().map(|t| async {
@@ -394,5 +418,5 @@ async fn load_snapshot(loc: &Location, schema: &GraphSchema, commit: CommitRecor
         data.edges.insert(name.clone(), table);
         datasets.insert(name, ds);
     }
-    Ok(Snapshot { commit, data, datasets })
+    Ok(Snapshot { commit, schema: schema_version, data, datasets })
 }

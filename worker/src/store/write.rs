@@ -21,8 +21,9 @@ use lance::dataset::{Dataset, DeleteBuilder, WriteMode};
 use super::commits::{self, CommitRecord, TablePin};
 use super::lineage::{self, lineage_of};
 use super::state::{edge_id, EdgeTable, GraphData, Key, NodeTable};
+use super::schemas::SchemaVersion;
 use super::{now_rfc3339, restore, tables, Author, Snapshot, Store, StoreError, Writer};
-use crate::contract::{EdgeType, NodeType};
+use crate::contract::{EdgeType, GraphSchema, NodeType};
 
 /// What a change writes to one table: rows to remove (they exist in the base
 /// state) and rows to append (their final values are in [`Plan::data`]).
@@ -117,7 +118,7 @@ impl TableBatch {
 }
 
 /// A table a commit wrote: where, and what to undo if the commit fails.
-struct Written {
+pub(super) struct Written {
     table: String,
     /// The lineage written, at the version the write left it.
     pin: TablePin,
@@ -127,29 +128,69 @@ struct Written {
 }
 
 /// A commit being written: the tables written so far, on top of `base`.
-struct Txn {
-    branch: String,
-    base: Arc<Snapshot>,
+pub(super) struct Txn {
+    pub(super) branch: String,
+    pub(super) base: Arc<Snapshot>,
     datasets: BTreeMap<String, Arc<Dataset>>,
     pins: BTreeMap<String, TablePin>,
     written: Vec<Written>,
+    /// A schema apply's new `.pg` text and schema; `None` keeps the base's.
+    pub(super) new_schema: Option<(Arc<str>, Arc<GraphSchema>)>,
 }
 
 impl Txn {
-    fn new(branch: &str, base: &Arc<Snapshot>) -> Txn {
-        Txn { branch: branch.to_string(), base: base.clone(), datasets: base.datasets.clone(), pins: base.commit.tables.clone(), written: Vec::new() }
+    pub(super) fn new(branch: &str, base: &Arc<Snapshot>) -> Txn {
+        Txn {
+            branch: branch.to_string(),
+            base: base.clone(),
+            datasets: base.datasets.clone(),
+            pins: base.commit.tables.clone(),
+            written: Vec::new(),
+            new_schema: None,
+        }
+    }
+
+    /// `table` at `pin`, just created: the commit pins it, and a failure has
+    /// nothing of it to restore (nothing else pins it).
+    pub(super) fn created(&mut self, table: &str, pin: TablePin, ds: Arc<Dataset>) {
+        self.written.push(Written { table: table.to_string(), pin: pin.clone(), extended_from: None });
+        self.pins.insert(table.to_string(), pin);
+        self.datasets.insert(table.to_string(), ds);
+    }
+
+    /// `table` is no longer part of the graph from this commit on; older
+    /// commits keep reading it at their pins.
+    pub(super) fn dropped(&mut self, table: &str) {
+        self.pins.remove(table);
+        self.datasets.remove(table);
+    }
+
+    /// Records `after`, the table a write on `lineage` left, as this commit's
+    /// content of `table`.
+    pub(super) fn wrote(&mut self, table: &str, lineage: Option<Arc<str>>, after: Arc<Dataset>) {
+        let pin = TablePin { lineage, version: after.version().version };
+        if let Some(wr) = self.written.iter_mut().find(|wr| wr.table == table) {
+            wr.pin = pin.clone();
+        }
+        self.pins.insert(table.to_string(), pin);
+        self.datasets.insert(table.to_string(), after);
     }
 }
 
 impl Store {
     /// The branch head a write builds on, after the checks every write makes
     /// under the writer lock: writes are not stopped, the branch exists, and
-    /// its head is `?if_commit=` when given. `/change` and `/ingest` use it;
-    /// schema apply is to use it too.
-    fn writable_head(&self, w: &Writer, to: WriteTo<'_>) -> Result<Arc<Snapshot>, StoreError> {
+    /// its head is `?if_commit=` when given. `/change`, `/ingest` and
+    /// schema apply use it.
+    pub(super) fn writable_head(&self, w: &Writer, to: WriteTo<'_>) -> Result<Arc<Snapshot>, StoreError> {
         if w.poisoned {
             return Err(StoreError::Poisoned);
         }
+        self.expected_head(to)
+    }
+
+    /// `to.branch`'s head, when it is `?if_commit=` (if given).
+    pub(super) fn expected_head(&self, to: WriteTo<'_>) -> Result<Arc<Snapshot>, StoreError> {
         let head = self.head(to.branch)?;
         if let Some(expected) = to.if_commit {
             if head.commit.commit_id != expected {
@@ -193,7 +234,7 @@ impl Store {
     /// extended lineages are restored and the head keeps its content.
     pub(super) async fn commit(&self, w: &mut Writer, branch: &str, base: &Arc<Snapshot>, plan: Plan, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
         let mut txn = Txn::new(branch, base);
-        for job in self.table_jobs(&plan)? {
+        for job in self.table_jobs(&plan, &base.schema.graph)? {
             if let Err(e) = self.txn_write(w, &mut txn, job).await {
                 self.txn_rollback(w, txn).await;
                 return Err(e);
@@ -210,50 +251,68 @@ impl Store {
         if job.remove.is_empty() && job.batch.is_none() {
             return Ok(());
         }
-        let ds = txn.datasets.get(&job.table).cloned().ok_or_else(|| StoreError::Internal(format!("table {} is not open", job.table)))?;
-        let pin = txn.pins.get(&job.table).cloned().ok_or_else(|| StoreError::Internal(format!("table {} is not pinned", job.table)))?;
-        let (lineage, start) = if txn.written.iter().any(|wr| wr.table == job.table) {
-            // This commit owns the lineage it wrote, at its tip.
-            (pin.lineage.clone(), ds)
-        } else {
-            let (lineage, start, extended_from) = if w.lineages.can_extend(&txn.branch, &job.table, pin.lineage.as_ref(), ds.version().version) {
-                (pin.lineage.clone(), ds.clone(), Some(ds.clone()))
-            } else {
-                let (name, forked) = lineage::fork(&self.loc, &job.table, &ds).await?;
-                (Some(name), Arc::new(forked), None)
-            };
-            // Registered before writing, so a failure part-way is undone too.
-            txn.written.push(Written { table: job.table.clone(), pin: TablePin { lineage: lineage.clone(), version: start.version().version }, extended_from });
-            (lineage, start)
-        };
+        let (lineage, start) = self.txn_open(w, txn, &job.table).await?;
         let after = self.write_table(start, &job.table, &job.id_column, job.remove, job.batch).await?;
-        let pin = TablePin { lineage, version: after.version().version };
-        if let Some(wr) = txn.written.iter_mut().find(|wr| wr.table == job.table) {
-            wr.pin = pin.clone();
-        }
-        txn.pins.insert(job.table.clone(), pin);
-        txn.datasets.insert(job.table, after);
+        txn.wrote(&job.table, lineage, after);
         Ok(())
     }
 
+    /// The lineage `txn` writes `table` on, and the table there to write on
+    /// top of: the lineage this commit already wrote, or else the pinned
+    /// one, extended in place only when this branch owns it at its tip, and
+    /// forked otherwise. The table is registered as written before any
+    /// write, so a failure part-way is undone too. Record the write's result
+    /// with [`Txn::wrote`].
+    pub(super) async fn txn_open(&self, w: &Writer, txn: &mut Txn, table: &str) -> Result<(Option<Arc<str>>, Arc<Dataset>), StoreError> {
+        let ds = txn.datasets.get(table).cloned().ok_or_else(|| StoreError::Internal(format!("table {table} is not open")))?;
+        let pin = txn.pins.get(table).cloned().ok_or_else(|| StoreError::Internal(format!("table {table} is not pinned")))?;
+        if txn.written.iter().any(|wr| wr.table == table) {
+            // This commit owns the lineage it wrote, at its tip.
+            return Ok((pin.lineage.clone(), ds));
+        }
+        let (lineage, start, extended_from) = if w.lineages.can_extend(&txn.branch, table, pin.lineage.as_ref(), ds.version().version) {
+            (pin.lineage.clone(), ds.clone(), Some(ds.clone()))
+        } else {
+            let (name, forked) = lineage::fork(&self.loc, table, &ds).await?;
+            (Some(name), Arc::new(forked), None)
+        };
+        txn.written.push(Written { table: table.to_string(), pin: TablePin { lineage: lineage.clone(), version: start.version().version }, extended_from });
+        Ok((lineage, start))
+    }
+
     /// Appends the commit row (the publish point) and publishes the new
-    /// head; on failure, rolls `txn` back.
-    async fn txn_finish(&self, w: &mut Writer, txn: Txn, data: GraphData, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
+    /// head; on failure, rolls `txn` back. A schema apply's commit carries
+    /// the new schema's text and is its id.
+    pub(super) async fn txn_finish(&self, w: &mut Writer, mut txn: Txn, data: GraphData, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
+        let commit_id = ulid::Ulid::new().to_string();
+        let (schema, introduced) = match txn.new_schema.take() {
+            Some((source, graph)) => (Arc::new(SchemaVersion { id: Some(Arc::from(commit_id.as_str())), source: source.clone(), graph }), Some(source)),
+            None => (txn.base.schema.clone(), None),
+        };
         let record = CommitRecord {
-            commit_id: ulid::Ulid::new().to_string(),
+            commit_id,
             parents,
             branch: txn.branch.clone(),
             actor_id: author.actor_id.clone(),
             request_id: author.request_id.clone(),
             created_at: now_rfc3339(),
             tables: txn.pins.clone(),
+            schema_id: schema.id.clone(),
+            schema_source: introduced,
             seq: Self::take_seq(w),
         };
         if let Err(e) = commits::append(&mut w.commits, &self.loc, &record).await {
             self.txn_rollback(w, txn).await;
             return Err(e);
         }
-        let snap = Arc::new(Snapshot { commit: record, data, datasets: txn.datasets });
+        if record.schema_source.is_some() {
+            self.schemas.rcu(|all| {
+                let mut all = super::Schemas::clone(all);
+                all.insert(schema.clone());
+                all
+            });
+        }
+        let snap = Arc::new(Snapshot { commit: record, schema, data, datasets: txn.datasets });
         for wr in &txn.written {
             w.lineages.set_tip(&wr.table, wr.pin.lineage.as_ref(), wr.pin.version);
         }
@@ -269,7 +328,7 @@ impl Store {
     /// the head pins; lineages it forked are never pinned. The head keeps
     /// its content (at the restored versions). A restore that fails stops
     /// further writes until a restart repairs the table.
-    async fn txn_rollback(&self, w: &mut Writer, txn: Txn) {
+    pub(super) async fn txn_rollback(&self, w: &mut Writer, txn: Txn) {
         let mut repaired = Snapshot::clone(&txn.base);
         for wr in txn.written {
             let Some(from) = wr.extended_from else { continue };
@@ -289,16 +348,17 @@ impl Store {
         self.set_head(&txn.branch, Arc::new(repaired));
     }
 
-    /// Turns a plan into one write per touched table (ids to delete, rows to append).
-    fn table_jobs(&self, plan: &Plan) -> Result<Vec<TableBatch>, StoreError> {
+    /// Turns a plan into one write per touched table (ids to delete, rows
+    /// to append), with the types of `schema`.
+    fn table_jobs(&self, plan: &Plan, schema: &GraphSchema) -> Result<Vec<TableBatch>, StoreError> {
         let mut jobs = Vec::new();
         for (name, tw) in plan.nodes.iter().filter(|(_, tw)| !tw.is_empty()) {
-            let t = self.schema.node(name).ok_or_else(|| StoreError::Internal(format!("unknown node type {name}")))?;
+            let t = schema.node(name).ok_or_else(|| StoreError::Internal(format!("unknown node type {name}")))?;
             let table = plan.data.nodes.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
             jobs.push(TableBatch::nodes(t, table, &tw.remove, &tw.put)?);
         }
         for (name, tw) in plan.edges.iter().filter(|(_, tw)| !tw.is_empty()) {
-            let t = self.schema.edge(name).ok_or_else(|| StoreError::Internal(format!("unknown edge type {name}")))?;
+            let t = schema.edge(name).ok_or_else(|| StoreError::Internal(format!("unknown edge type {name}")))?;
             let table = plan.data.edges.get(name).ok_or_else(|| StoreError::Internal(format!("no data for {name}")))?;
             jobs.push(TableBatch::edges(t, table, &tw.remove, &tw.put)?);
         }

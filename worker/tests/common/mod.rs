@@ -18,8 +18,7 @@ pub const SCHEMA: &str = "node Person { name: String @key age: I64? city: String
 /// Applies `ops` on `branch` through the store; returns the new commit id.
 pub async fn apply(store: &Store, branch: &str, ops: Value) -> String {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
-    let schema = store.schema.clone();
-    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&schema, base, ops)).await {
+    match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&base.schema.graph, base, ops)).await {
         Ok((snap, _)) => snap.commit.commit_id.clone(),
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
