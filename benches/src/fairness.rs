@@ -18,15 +18,12 @@
 //!
 //! Needs release binaries (`make bench` builds them).
 
-#[path = "raw_client.rs"]
-mod raw_client;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omnigraph_e2e::*;
-use raw_client::RawClient;
+use omnigraph_e2e::raw_client::RawClient;
 use serde_json::json;
 
 const FLOOD: usize = 64;

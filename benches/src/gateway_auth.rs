@@ -164,8 +164,10 @@ fn shadow_cost(engine: &Engine, server: &[cedar_policy::Policy], graph_src: &str
     let branches = Branches { branch: Some(&dev), ..Branches::default() };
     let protected = |b: &BranchName| b.as_str() == "main";
     let requested = Requested::default();
-    let graph = |sets| GraphPolicies { id: "alpha", tenant: Some("acme"), sets, protected: &protected };
-    let decide = |sets: &ActionSets| decide_with(engine, sets, Some(&graph(sets)), Some("alpha"), actor, Action::Change, branches, &requested);
+    let decide = |sets: &ActionSets| {
+        let graph = GraphPolicies { id: "alpha", tenant: Some("acme"), sets, protected: &protected };
+        decide_with(engine, sets, Some(&graph), Some("alpha"), actor, Action::Change, branches, &requested)
+    };
     let (mut live_s, mut both_s) = (Vec::with_capacity(20_000), Vec::with_capacity(20_000));
     for _ in 0..20_000 {
         let t = Instant::now();

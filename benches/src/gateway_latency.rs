@@ -10,15 +10,12 @@
 //!
 //! Needs release binaries (`make bench` builds them).
 
-#[path = "raw_client.rs"]
-mod raw_client;
-
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use omnigraph_e2e::*;
-use raw_client::RawClient;
+use omnigraph_e2e::raw_client::RawClient;
 use serde_json::json;
 
 fn us(d: Duration) -> f64 {

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod raw_client;
+pub mod soak;
+
 pub fn bin(name: &str) -> PathBuf {
     bin_in("debug", name)
 }

@@ -1,0 +1,34 @@
+//! The long soak (release build): 64 clients of mixed key lookups and
+//! three-op changes through the gateway for 10 minutes (`SOAK_SECS`) while
+//! the graph's worker is SIGKILLed every 30 s (`SOAK_KILL_EVERY_S`). Prints
+//! the table for `docs/reliability.md` and exits non-zero when a promise
+//! broke (see `omnigraph_e2e::soak`). The 60-second version runs in CI as
+//! `tests/e2e/tests/soak_e2e.rs`.
+
+use std::time::Duration;
+
+use omnigraph_e2e::soak::{self, SoakOpts};
+use omnigraph_e2e::*;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let env = ConfigDir::admin("", "", &["alpha"]);
+    let gw = Gateway::start_in("release", &env.cfg, &[]);
+    let opts = SoakOpts {
+        concurrency: env_u64("SOAK_CONCURRENCY", 64) as usize,
+        duration: Duration::from_secs(env_u64("SOAK_SECS", 600)),
+        kill_every: Some(Duration::from_secs(env_u64("SOAK_KILL_EVERY_S", 30))),
+        write_percent: env_u64("SOAK_WRITE_PERCENT", 20),
+    };
+    println!("## soak: c={}, {:?}, worker SIGKILL every {:?}, {}% changes (release)\n", opts.concurrency, opts.duration, opts.kill_every, opts.write_percent);
+    let report = soak::run(&gw, "tok-root", "alpha", &opts);
+    println!("{}", report.table());
+    let failures = report.failures();
+    if !failures.is_empty() {
+        eprintln!("FAILED: {failures:#?}");
+        std::process::exit(1);
+    }
+}

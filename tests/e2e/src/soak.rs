@@ -1,0 +1,328 @@
+//! The soak harness: many clients hold mixed reads and changes against one
+//! graph through the gateway while its worker is SIGKILLed on a clock, and
+//! then every acknowledged write is looked for.
+//!
+//! What it counts, for `docs/reliability.md`:
+//! - answers by status; any 5xx other than 503 `worker_unavailable` (the
+//!   answer while a worker restarts) is a failure;
+//! - connections closed without an answer (a client library would show
+//!   these as resets): must be 0;
+//! - acknowledged writes lost (a change answered 200 whose rows are not in
+//!   the graph afterwards): must be 0;
+//! - torn batches: every change is three ops (two nodes and the edge between
+//!   them); whatever its answer was, afterwards either all three are in the
+//!   graph or none is;
+//! - gaps in the commit log: a commit whose parent is not in the log;
+//! - the gateway's and the worker's RSS after a warm-up (a sixth of the run,
+//!   at most 30 s) and at the end; the worker's "end" is whichever worker
+//!   the last kill left, holding the graph as it grew.
+//!
+//! `tests/e2e/tests/soak_e2e.rs` runs a short version in CI (debug build);
+//! `cargo bench --bench soak` runs the 10-minute release version.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::raw_client::{request, RawClient};
+use crate::{call, children_of, eventually, percentile, post_with, Gateway, Lcg};
+
+/// How hard and how long.
+#[derive(Debug, Clone)]
+pub struct SoakOpts {
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// SIGKILL the graph's worker this often (`None`: never).
+    pub kill_every: Option<Duration>,
+    /// Share of requests that are changes, in percent; the rest are key lookups.
+    pub write_percent: u64,
+}
+
+/// Everything a run saw.
+#[derive(Debug, Default)]
+pub struct SoakReport {
+    pub elapsed: Duration,
+    pub answered: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    /// 5xx answers other than 503.
+    pub unexpected_5xx: u64,
+    /// 4xx answers: none of the harness's requests is wrong.
+    pub unexpected_4xx: u64,
+    pub dropped: u64,
+    /// The first few drops, for the failure message.
+    pub drop_samples: Vec<String>,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+    pub kills: u32,
+    pub writes_sent: u64,
+    pub writes_acked: u64,
+    pub writes_lost: u64,
+    pub batches_torn: u64,
+    pub commits: u64,
+    pub commit_gaps: u64,
+    /// KiB: (start, end).
+    pub gateway_rss: (u64, u64),
+    pub worker_rss: (u64, u64),
+}
+
+impl SoakReport {
+    /// Whether the run kept every promise listed at the top of this module.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |ok: bool, what: String| {
+            if !ok {
+                out.push(what);
+            }
+        };
+        check(self.unexpected_5xx == 0, format!("{} 5xx answers other than 503", self.unexpected_5xx));
+        check(self.unexpected_4xx == 0, format!("{} 4xx answers", self.unexpected_4xx));
+        check(self.dropped == 0, format!("{} connections closed without an answer, e.g. {:?}", self.dropped, self.drop_samples));
+        check(self.writes_lost == 0, format!("{} acknowledged writes lost", self.writes_lost));
+        check(self.batches_torn == 0, format!("{} batches partly visible", self.batches_torn));
+        check(self.commit_gaps == 0, format!("{} commits whose parent is missing", self.commit_gaps));
+        check(self.writes_acked > 0, "no write was acknowledged".to_string());
+        out
+    }
+
+    /// The report as a markdown table.
+    pub fn table(&self) -> String {
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+        let statuses: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        let growth = |(a, b): (u64, u64)| if a == 0 { "-".to_string() } else { format!("{:+.0}%", (b as f64 / a as f64 - 1.0) * 100.0) };
+        [
+            "| measurement | value |".to_string(),
+            "|---|---|".to_string(),
+            format!("| duration | {:.0} s |", self.elapsed.as_secs_f64()),
+            format!("| answers | {} ({:.0}/s) |", self.answered, self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)),
+            format!("| by status | {} |", statuses.join(", ")),
+            format!("| latency p50 / p99 / p999 ms | {} / {} / {} |", ms(self.p50), ms(self.p99), ms(self.p999)),
+            format!("| worker kills | {} |", self.kills),
+            format!("| 5xx other than 503 | {} |", self.unexpected_5xx),
+            format!("| connections closed without an answer | {} |", self.dropped),
+            format!("| writes sent / acknowledged / lost | {} / {} / {} |", self.writes_sent, self.writes_acked, self.writes_lost),
+            format!("| batches partly visible | {} |", self.batches_torn),
+            format!("| commits / gaps in the commit log | {} / {} |", self.commits, self.commit_gaps),
+            format!("| gateway RSS start → end (KiB) | {} → {} ({}) |", self.gateway_rss.0, self.gateway_rss.1, growth(self.gateway_rss)),
+            format!("| worker RSS start → end (KiB) | {} → {} ({}) |", self.worker_rss.0, self.worker_rss.1, growth(self.worker_rss)),
+        ]
+        .join("\n")
+    }
+}
+
+/// What one client thread saw.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    statuses: BTreeMap<u16, u64>,
+    dropped: u64,
+    drop_samples: Vec<String>,
+    /// Batch id → whether it was acknowledged.
+    batches: Vec<(String, bool)>,
+}
+
+/// Resident set size of `pid`, KiB (0 if it is gone).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok())))
+        .unwrap_or(0)
+}
+
+/// The pid of the gateway's worker (there is one graph).
+pub fn worker_pid(gw: &Gateway) -> Option<i32> {
+    children_of(gw.proc.pid()).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker")).map(|(p, _)| p)
+}
+
+/// The three ops of batch `id`: two people and the edge between them.
+fn batch(id: &str, n: u64) -> String {
+    json!({"ops": [
+        {"upsert": {"type": "Person", "key": format!("{id}a"), "props": {"age": n as i64}}},
+        {"upsert": {"type": "Person", "key": format!("{id}b"), "props": {"age": n as i64}}},
+        {"link": {"edge": "Knows", "from": format!("{id}a"), "to": format!("{id}b")}},
+    ]})
+    .to_string()
+}
+
+fn client(addr: String, token: String, graph: String, opts: SoakOpts, seed: u64, stop: Arc<AtomicBool>) -> Tally {
+    let mut t = Tally::default();
+    let mut rng = Lcg(seed);
+    let auth = format!("authorization: Bearer {token}\r\n");
+    let read_path = format!("/graphs/{graph}/read");
+    let change_path = format!("/graphs/{graph}/change");
+    let mut conn: Option<RawClient> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match RawClient::open(&addr) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    // The gateway never stops listening; a refused connect is a finding too.
+                    t.dropped += 1;
+                    if t.drop_samples.len() < 3 {
+                        t.drop_samples.push(format!("connect: {e}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        n += 1;
+        let write = rng.below(100) < opts.write_percent;
+        let id = format!("s{seed}x{n}");
+        let req = if write {
+            request("POST", &change_path, &auth, &batch(&id, n))
+        } else {
+            request("POST", &read_path, &auth, &json!({"match": {"type": "Person", "key": format!("p{}", rng.below(100))}}).to_string())
+        };
+        let started = Instant::now();
+        match c.exchange(&req) {
+            Ok(a) => {
+                t.latencies.push(started.elapsed());
+                *t.statuses.entry(a.status).or_default() += 1;
+                if write {
+                    t.batches.push((id, a.status == 200));
+                }
+                if a.close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                t.dropped += 1;
+                if t.drop_samples.len() < 3 {
+                    t.drop_samples.push(format!("{} after {:?}: {e}", if write { "change" } else { "read" }, started.elapsed()));
+                }
+                if write {
+                    t.batches.push((id, false));
+                }
+                conn = None;
+            }
+        }
+    }
+    t
+}
+
+/// Seeds `graph` with people p0..p99 (the reads' keys), runs the clients
+/// and the killer for `opts.duration`, then checks the graph.
+pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakReport {
+    let auth = [("authorization", format!("Bearer {token}"))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let seed = json!({"ops": (0..100).map(|i| json!({"upsert": {"type": "Person", "key": format!("p{i}"), "props": {"age": i}}})).collect::<Vec<_>>()});
+    assert_eq!(post_with(&gw.url(&format!("/graphs/{graph}/change")), &seed, &auth).status, 200, "seed");
+    let mut report = SoakReport::default();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..opts.concurrency)
+        .map(|i| {
+            let (addr, token, graph, opts, stop) = (gw.addr(), token.to_string(), graph.to_string(), opts.clone(), stop.clone());
+            std::thread::spawn(move || client(addr, token, graph, opts, i as u64 + 1, stop))
+        })
+        .collect();
+    let gw_pid = gw.proc.pid();
+    let killer = opts.kill_every.map(|every| {
+        let (stop, kills) = (stop.clone(), kills.clone());
+        std::thread::spawn(move || {
+            let mut next = Instant::now() + every;
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    let pid = children_of(gw_pid).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker")).map(|(p, _)| p);
+                    if let Some(pid) = pid {
+                        // SAFETY: a signal to the gateway's own child, found just now.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    next += every;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    });
+    // RSS "at the start" is taken once the load has warmed up (connection
+    // buffers, allocator pools), so growth means memory that keeps growing.
+    let warmup = (opts.duration / 6).min(Duration::from_secs(30));
+    while started.elapsed() < opts.duration {
+        if started.elapsed() >= warmup && (report.gateway_rss.0 == 0 || report.worker_rss.0 == 0) {
+            report.gateway_rss.0 = rss_kib(gw.proc.pid());
+            report.worker_rss.0 = worker_pid(gw).map_or(0, rss_kib);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(k) = killer {
+        k.join().expect("killer thread");
+    }
+    let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().expect("client thread")).collect();
+    report.elapsed = started.elapsed();
+    report.kills = kills.load(Ordering::Relaxed);
+
+    let mut latencies = Vec::new();
+    let mut batches = Vec::new();
+    for t in tallies {
+        latencies.extend(t.latencies);
+        for (s, n) in t.statuses {
+            *report.statuses.entry(s).or_default() += n;
+        }
+        report.dropped += t.dropped;
+        report.drop_samples.extend(t.drop_samples.into_iter().take(3usize.saturating_sub(report.drop_samples.len())));
+        batches.extend(t.batches);
+    }
+    report.answered = latencies.len() as u64;
+    if !latencies.is_empty() {
+        report.p50 = percentile(&mut latencies, 50.0);
+        report.p99 = percentile(&mut latencies, 99.0);
+        report.p999 = percentile(&mut latencies, 99.9);
+    }
+    report.unexpected_5xx = report.statuses.iter().filter(|(s, _)| **s >= 500 && **s != 503).map(|(_, n)| n).sum();
+    report.unexpected_4xx = report.statuses.iter().filter(|(s, _)| (400..500).contains(*s)).map(|(_, n)| n).sum();
+
+    // The graph afterwards, once its worker is back.
+    let answers = || call("GET", &gw.url(&format!("/graphs/{graph}/snapshot")), None, &auth).status == 200;
+    assert!(eventually(Duration::from_secs(120), answers), "the graph never came back after the soak");
+    let export = call("POST", &gw.url(&format!("/graphs/{graph}/export")), None, &auth);
+    assert_eq!(export.status, 200, "export after the soak");
+    let text = match &export.body {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let (mut nodes, mut edges) = (HashSet::new(), HashSet::new());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).expect("an export line is JSON");
+        if let Some(k) = v["key"].as_str() {
+            nodes.insert(k.to_string());
+        } else if let (Some(f), Some(t)) = (v["from"].as_str(), v["to"].as_str()) {
+            edges.insert((f.to_string(), t.to_string()));
+        }
+    }
+    for (id, acked) in &batches {
+        let (a, b) = (format!("{id}a"), format!("{id}b"));
+        let seen = [nodes.contains(&a), nodes.contains(&b), edges.contains(&(a, b))];
+        report.writes_sent += 1;
+        if *acked {
+            report.writes_acked += 1;
+            if !seen.iter().all(|x| *x) {
+                report.writes_lost += 1;
+            }
+        }
+        if seen.iter().any(|x| *x) && !seen.iter().all(|x| *x) {
+            report.batches_torn += 1;
+        }
+    }
+    let commits = call("GET", &gw.url(&format!("/graphs/{graph}/commits")), None, &auth);
+    let list = commits.body["commits"].as_array().cloned().unwrap_or_default();
+    let ids: HashSet<&str> = list.iter().filter_map(|c| c["commit_id"].as_str()).collect();
+    report.commits = list.len() as u64;
+    report.commit_gaps = list
+        .iter()
+        .flat_map(|c| c["parents"].as_array().cloned().unwrap_or_default())
+        .filter(|p| !p.as_str().is_some_and(|p| ids.contains(p)))
+        .count() as u64;
+    report.gateway_rss.1 = rss_kib(gw.proc.pid());
+    report.worker_rss.1 = worker_pid(gw).map_or(0, rss_kib);
+    report
+}
