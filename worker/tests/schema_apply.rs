@@ -372,3 +372,43 @@ async fn a_schema_change_that_crashed_before_its_commit_is_undone_on_open() {
     let (_, r) = call(addr, "POST", "/read", &json!({"match": {"type": "Person", "key": "alice"}}).to_string()).await;
     assert_eq!(r["rows"][0]["props"], json!({"name": "alice", "age": 34, "email": null}), "{r}");
 }
+
+/// New properties of every kind of type take values on old and new rows,
+/// on a branch's own lineage, and read back the same after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_properties_of_every_type_take_values_on_old_and_new_rows() {
+    let g = Graph::new(V1).await;
+    g.change("main", seed()).await;
+    let (s, _) = call(g.addr, "POST", "/branches?branch=dev", "").await;
+    assert_eq!(s, 201);
+    let props = "tags: [String]? born: Date? seen: DateTime? score: F32? ok: Bool? n: I32? blob: Blob? ws: [I64]?";
+    let v2 = V1.replace("age: I64? }", &format!("age: I64? {props} }}")).replace("{ since: I64? }", "{ since: I64? weight: F64? }");
+    let (status, body) = g.apply("?branch=dev", &v2).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(steps(&body).len(), 9, "{body}");
+    let values = json!({"tags": ["a", "b"], "born": "1990-02-03", "seen": "2024-01-01T00:00:00.000000Z", "score": 1.5, "ok": true, "n": 7, "blob": "AAE=", "ws": [1, 2]});
+    g.change("dev", json!([
+        {"upsert": {"type": "Person", "key": "alice", "props": values.clone()}},
+        {"upsert": {"type": "Person", "key": "new", "props": values.clone()}},
+        {"link": {"edge": "Knows", "from": "alice", "to": "bob", "props": {"weight": 0.25}}}
+    ]))
+    .await;
+    let check = |r: &Value, key: &str| {
+        let row = r["rows"].as_array().unwrap().iter().find(|x| x["key"] == key).unwrap_or_else(|| panic!("{key} in {r}")).clone();
+        for (k, v) in values.as_object().unwrap() {
+            assert_eq!(&row["props"][k], v, "{key}.{k}: {row}");
+        }
+    };
+    let (_, r) = g.read("?branch=dev", json!({"match": {"type": "Person"}})).await;
+    check(&r, "alice");
+    check(&r, "new");
+    let (_, r) = g.read("?branch=dev", json!({"match": {"type": "Person", "where": [{"prop": "born", "op": "<", "value": "2000-01-01"}]}})).await;
+    assert_eq!(r["row_count"], json!(2), "{r}");
+    let (_, main_people) = g.read("", json!({"match": {"type": "Person", "key": "alice"}})).await;
+    assert_eq!(main_people["rows"][0]["props"], json!({"name": "alice", "age": 34}), "main is untouched");
+    let export = g.export("?branch=dev").await;
+    let g = g.restart().await;
+    assert_eq!(g.export("?branch=dev").await, export);
+    let (_, r) = g.read("?branch=dev", json!({"match": {"type": "Person", "key": "alice"}, "traverse": [{"edge": "Knows"}]})).await;
+    assert_eq!(r["rows"][0]["key"], json!("bob"), "{r}");
+}
