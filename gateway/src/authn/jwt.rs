@@ -138,6 +138,11 @@ fn parse_keys(name: &str, text: &str, allow_secrets: bool) -> Result<Vec<Key>, J
         }
         let alg = jwk.common.key_algorithm.and_then(|a| Algorithm::try_from(a).ok());
         let key = DecodingKey::from_jwk(jwk).map_err(|e| JwksError::Parse(name.clone(), format!("key {:?}: {e}", jwk.common.key_id)))?;
+        if let Some(kid) = &jwk.common.key_id {
+            if keys.iter().any(|k: &Key| k.kid.as_ref() == Some(kid) && k.family == family) {
+                tracing::warn!(jwks = %name, kid = %kid, "the JWKS lists this kid twice; tokens naming it are refused until it is unique");
+            }
+        }
         keys.push(Key { kid: jwk.common.key_id.clone(), family, alg, key });
     }
     Ok(keys)
@@ -223,20 +228,18 @@ impl JwtVerifier {
         }
     }
 
+    /// The one key that may verify a token: of the token's algorithm
+    /// family (and algorithm, when the key names one) and, when the token
+    /// names a `kid`, with that kid. Two such keys — a JWKS that lists a
+    /// kid twice, or a kid-less token with several candidates — verify
+    /// nothing: the answer must not depend on the order of a key set.
     fn pick<'a>(&self, keys: &'a [Key], header: &Header) -> Option<&'a Key> {
         let fits = |k: &&Key| Some(k.family) == family_of(header.alg) && k.alg.is_none_or(|a| a == header.alg);
-        match &header.kid {
-            Some(kid) => keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).find(fits),
-            None => {
-                let mut it = keys.iter().filter(fits);
-                let only = it.next();
-                // Without a kid, only an unambiguous key is used.
-                if it.next().is_some() {
-                    None
-                } else {
-                    only
-                }
-            }
+        let named = |k: &&Key| header.kid.as_ref().is_none_or(|kid| k.kid.as_deref() == Some(kid.as_str()));
+        let mut it = keys.iter().filter(fits).filter(named);
+        match (it.next(), it.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
         }
     }
 
@@ -250,7 +253,7 @@ impl JwtVerifier {
         }
         let key = self
             .pick(&keys, header)
-            .ok_or_else(|| AuthnError::Jwt(format!("no key for kid {:?} at {}", header.kid, self.issuer)))?;
+            .ok_or_else(|| AuthnError::Jwt(format!("no single key for kid {:?} at {}", header.kid, self.issuer)))?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(|e| AuthnError::Jwt(e.to_string()))?;
         let c = data.claims;
         let exp = c.get("exp").and_then(Value::as_u64).ok_or_else(|| AuthnError::Jwt("exp is not a number".into()))?;
@@ -323,6 +326,26 @@ mod tests {
         assert!(from_file.iter().any(|k| k.family == Family::Hmac));
         assert!(!from_url.iter().any(|k| k.family == Family::Hmac));
         assert_eq!(from_url.len() + 1, from_file.len());
+    }
+
+    #[test]
+    fn a_kid_listed_twice_verifies_nothing() {
+        let text = std::fs::read_to_string(PathBuf::from(FIXTURES).join("jwks.json")).unwrap();
+        let mut set: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let rsa = set["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "rsa-1").cloned().unwrap();
+        let v = verifier();
+        let header = |kid: Option<&str>| {
+            let mut h = Header::new(Algorithm::RS256);
+            h.kid = kid.map(str::to_string);
+            h
+        };
+        let once = parse_keys("f", &text, true).unwrap();
+        assert!(v.pick(&once, &header(Some("rsa-1"))).is_some());
+        set["keys"].as_array_mut().unwrap().push(rsa);
+        let twice = parse_keys("f", &set.to_string(), true).unwrap();
+        assert!(v.pick(&twice, &header(Some("rsa-1"))).is_none(), "whichever copy comes first must not decide");
+        assert!(v.pick(&twice, &header(None)).is_none());
+        assert!(v.pick(&twice, &header(Some("hs-1"))).is_none(), "an HS256-family kid never picks an RSA key");
     }
 
     #[test]

@@ -666,6 +666,8 @@ fn matrix(dev_head: &str) -> Vec<Case> {
         case("auth: two Authorization headers", "POST", READ).header("authorization", "Bearer tok-root").json(read.clone()).expect(401, "unauthorized"),
         case("auth: HS256 signed with the RS256 public key (alg confusion)", "POST", READ).set("authorization", format!("Bearer {}", hs256("rsa-1", &pub_pem))).json(read.clone()).expect(401, "unauthorized"),
         case("auth: a kid two JWKS keys share, signed with the second", "POST", READ).set("authorization", format!("Bearer {}", hs256("dup", DUP_SECRET_B))).json(read.clone()).expect(401, "unauthorized"),
+        // Not "whichever key comes first": an ambiguous kid verifies nothing.
+        case("auth: a kid two JWKS keys share, signed with the first", "POST", READ).set("authorization", format!("Bearer {}", hs256("dup", DUP_SECRET_A))).json(read.clone()).expect(401, "unauthorized"),
         case("auth: a token that is not UTF-8", "POST", READ).set("authorization", b"Bearer \xff\xfe\xfd").json(read.clone()).expect(401, "unauthorized"),
         case("auth: 12 KiB of dots and base64", "POST", READ).set("authorization", format!("Bearer {}", "eyJ.".repeat(3 * 1024))).json(read.clone()).expect(401, "unauthorized"),
         case("auth: a JWT header that is not JSON", "POST", READ).set("authorization", format!("Bearer {}.{}.sig", b64url(b"{\"alg\":"), b64url(claims().to_string().as_bytes()))).json(read.clone()).expect(401, "unauthorized"),
