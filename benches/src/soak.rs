@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use omnigraph_e2e::soak::{self, SoakOpts};
+use omnigraph_e2e::soak::{self, KillPlan, SoakOpts};
 use omnigraph_e2e::*;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -20,10 +20,10 @@ fn main() {
     let opts = SoakOpts {
         concurrency: env_u64("SOAK_CONCURRENCY", 64) as usize,
         duration: Duration::from_secs(env_u64("SOAK_SECS", 600)),
-        kill_every: Some(Duration::from_secs(env_u64("SOAK_KILL_EVERY_S", 30))),
+        kills: KillPlan::Every(Duration::from_secs(env_u64("SOAK_KILL_EVERY_S", 30))),
         write_percent: env_u64("SOAK_WRITE_PERCENT", 20),
     };
-    println!("## soak: c={}, {:?}, worker SIGKILL every {:?}, {}% changes (release)\n", opts.concurrency, opts.duration, opts.kill_every, opts.write_percent);
+    println!("## soak: c={}, {:?}, worker SIGKILL {:?}, {}% changes (release)\n", opts.concurrency, opts.duration, opts.kills, opts.write_percent);
     let report = soak::run(&gw, "tok-root", "alpha", &opts);
     println!("{}", report.table());
     let failures = report.failures();

@@ -153,7 +153,13 @@ impl AppState {
             return Err(StartupError::Other(format!("the config declares {} graphs, more than limits.max_graphs ({})", config.config.graphs.len(), limits.max_graphs)));
         }
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError::Other(format!("metrics: {e}")))?);
-        let supervisor = Arc::new(Supervisor::new(worker_bin(&config)?, config.config.server.start_concurrency, &limits, metrics.clone()));
+        let supervisor = Arc::new(Supervisor::new(
+            worker_bin(&config)?,
+            config.config.server.start_concurrency,
+            std::time::Duration::from_millis(config.config.server.restart_backoff_max_ms),
+            &limits,
+            metrics.clone(),
+        ));
         let state = AppState {
             config_store: Arc::new(ConfigStore::new(&config.path, &config.bytes)),
             engine,

@@ -165,6 +165,11 @@ pub struct ServerSection {
     /// How many workers start at once at boot.
     #[serde(default = "default_start_concurrency")]
     pub start_concurrency: usize,
+    /// The longest wait before restarting a worker that keeps dying (the
+    /// wait doubles from 100 ms per crash, and starts over after a worker
+    /// stayed up 10 s).
+    #[serde(default = "default_restart_backoff_max_ms")]
+    pub restart_backoff_max_ms: u64,
     /// Pingora worker threads for the proxy. One gives the lowest latency on a
     /// small machine (measured: docs/benchmarks.md); raise it for throughput.
     #[serde(default = "default_threads")]
@@ -208,6 +213,10 @@ fn default_policy_dir() -> String {
 
 fn default_grace_s() -> u64 {
     10
+}
+
+fn default_restart_backoff_max_ms() -> u64 {
+    30_000
 }
 
 fn default_header_timeout_ms() -> u64 {

@@ -30,7 +30,6 @@ use crate::registry::{GraphEntry, Status};
 /// `sun_path` holds 107 bytes plus the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A worker that stayed up this long starts the next backoff from the beginning.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,6 +47,8 @@ pub struct Supervisor {
     /// How long a worker may take to say it listens (`OMNIGRAPH_WORKER_READY_TIMEOUT_MS`
     /// overrides [`READY_TIMEOUT`], for tests of a hung start).
     ready_timeout: Duration,
+    /// `server.restart_backoff_max_ms`: the cap of the restart delay.
+    backoff_max: Duration,
 }
 
 /// A started worker: its pid (also its process group) and its exit.
@@ -181,7 +182,7 @@ fn random_key() -> String {
 impl Supervisor {
     /// A supervisor whose workers get `limits` (the per-request ones as
     /// `serve` flags, the process ones as resource limits).
-    pub fn new(worker_bin: PathBuf, start_concurrency: usize, limits: &Limits, metrics: Arc<Metrics>) -> Supervisor {
+    pub fn new(worker_bin: PathBuf, start_concurrency: usize, backoff_max: Duration, limits: &Limits, metrics: Arc<Metrics>) -> Supervisor {
         let ready_timeout = std::env::var("OMNIGRAPH_WORKER_READY_TIMEOUT_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -194,6 +195,7 @@ impl Supervisor {
             start_permits: Semaphore::new(start_concurrency.max(1)),
             metrics,
             ready_timeout,
+            backoff_max: backoff_max.max(BACKOFF_START),
         }
     }
 
@@ -251,7 +253,7 @@ impl Supervisor {
                 }
             }
             tokio::time::sleep(backoff).await;
-            backoff = Backoff::next(backoff);
+            backoff = Backoff::next(backoff, self.backoff_max);
         }
     }
 
@@ -340,13 +342,13 @@ impl Supervisor {
     }
 }
 
-/// The restart delay: doubling from [`BACKOFF_START`] to [`BACKOFF_MAX`], and
+/// The restart delay: doubling from [`BACKOFF_START`] to a cap, and
 /// back to the start after a worker that stayed up [`STABLE_AFTER`].
 struct Backoff;
 
 impl Backoff {
-    fn next(current: Duration) -> Duration {
-        (current * 2).min(BACKOFF_MAX)
+    fn next(current: Duration, max: Duration) -> Duration {
+        (current * 2).min(max)
     }
 
     /// The delay before restarting a worker that ran for `ran` and exited.
@@ -438,13 +440,14 @@ mod tests {
         let mut d = BACKOFF_START;
         let mut seen = vec![d];
         for _ in 0..12 {
-            d = Backoff::next(d);
+            d = Backoff::next(d, Duration::from_secs(30));
             seen.push(d);
         }
         assert_eq!(&seen[..4], &[Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800)]);
-        assert_eq!(*seen.last().unwrap(), BACKOFF_MAX, "capped at 30 s");
+        assert_eq!(*seen.last().unwrap(), Duration::from_secs(30), "capped at 30 s");
+        assert_eq!(Backoff::next(Duration::from_millis(800), Duration::from_secs(1)), Duration::from_secs(1), "the configured cap");
         assert!(seen.windows(2).all(|w| w[1] >= w[0]));
-        assert_eq!(Backoff::after_exit(BACKOFF_MAX, STABLE_AFTER + Duration::from_secs(1)), BACKOFF_START, "a stable worker starts over");
+        assert_eq!(Backoff::after_exit(Duration::from_secs(30), STABLE_AFTER + Duration::from_secs(1)), BACKOFF_START, "a stable worker starts over");
         assert_eq!(Backoff::after_exit(Duration::from_secs(4), Duration::from_secs(1)), Duration::from_secs(4), "a crash loop keeps backing off");
     }
 

@@ -35,10 +35,22 @@ use crate::{call, children_of, eventually, percentile, post_with, Gateway, Lcg};
 pub struct SoakOpts {
     pub concurrency: usize,
     pub duration: Duration,
-    /// SIGKILL the graph's worker this often (`None`: never).
-    pub kill_every: Option<Duration>,
+    /// When the graph's worker is SIGKILLed.
+    pub kills: KillPlan,
     /// Share of requests that are changes, in percent; the rest are key lookups.
     pub write_percent: u64,
+}
+
+/// When the harness SIGKILLs the graph's worker.
+#[derive(Debug, Clone)]
+pub enum KillPlan {
+    Never,
+    /// On a clock, whatever state the worker is in.
+    Every(Duration),
+    /// `count` times, each a random delay in `min..max` after the previous
+    /// worker was replaced by a new one (so every kill hits a serving
+    /// worker); the run ends after the last kill or at `duration`.
+    Random { count: u32, min: Duration, max: Duration, seed: u64 },
 }
 
 /// Everything a run saw.
@@ -190,6 +202,11 @@ fn client(addr: String, token: String, graph: String, opts: SoakOpts, seed: u64,
                 if a.close {
                     conn = None;
                 }
+                // A 503 says "retry shortly" (Retry-After: 1); a client that
+                // spun on it would only starve the restarting worker of CPU.
+                if a.status == 503 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             Err(e) => {
                 t.dropped += 1;
@@ -204,6 +221,59 @@ fn client(addr: String, token: String, graph: String, opts: SoakOpts, seed: u64,
         }
     }
     t
+}
+
+/// Kills the worker of the gateway `gw_pid` as `plan` says, until `stop`.
+fn killer(gw_pid: i32, plan: KillPlan, stop: &AtomicBool, kills: &AtomicU32) {
+    let current = || children_of(gw_pid).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker")).map(|(p, _)| p);
+    let kill = |pid: i32| {
+        // SAFETY: a signal to the gateway's own child, found just now.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kills.fetch_add(1, Ordering::Relaxed);
+    };
+    let nap = || std::thread::sleep(Duration::from_millis(20));
+    match plan {
+        KillPlan::Never => {}
+        KillPlan::Every(every) => {
+            let mut next = Instant::now() + every;
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    if let Some(pid) = current() {
+                        kill(pid);
+                    }
+                    next += every;
+                }
+                nap();
+            }
+        }
+        KillPlan::Random { count, min, max, seed } => {
+            let mut rng = Lcg(seed);
+            let mut last = None;
+            for _ in 0..count {
+                // Wait for a worker that is not the one killed last...
+                let pid = loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match current() {
+                        Some(p) if Some(p) != last => break p,
+                        _ => nap(),
+                    }
+                };
+                // ...then give it a random while to take writes.
+                let span = max.saturating_sub(min).as_millis().max(1) as u64;
+                let at = Instant::now() + min + Duration::from_millis(rng.below(span));
+                while Instant::now() < at {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    nap();
+                }
+                kill(pid);
+                last = Some(pid);
+            }
+        }
+    }
 }
 
 /// Seeds `graph` with people p0..p99 (the reads' keys), runs the clients
@@ -225,28 +295,21 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
         })
         .collect();
     let gw_pid = gw.proc.pid();
-    let killer = opts.kill_every.map(|every| {
-        let (stop, kills) = (stop.clone(), kills.clone());
-        std::thread::spawn(move || {
-            let mut next = Instant::now() + every;
-            while !stop.load(Ordering::Relaxed) {
-                if Instant::now() >= next {
-                    let pid = children_of(gw_pid).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker")).map(|(p, _)| p);
-                    if let Some(pid) = pid {
-                        // SAFETY: a signal to the gateway's own child, found just now.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                        kills.fetch_add(1, Ordering::Relaxed);
-                    }
-                    next += every;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    });
+    let killer = match opts.kills.clone() {
+        KillPlan::Never => None,
+        plan => {
+            let (stop, kills) = (stop.clone(), kills.clone());
+            Some(std::thread::spawn(move || killer(gw_pid, plan, &stop, &kills)))
+        }
+    };
     // RSS "at the start" is taken once the load has warmed up (connection
     // buffers, allocator pools), so growth means memory that keeps growing.
     let warmup = (opts.duration / 6).min(Duration::from_secs(30));
-    while started.elapsed() < opts.duration {
+    let planned = match opts.kills {
+        KillPlan::Random { count, .. } => Some(count),
+        _ => None,
+    };
+    while started.elapsed() < opts.duration && planned.is_none_or(|n| kills.load(Ordering::Relaxed) < n) {
         if started.elapsed() >= warmup && (report.gateway_rss.0 == 0 || report.worker_rss.0 == 0) {
             report.gateway_rss.0 = rss_kib(gw.proc.pid());
             report.worker_rss.0 = worker_pid(gw).map_or(0, rss_kib);

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use omnigraph_e2e::soak::{self, SoakOpts};
+use omnigraph_e2e::soak::{self, KillPlan, SoakOpts};
 use omnigraph_e2e::*;
 
 #[test]
@@ -16,7 +16,7 @@ fn a_minute_of_mixed_load_with_worker_kills_loses_nothing() {
     let env = ConfigDir::admin("", "", &["alpha"]);
     let gw = env.start();
     let secs = std::env::var("SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let opts = SoakOpts { concurrency: 64, duration: Duration::from_secs(secs), kill_every: Some(Duration::from_secs(14)), write_percent: 20 };
+    let opts = SoakOpts { concurrency: 64, duration: Duration::from_secs(secs), kills: KillPlan::Every(Duration::from_secs(14)), write_percent: 20 };
     let report = soak::run(&gw, "tok-root", "alpha", &opts);
     println!("{}", report.table());
     assert!(report.kills >= (secs / 14) as u32, "the worker was killed {} times", report.kills);
