@@ -20,6 +20,15 @@ pub struct WorkerLimits {
     pub max_visited: u64,
     /// Milliseconds one read may run.
     pub read_timeout_ms: u64,
+    /// Maintenance keeps the table versions of at least this many of each
+    /// branch's newest commits (its head included), so `?commit=` reads them.
+    pub retain_commits: u64,
+    /// ... and of every commit made in the last this many days (0: none by age).
+    pub retain_days: u64,
+    /// Seconds between background maintenance runs (0: no timer).
+    pub maintenance_interval_s: u64,
+    /// A background maintenance run after this many commits (0: never by count).
+    pub maintenance_after_commits: u64,
 }
 
 impl WorkerLimits {
@@ -31,11 +40,17 @@ impl WorkerLimits {
         max_in_list: 10_000,
         max_visited: 1_000_000,
         read_timeout_ms: 10_000,
+        retain_commits: 100,
+        retain_days: 7,
+        maintenance_interval_s: 3600,
+        maintenance_after_commits: 1000,
     };
 
-    /// The `omnigraph-worker serve` flags that set these limits.
+    /// The `omnigraph-worker serve` flags that set these limits. A request
+    /// limit is at least 1 (a worker refuses 0); the retention and
+    /// maintenance settings take 0 (none, off).
     pub fn to_args(&self) -> Vec<String> {
-        [
+        let limits = [
             ("--max-body-bytes", self.max_body_bytes),
             ("--max-ingest-bytes", self.max_ingest_bytes),
             ("--max-change-ops", self.max_change_ops),
@@ -44,9 +59,14 @@ impl WorkerLimits {
             ("--max-visited", self.max_visited),
             ("--read-timeout-ms", self.read_timeout_ms),
         ]
-        .into_iter()
-        .flat_map(|(flag, v)| [flag.to_string(), v.max(1).to_string()])
-        .collect()
+        .map(|(flag, v)| (flag, v.max(1)));
+        let maintenance = [
+            ("--retain-commits", self.retain_commits),
+            ("--retain-days", self.retain_days),
+            ("--maintenance-interval-s", self.maintenance_interval_s),
+            ("--maintenance-after-commits", self.maintenance_after_commits),
+        ];
+        limits.into_iter().chain(maintenance).flat_map(|(flag, v)| [flag.to_string(), v.to_string()]).collect()
     }
 }
 
@@ -62,11 +82,15 @@ mod tests {
 
     #[test]
     fn flags_carry_every_limit_and_never_zero() {
-        let args = WorkerLimits { max_visited: 0, ..WorkerLimits::DEFAULT }.to_args();
-        assert_eq!(args.len(), 14);
+        let args = WorkerLimits { max_visited: 0, retain_days: 0, maintenance_interval_s: 0, ..WorkerLimits::DEFAULT }.to_args();
+        assert_eq!(args.len(), 22);
         assert_eq!(args[2..4], ["--max-ingest-bytes".to_string(), "10737418240".to_string()]);
         assert_eq!(args[0..2], ["--max-body-bytes".to_string(), "16777216".to_string()]);
         let visited = args.iter().position(|a| a == "--max-visited").unwrap();
         assert_eq!(args[visited + 1], "1", "a worker refuses 0, so the gateway never sends it");
+        let value = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].as_str());
+        assert_eq!(value("--retain-days"), Some("0"), "0 keeps nothing by age");
+        assert_eq!(value("--maintenance-interval-s"), Some("0"), "0 turns the timer off");
+        assert_eq!((value("--retain-commits"), value("--maintenance-after-commits")), (Some("100"), Some("1000")));
     }
 }

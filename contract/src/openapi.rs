@@ -67,6 +67,7 @@ fn response_schema(method: &str, pattern: &str) -> Value {
         ("GET", "/commits") => r("CommitList"),
         ("GET", "/commits/{id}") => r("Commit"),
         ("POST", "/schema/apply") => r("SchemaApplyResponse"),
+        ("POST", "/maintenance") => r("MaintenanceResponse"),
         _ => json!({"type": "object"}),
     }
 }
@@ -166,6 +167,9 @@ fn components() -> Value {
                 "actor_id": {"type": "string"}, "request_id": {"type": "string", "nullable": true}, "created_at": {"type": "string"}, "tables": {"type": "object"}
             }},
             "CommitList": {"type": "object", "required": ["commits"], "properties": {"commits": {"type": "array", "items": {"$ref": "#/components/schemas/Commit"}}}},
+            "MaintenanceResponse": {"type": "object", "required": ["compacted_fragments", "removed_versions", "bytes_freed"], "properties": {
+                "compacted_fragments": {"type": "integer"}, "removed_versions": {"type": "integer"}, "bytes_freed": {"type": "integer"}
+            }},
             "SchemaApplyResponse": {"type": "object", "required": ["commit_id", "steps"], "properties": {
                 "commit_id": {"type": "string", "nullable": true}, "dry_run": {"type": "boolean"},
                 "steps": {"type": "array", "items": {"type": "object", "required": ["kind", "type"], "properties": {

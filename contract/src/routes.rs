@@ -20,10 +20,11 @@ pub enum Action {
     BranchCreate,
     BranchDelete,
     BranchMerge,
+    Maintain,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::GraphList,
         Action::GraphCreate,
         Action::PolicyReload,
@@ -37,6 +38,7 @@ impl Action {
         Action::BranchCreate,
         Action::BranchDelete,
         Action::BranchMerge,
+        Action::Maintain,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Action {
             Action::BranchCreate => "branch_create",
             Action::BranchDelete => "branch_delete",
             Action::BranchMerge => "branch_merge",
+            Action::Maintain => "maintain",
         }
     }
 
@@ -121,6 +124,7 @@ pub enum RouteId {
     DeleteBranch,
     ListCommits,
     GetCommit,
+    Maintenance,
 }
 
 /// One worker route.
@@ -201,6 +205,7 @@ pub const WORKER_ROUTES: &[WorkerRoute] = &[
     route(RouteId::DeleteBranch, "DELETE", "/branches/{name}", A::BranchDelete, B::Path, &[], "DELETE /branches/{name}", "Delete a branch.", Y::None, Y::Json),
     route(RouteId::ListCommits, "GET", "/commits", A::Read, B::Query, &["branch"], "GET /commits", "The branch's commits, newest first.", Y::None, Y::Json),
     route(RouteId::GetCommit, "GET", "/commits/{id}", A::Read, B::Query, &["branch"], "GET /commits/{id}", "One commit on the branch.", Y::None, Y::Json),
+    route(RouteId::Maintenance, "POST", "/maintenance", A::Maintain, B::None, &[], "POST /maintenance", "Compact small fragments and remove table versions no retained commit pins, now: {compacted_fragments, removed_versions, bytes_freed}.", Y::None, Y::Json),
 ];
 
 /// The table row of `id`.
@@ -275,6 +280,7 @@ mod tests {
             RouteId::DeleteBranch,
             RouteId::ListCommits,
             RouteId::GetCommit,
+            RouteId::Maintenance,
         ];
         assert_eq!(ids.len(), WORKER_ROUTES.len());
         for id in ids {

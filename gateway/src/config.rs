@@ -56,6 +56,15 @@ pub struct Limits {
     pub max_visited: u64,
     /// Milliseconds one read may run before it answers 400.
     pub read_timeout_ms: u64,
+    /// Maintenance keeps the table versions of each branch's newest this
+    /// many commits, so `?commit=` still reads them (docs/worker.md).
+    pub retain_commits: u64,
+    /// ... and of every commit younger than this many days (0: none by age).
+    pub retain_days: u64,
+    /// Seconds between each worker's background maintenance runs (0: off).
+    pub maintenance_interval_s: u64,
+    /// A background maintenance run after this many commits (0: off).
+    pub maintenance_after_commits: u64,
     /// Requests one actor may have in flight at once; more get 429 (0: no limit).
     pub per_actor_inflight: usize,
     /// Requests one actor may start per second; more get 429 (0: no limit).
@@ -111,6 +120,10 @@ impl Default for Limits {
             max_in_list: w.max_in_list,
             max_visited: w.max_visited,
             read_timeout_ms: w.read_timeout_ms,
+            retain_commits: w.retain_commits,
+            retain_days: w.retain_days,
+            maintenance_interval_s: w.maintenance_interval_s,
+            maintenance_after_commits: w.maintenance_after_commits,
             per_actor_inflight: 256,
             per_actor_rps: 0,
             worker_memory_bytes: 0,
@@ -134,6 +147,10 @@ impl Limits {
             max_in_list: self.max_in_list,
             max_visited: self.max_visited,
             read_timeout_ms: self.read_timeout_ms,
+            retain_commits: self.retain_commits,
+            retain_days: self.retain_days,
+            maintenance_interval_s: self.maintenance_interval_s,
+            maintenance_after_commits: self.maintenance_after_commits,
         }
     }
 }

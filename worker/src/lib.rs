@@ -10,6 +10,7 @@ pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod limits;
+pub mod maintenance;
 pub mod merge;
 pub mod query;
 pub mod schema_change;

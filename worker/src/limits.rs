@@ -30,6 +30,14 @@ pub struct Limits {
     pub max_visited: usize,
     /// Wall-clock time one read may take.
     pub read_timeout_ms: u64,
+    /// Maintenance keeps each branch's newest this many commits readable.
+    pub retain_commits: u64,
+    /// ... and every commit younger than this many days (0: none by age).
+    pub retain_days: u64,
+    /// Seconds between background maintenance runs (0: no timer).
+    pub maintenance_interval_s: u64,
+    /// A background maintenance run after this many commits (0: never by count).
+    pub maintenance_after_commits: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +58,10 @@ impl From<crate::contract::limits::WorkerLimits> for Limits {
             max_in_list: size(w.max_in_list),
             max_visited: size(w.max_visited),
             read_timeout_ms: w.read_timeout_ms,
+            retain_commits: w.retain_commits,
+            retain_days: w.retain_days,
+            maintenance_interval_s: w.maintenance_interval_s,
+            maintenance_after_commits: w.maintenance_after_commits,
         }
     }
 }
@@ -57,6 +69,11 @@ impl From<crate::contract::limits::WorkerLimits> for Limits {
 impl Limits {
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.read_timeout_ms)
+    }
+
+    /// What maintenance keeps readable (`limits.retain_commits`, `limits.retain_days`).
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention { commits: self.retain_commits, days: self.retain_days }
     }
 
     /// `n` ops in one change batch.
@@ -223,6 +240,7 @@ mod tests {
             (l.max_body_bytes, l.max_ingest_bytes, l.max_change_ops, l.max_traverse_steps, l.max_in_list, l.max_visited, l.read_timeout_ms),
             (16_777_216, 10_737_418_240, 100_000, 8, 10_000, 1_000_000, 10_000)
         );
+        assert_eq!((l.retain_commits, l.retain_days, l.maintenance_interval_s, l.maintenance_after_commits), (100, 7, 3600, 1000));
     }
 
     #[test]

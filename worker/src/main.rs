@@ -70,6 +70,18 @@ struct LimitArgs {
     /// Longest a read may take, in milliseconds.
     #[arg(long, default_value_t = Limits::default().read_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     read_timeout_ms: u64,
+    /// Maintenance keeps each branch's newest N commits readable (the head always).
+    #[arg(long, default_value_t = Limits::default().retain_commits)]
+    retain_commits: u64,
+    /// ... and every commit younger than N days (0: none by age).
+    #[arg(long, default_value_t = Limits::default().retain_days)]
+    retain_days: u64,
+    /// Seconds between background maintenance runs (0: no timer).
+    #[arg(long, default_value_t = Limits::default().maintenance_interval_s)]
+    maintenance_interval_s: u64,
+    /// Run maintenance in the background after this many commits (0: never by count).
+    #[arg(long, default_value_t = Limits::default().maintenance_after_commits)]
+    maintenance_after_commits: u64,
 }
 
 impl LimitArgs {
@@ -82,6 +94,10 @@ impl LimitArgs {
             max_in_list: self.max_in_list,
             max_visited: self.max_visited,
             read_timeout_ms: self.read_timeout_ms,
+            retain_commits: self.retain_commits,
+            retain_days: self.retain_days,
+            maintenance_interval_s: self.maintenance_interval_s,
+            maintenance_after_commits: self.maintenance_after_commits,
         }))
     }
 }

@@ -95,7 +95,9 @@ pub async fn run(opts: Options, worker_key: Option<Arc<[u8]>>) -> Result<(), Ser
         tracing::info!("no {WORKER_KEY_ENV}: every request is served, and every commit is recorded as actor \"local\"");
     }
     tracing::info!(limits = ?opts.limits, "limits");
-    let app = router(AppState { store: Arc::new(store), worker_key, limits: opts.limits });
+    let store = Arc::new(store);
+    crate::maintenance::spawn(store.clone(), opts.limits);
+    let app = router(AppState { store, worker_key, limits: opts.limits });
     match opts.bind {
         Bind::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| ServeError::Bind(addr.to_string(), e))?;

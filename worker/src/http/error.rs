@@ -97,6 +97,11 @@ impl From<LimitExceeded> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if let StoreError::Expired { commit } = &e {
+            // Gone, but a 404 like any commit that cannot be read (DESIGN.md's codes); `details` says why.
+            let details = serde_json::json!({"reason": "expired", "commit_id": commit});
+            return ApiError { details: Some(details), ..ApiError::new(ErrorCode::NotFound, e.to_string()) };
+        }
         let code = match &e {
             StoreError::NotOnBranch { .. } | StoreError::NoBranch(_) => ErrorCode::NotFound,
             StoreError::BranchExists(_) => ErrorCode::Conflict,

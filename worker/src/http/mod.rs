@@ -110,6 +110,7 @@ fn handler(id: RouteId) -> MethodRouter<AppState> {
         RouteId::Ingest => on(f, ingest),
         RouteId::Export => on(f, export),
         RouteId::SchemaApply => on(f, schema_apply),
+        RouteId::Maintenance => on(f, maintenance),
     }
 }
 
@@ -344,4 +345,16 @@ async fn merge_branches(State(s): State<AppState>, Extension(author): Extension<
         MergeOutcome::Conflicts(conflicts) => Err(ApiError::merge_conflicts(&conflicts)),
         MergeOutcome::SchemaDiffers(steps) => Err(ApiError::schema_conflict(source.as_str(), target.as_str(), &steps)),
     }
+}
+
+/// `POST /maintenance`: compaction and old-version cleanup now (see
+/// `store/maintenance.rs`), with this worker's retention:
+/// `{compacted_fragments, removed_versions, bytes_freed}`.
+async fn maintenance(State(s): State<AppState>, Extension(author): Extension<Author>, p: Params) -> Result<Json<crate::store::MaintenanceReport>, ApiError> {
+    params(p, RouteId::Maintenance)?;
+    let (store, retention) = (s.store.clone(), s.limits.retention());
+    // A task of its own, so a client going away never stops a run half-way.
+    let task = tokio::spawn(async move { store.maintain(retention, &author).await });
+    let report = task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("the maintenance task failed: {e}")))??;
+    Ok(Json(report))
 }

@@ -21,6 +21,7 @@ pub mod commits;
 pub mod lineage;
 pub mod location;
 mod log_rows;
+mod maintenance;
 mod schema_apply;
 pub mod schemas;
 pub mod state;
@@ -45,6 +46,7 @@ use location::{Location, COMMITS_TABLE, SCHEMA_FILE};
 use state::GraphData;
 pub use author::Author;
 pub use branch_ops::{MergeOutcome, MergeResult};
+pub use maintenance::{retained, MaintenanceReport, Retention};
 pub use schema_apply::{SchemaApplied, SchemaOptions, SchemaRefused};
 pub use write::{ApplyError, Plan, TableBatch, TableWrite, WriteSession, WriteTo};
 
@@ -70,6 +72,10 @@ pub enum StoreError {
     /// so a commit id never reveals or reads another branch.
     #[error("no commit {commit:?} on branch {branch:?}")]
     NotOnBranch { commit: String, branch: String },
+    /// In the branch's history, but maintenance removed the table versions
+    /// it pins: it is older than the retained history (`maintenance.rs`).
+    #[error("commit {commit:?} is older than the history this graph keeps readable (limits.retain_commits, limits.retain_days): maintenance removed its table versions; GET /commits/{commit} still shows it")]
+    Expired { commit: String },
     #[error("branch {0:?} does not exist")]
     NoBranch(String),
     #[error("branch {0:?} already exists")]
@@ -296,7 +302,10 @@ impl Store {
             return Ok(s);
         }
         let schema = self.schemas.load().get(record.schema_id.as_deref())?;
-        let snap = Arc::new(load_snapshot(&self.loc, schema, record, &heads).await?);
+        let snap = match load_snapshot(&self.loc, schema, record.clone(), &heads).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => return Err(self.load_error(&record, e).await),
+        };
         let mut cache = self.history.lock().map_err(|_| StoreError::Internal("history cache lock".into()))?;
         if cache.len() >= HISTORY_CACHE {
             cache.pop_front();
