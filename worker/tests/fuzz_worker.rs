@@ -264,43 +264,10 @@ fn check_graph(schema: &GraphSchema, data: &GraphData) {
     }
 }
 
-/// Found by `change_batch_structured` and `ingest_lines_structured`, not yet
-/// fixed (it lies in `store/value.rs`): a DateTime whose UTC form falls
-/// outside the years 0000-9999 (`9999-12-31T23:59:59-23:59`) passes
-/// validation, is kept as `+10000-01-01T23:58:59.000000Z`, which is not RFC
-/// 3339, and the write then fails as 500 `internal` ("is not a DateTime").
-/// While this is `true` the targets skip such values; make it `false` (and
-/// un-ignore `regression_datetime_past_year_9999_is_refused`) with the fix.
-const DATETIME_YEAR_BUG_OPEN: bool = true;
-
-/// A DateTime value the open bug above affects.
-fn datetime_out_of_years(ty: &omnigraph_worker::contract::PropType, v: &Value) -> bool {
-    use omnigraph_worker::contract::PropType;
-    let outside = |v: &Value| v.as_str().is_some_and(|s| s.starts_with(['+', '-']));
-    DATETIME_YEAR_BUG_OPEN
-        && match ty {
-            PropType::DateTime => outside(v),
-            PropType::List(inner) if **inner == PropType::DateTime => v.as_array().is_some_and(|a| a.iter().any(outside)),
-            _ => false,
-        }
-}
-
-/// True when `data` holds a value the open DateTime bug affects.
-fn holds_open_bug(schema: &GraphSchema, data: &GraphData) -> bool {
-    let bad = |props: &[omnigraph_worker::contract::Property], row: &Map<String, Value>| {
-        row.iter().any(|(k, v)| props.iter().find(|p| &p.name == k).is_some_and(|p| datetime_out_of_years(&p.ty, v)))
-    };
-    data.nodes.iter().any(|(ty, t)| schema.node(ty).is_some_and(|nt| t.rows.values().any(|r| bad(&nt.props, r))))
-        || data.edges.iter().any(|(ty, t)| schema.edge(ty).is_some_and(|et| t.rows.values().any(|r| bad(&et.props, r))))
-}
-
 fn check_props(owner: &str, schema: &[omnigraph_worker::contract::Property], props: &Map<String, Value>) {
     for (name, v) in props {
         let p = schema.iter().find(|p| &p.name == name).unwrap_or_else(|| panic!("{owner}: unknown property {name} stored"));
         assert!(!v.is_null(), "{owner}.{name}: a null is stored");
-        if datetime_out_of_years(&p.ty, v) {
-            continue;
-        }
         assert_eq!(normalize(&p.ty, v).as_ref(), Ok(v), "{owner}.{name}: {v} is not canonical");
         let arr = to_array(&p.ty, &[Some(v)]).unwrap_or_else(|e| panic!("{owner}.{name}: {v} has no Arrow form: {e}"));
         assert_eq!(&from_array(&p.ty, arr.as_ref(), 0), v, "{owner}.{name}: {v} does not survive Arrow");
@@ -324,7 +291,6 @@ fn check_change(body: &Value, base: &Snapshot) {
         }
         Ok((plan, affected)) => {
             check_graph(&f.schema, &plan.data);
-            let open_bug = holds_open_bug(&f.schema, &plan.data);
             for (ty, w) in &plan.nodes {
                 let (before, after) = (base.data.nodes.get(ty), plan.data.nodes.get(ty));
                 for k in &w.remove {
@@ -341,13 +307,13 @@ fn check_change(body: &Value, base: &Snapshot) {
             for (ty, w) in &plan.nodes {
                 if let (Some(t), Some(table)) = (f.schema.node(ty), plan.data.nodes.get(ty)) {
                     let b = omnigraph_worker::store::TableBatch::nodes(t, table, &w.remove, &w.put);
-                    assert!(b.is_ok() || open_bug, "{ty}: no Arrow batch: {:?}", b.err().map(|e| e.to_string()));
+                    assert!(b.is_ok(), "{ty}: no Arrow batch: {:?}", b.err().map(|e| e.to_string()));
                 }
             }
             for (ty, w) in &plan.edges {
                 if let (Some(t), Some(table)) = (f.schema.edge(ty), plan.data.edges.get(ty)) {
                     let b = omnigraph_worker::store::TableBatch::edges(t, table, &w.remove, &w.put);
-                    assert!(b.is_ok() || open_bug, "{ty}: no Arrow batch: {:?}", b.err().map(|e| e.to_string()));
+                    assert!(b.is_ok(), "{ty}: no Arrow batch: {:?}", b.err().map(|e| e.to_string()));
                 }
             }
             // Planning is a function of the base and the ops.
@@ -601,11 +567,12 @@ fn regression_ingest_refuses_null_fields_like_change() {
     }
 }
 
-/// The open DateTime bug (see [`DATETIME_YEAR_BUG_OPEN`]): `/change` must
-/// refuse a date-time it cannot store (400), not accept it and fail the
-/// write with 500. Fails until `store/value.rs` bounds the UTC year.
+/// Found by `change_batch_structured` and `ingest_lines_structured`: a
+/// DateTime whose UTC form falls outside the years 0000-9999
+/// (`9999-12-31T23:59:59-23:59`) passed validation, was kept as
+/// `+10000-01-01T23:58:59.000000Z`, which is not RFC 3339, and the write
+/// then failed with 500. `/change` must refuse it (400).
 #[test]
-#[ignore = "open: a DateTime past year 9999 in UTC is accepted, then the write fails with 500 (store/value.rs)"]
 fn regression_datetime_past_year_9999_is_refused() {
     let f = fixture();
     for v in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+00:01"] {

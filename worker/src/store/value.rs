@@ -98,10 +98,17 @@ pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("expected a date as YYYY-MM-DD, got {s:?}"))
 }
 
+/// An RFC 3339 date-time, normalised to UTC. Its UTC form must still be
+/// RFC 3339 (years 0000–9999): an offset can push a valid local time past
+/// either end (`9999-12-31T23:59:59-23:59`), and such a value could be
+/// stored but never written back out.
 pub fn parse_datetime(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|d| d.with_timezone(&Utc))
-        .map_err(|_| format!("expected an RFC 3339 date-time, got {s:?}"))
+    use chrono::Datelike;
+    let d = DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc)).map_err(|_| format!("expected an RFC 3339 date-time, got {s:?}"))?;
+    if !(0..=9999).contains(&d.year()) {
+        return Err(format!("{s:?} is outside years 0000-9999 once in UTC"));
+    }
+    Ok(d)
 }
 
 pub fn format_datetime(d: DateTime<Utc>) -> String {
