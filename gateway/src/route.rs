@@ -103,7 +103,8 @@ fn bad(m: impl Into<String>) -> RouteError {
 }
 
 /// Splits and decodes the path. Rejects empty segments, `.`/`..` (also
-/// encoded), and segments whose decoded form holds `/`, `\` or a NUL.
+/// encoded), and segments whose decoded form holds `\` or a NUL. A decoded
+/// `/` is kept for [`parse`] to allow in the one place it may stand.
 fn segments(path: &str) -> Result<Vec<String>, RouteError> {
     let rest = path.strip_prefix('/').ok_or_else(|| bad("the path must start with '/'"))?;
     if rest.is_empty() {
@@ -118,7 +119,7 @@ fn segments(path: &str) -> Result<Vec<String>, RouteError> {
         if seg == "." || seg == ".." {
             return Err(bad("'.' and '..' are not allowed in paths"));
         }
-        if seg.contains(['/', '\\', '\0']) {
+        if seg.contains(['\\', '\0']) {
             return Err(bad("encoded '/', '\\' or NUL in a path segment"));
         }
         out.push(seg.into_owned());
@@ -157,6 +158,19 @@ fn parse_branch(name: &str) -> Result<BranchName, RouteError> {
 pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
     let segs = segments(path)?;
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    // An encoded '/' may stand only in a branch name that is the last
+    // segment of a graph route taking its branch from the path
+    // (`DELETE /graphs/{id}/branches/feature%2Fx`): branch names may hold
+    // '/', and that segment is re-encoded before it reaches the worker.
+    if let Some(i) = s.iter().position(|seg| seg.contains('/')) {
+        let branch_in_path = s.len() > 2
+            && s[0] == "graphs"
+            && i == s.len() - 1
+            && find_worker_route(method, &s[2..]).is_ok_and(|r| r.branch == BranchFrom::Path);
+        if !branch_in_path {
+            return Err(bad("encoded '/', '\\' or NUL in a path segment"));
+        }
+    }
     let only = |m: &str, r: Route| if method == m { Ok(r) } else { Err(RouteError::MethodNotAllowed) };
     match s.as_slice() {
         ["healthz"] => only("GET", Route::Healthz),
@@ -306,6 +320,24 @@ mod tests {
             assert_eq!(parse("POST", p, None).unwrap_err(), RouteError::NotFound, "{p}");
         }
         assert_eq!(parse("GET", "/graphs/alpha/read", None).unwrap_err(), RouteError::MethodNotAllowed);
+    }
+
+    #[test]
+    fn only_a_branch_name_in_the_path_may_hold_an_encoded_slash() {
+        let r = parse("DELETE", "/graphs/a/branches/feature%2Fx", None).unwrap();
+        let Route::Proxy(p) = r else { panic!("a proxy route") };
+        assert_eq!(p.branch.as_ref().map(|b| b.as_str()), Some("feature/x"));
+        assert_eq!(p.worker_path, "/branches/feature%2Fx", "re-encoded: one segment at the worker");
+        for (m, path) in [
+            ("POST", "/graphs/a%2Fb/read"),
+            ("GET", "/graphs/a/commits/x%2Fy"),
+            ("GET", "/graphs/a%2Fb"),
+            ("POST", "/policies%2Freload"),
+            ("DELETE", "/graphs/a/branches%2Fmain"),
+            ("DELETE", "/graphs/a/branches/feature%5Cx"),
+        ] {
+            assert!(matches!(parse(m, path, None), Err(RouteError::BadRequest(_))), "{m} {path}");
+        }
     }
 
     #[test]

@@ -158,3 +158,21 @@ fn cedar_guards_protected_branches_and_branches_one_may_not_read() {
     let listed = call("GET", &gw.url("/graphs/alpha/branches"), None, &[ROOT]);
     assert!(!listed.body["branches"].as_array().unwrap().iter().any(|b| b["name"] == "y"), "nothing was created");
 }
+
+/// A branch name may hold '/': it is created, changed and merged through
+/// `?branch=`, and deleted through its path segment, where it travels as
+/// `%2F` (the gateway allows an encoded '/' in that one segment only).
+#[test]
+fn a_branch_with_a_slash_in_its_name_is_deleted_through_the_gateway() {
+    let (_env, gw) = start();
+    assert_eq!(branch(&gw, ROOT, "feature%2Fx", "main").status, 201);
+    assert_eq!(change(&gw, ROOT, "branch=feature%2Fx", vec![upsert("fx", json!({"age": 1}))]).status, 200);
+    assert!(person(&gw, "feature%2Fx", "fx").is_some());
+    let gone = call("DELETE", &gw.url("/graphs/alpha/branches/feature%2Fx"), None, &[ROOT]);
+    assert_eq!(gone.status, 200, "{:?}", gone.body);
+    assert_eq!(gone.body["name"], "feature/x");
+    let list = call("GET", &gw.url("/graphs/alpha/branches"), None, &[ROOT]);
+    assert!(!list.body["branches"].as_array().unwrap().iter().any(|b| b["name"] == "feature/x"), "{:?}", list.body);
+    // Anywhere else an encoded '/' is still refused.
+    assert_eq!(call("GET", &gw.url("/graphs/alpha/commits/a%2Fb"), None, &[ROOT]).status, 400);
+}
