@@ -77,6 +77,45 @@ fn detach(map: &mut imbl::HashMap<Key, KeySet>, a: &Key, b: &Key) {
 pub struct GraphData {
     pub nodes: BTreeMap<String, NodeTable>,
     pub edges: BTreeMap<String, EdgeTable>,
+    /// Where the rows of some tables sit in Lance, for the writes that
+    /// replace them (see [`RowAddrs`]); a table without an entry has none
+    /// known, and code that builds a `GraphData` of its own may leave this empty.
+    pub addrs: BTreeMap<String, RowAddrs>,
+}
+
+/// The Lance row address (fragment id << 32 | offset) of every row of one
+/// table, by a hash of the row's id (a node's key, an edge's `_id`), at one
+/// version of one lineage: the only table they describe. A write that
+/// replaces rows deletes them by these addresses rather than by scanning the
+/// table for their ids, so its cost follows the change, not the table.
+///
+/// They are hints, never trusted alone: a delete by address also requires
+/// each row to be live and to carry one of the ids being removed, and falls
+/// back to a delete by id when fewer rows match (`store/write/row_addrs.rs`).
+/// An entry costs about 25 bytes (a persistent B-tree of two `u64`s, shared
+/// between commits like the rest of the state).
+#[derive(Clone, Debug)]
+pub struct RowAddrs {
+    /// The lineage and version of the table the addresses are for.
+    pub lineage: Option<Arc<str>>,
+    pub version: u64,
+    pub by_id: imbl::OrdMap<u64, u64>,
+}
+
+impl RowAddrs {
+    /// The hash addresses are filed under. Seeded once per process, so
+    /// nobody can choose keys that collide (a collision would only cost a
+    /// scan: the delete checks ids).
+    pub fn id_hash(id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        SEED.get_or_init(Default::default).hash_one(id)
+    }
+
+    /// True when these are the addresses of `lineage` at `version`.
+    pub fn describe(&self, lineage: Option<&Arc<str>>, version: u64) -> bool {
+        self.version == version && self.lineage.as_ref() == lineage
+    }
 }
 
 impl GraphData {

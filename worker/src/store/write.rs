@@ -9,18 +9,22 @@
 //! `/change` and merges write each table once ([`Store::apply`]); `/ingest`
 //! holds a [`WriteSession`] and writes each table once per batch, on the
 //! same lineage, before the one commit row.
+//!
+//! A delete removes rows by their Lance row addresses, which the state
+//! keeps for the tables writes remove rows from ([`row_addrs`]), so a
+//! change does not scan the tables it writes.
+
+mod row_addrs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchIterator};
-use datafusion_common::{Column, ScalarValue};
-use datafusion_expr::{lit, Expr};
-use lance::dataset::{Dataset, DeleteBuilder, WriteMode};
+use lance::dataset::{Dataset, WriteMode};
 
 use super::commits::{self, CommitRecord, TablePin};
 use super::lineage::{self, lineage_of};
-use super::state::{edge_id, EdgeTable, GraphData, Key, NodeTable};
+use super::state::{edge_id, EdgeTable, GraphData, Key, NodeTable, RowAddrs};
 use super::schemas::SchemaVersion;
 use super::{now_rfc3339, restore, tables, Author, Snapshot, Store, StoreError, Writer};
 use crate::contract::{EdgeType, GraphSchema, NodeType};
@@ -136,6 +140,9 @@ pub(super) struct Txn {
     written: Vec<Written>,
     /// A schema apply's new `.pg` text and schema; `None` keeps the base's.
     pub(super) new_schema: Option<(Arc<str>, Arc<GraphSchema>)>,
+    /// The row addresses of tables this commit forked or wrote, as they are
+    /// now (`None`: not known); the others keep the base's.
+    addrs: BTreeMap<String, Option<RowAddrs>>,
 }
 
 impl Txn {
@@ -147,6 +154,16 @@ impl Txn {
             pins: base.commit.tables.clone(),
             written: Vec::new(),
             new_schema: None,
+            addrs: BTreeMap::new(),
+        }
+    }
+
+    /// The row addresses `table` has in this commit so far: what an earlier
+    /// write or a fork left, else the base's.
+    fn take_addrs(&mut self, table: &str) -> Option<RowAddrs> {
+        match self.addrs.remove(table) {
+            Some(a) => a,
+            None => self.base.data.addrs.get(table).cloned(),
         }
     }
 
@@ -252,8 +269,10 @@ impl Store {
             return Ok(());
         }
         let (lineage, start) = self.txn_open(w, txn, &job.table).await?;
-        let after = self.write_table(start, &job.table, &job.id_column, job.remove, job.batch).await?;
+        let addrs = txn.take_addrs(&job.table);
+        let (after, addrs) = self.write_table(start, &job.table, &job.id_column, job.remove, job.batch, addrs).await?;
         txn.wrote(&job.table, lineage, after);
+        txn.addrs.insert(job.table, addrs);
         Ok(())
     }
 
@@ -274,6 +293,13 @@ impl Store {
             (pin.lineage.clone(), ds.clone(), Some(ds.clone()))
         } else {
             let (name, forked) = lineage::fork(&self.loc, table, &ds).await?;
+            // A fork holds its parent's fragments: the rows keep their addresses.
+            let addrs = txn.take_addrs(table).filter(|a| a.describe(pin.lineage.as_ref(), ds.version().version)).map(|a| RowAddrs {
+                lineage: Some(name.clone()),
+                version: forked.version().version,
+                ..a
+            });
+            txn.addrs.insert(table.to_string(), addrs);
             (Some(name), Arc::new(forked), None)
         };
         txn.written.push(Written { table: table.to_string(), pin: TablePin { lineage: lineage.clone(), version: start.version().version }, extended_from });
@@ -283,7 +309,7 @@ impl Store {
     /// Appends the commit row (the publish point) and publishes the new
     /// head; on failure, rolls `txn` back. A schema apply's commit carries
     /// the new schema's text and is its id.
-    pub(super) async fn txn_finish(&self, w: &mut Writer, mut txn: Txn, data: GraphData, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
+    pub(super) async fn txn_finish(&self, w: &mut Writer, mut txn: Txn, mut data: GraphData, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
         let commit_id = ulid::Ulid::new().to_string();
         let (schema, introduced) = match txn.new_schema.take() {
             Some((source, graph)) => (Arc::new(SchemaVersion { id: Some(Arc::from(commit_id.as_str())), source: source.clone(), graph }), Some(source)),
@@ -312,6 +338,15 @@ impl Store {
                 all
             });
         }
+        // Row addresses of the tables this commit wrote, or none: those of a
+        // table written another way (a schema apply, a compaction) are stale.
+        for wr in &txn.written {
+            match txn.addrs.remove(&wr.table).flatten() {
+                Some(a) if a.describe(wr.pin.lineage.as_ref(), wr.pin.version) => data.addrs.insert(wr.table.clone(), a),
+                _ => data.addrs.remove(&wr.table),
+            };
+        }
+        data.addrs.retain(|table, _| txn.pins.contains_key(table));
         let snap = Arc::new(Snapshot { commit: record, schema, data, datasets: txn.datasets });
         for wr in &txn.written {
             w.lineages.set_tip(&wr.table, wr.pin.lineage.as_ref(), wr.pin.version);
@@ -365,24 +400,33 @@ impl Store {
         Ok(jobs)
     }
 
-    /// One delete (by id column) and one append on a table, on the lineage
-    /// `ds` is on; returns the table after them.
-    async fn write_table(&self, mut ds: Arc<Dataset>, name: &str, id_column: &str, remove: Vec<String>, batch: Option<RecordBatch>) -> Result<Arc<Dataset>, StoreError> {
+    /// One delete (of the rows whose `id_column` is in `remove`) and one
+    /// append on a table, on the lineage `ds` is on; returns the table after
+    /// them, and its row addresses when known. `addrs` are the addresses
+    /// the state has for the table, used only when they are `ds`'s.
+    async fn write_table(
+        &self,
+        mut ds: Arc<Dataset>,
+        name: &str,
+        id_column: &str,
+        remove: Vec<String>,
+        batch: Option<RecordBatch>,
+        addrs: Option<RowAddrs>,
+    ) -> Result<(Arc<Dataset>, Option<RowAddrs>), StoreError> {
+        let mut addrs = addrs.filter(|a| a.describe(lineage_of(&ds).as_ref(), ds.version().version));
         if !remove.is_empty() {
-            // Built as an expression, never as filter text: keys are user input.
-            let ids: Vec<Expr> = remove.into_iter().map(|id| lit(ScalarValue::Utf8(Some(id)))).collect();
-            let predicate = Expr::Column(Column::new_unqualified(id_column)).in_list(ids, false);
-            ds = DeleteBuilder::from_expr(ds, predicate).execute().await.map_err(|e| StoreError::lance(format!("delete from {name}"), e))?.new_dataset;
+            (ds, addrs) = row_addrs::delete(ds, name, id_column, remove, addrs).await?;
         }
         if let Some(batch) = batch {
             let mut next = Dataset::clone(&ds);
             let schema = batch.schema();
-            next.append(RecordBatchIterator::new(vec![Ok(batch)], schema), Some(self.loc.write_params(WriteMode::Append)))
+            next.append(RecordBatchIterator::new(vec![Ok(batch.clone())], schema), Some(self.loc.write_params(WriteMode::Append)))
                 .await
                 .map_err(|e| StoreError::lance(format!("append to {name}"), e))?;
+            addrs = addrs.and_then(|a| row_addrs::appended(a, &ds, &next, &batch, id_column));
             ds = Arc::new(next);
         }
-        Ok(ds)
+        Ok((ds, addrs))
     }
 }
 
