@@ -4,12 +4,22 @@
 //! Ops apply in order to a working copy of the head state (cheap: persistent
 //! maps), so a batch may create a node and link it in one go. The first
 //! invalid op rejects the whole batch before anything is written.
+//!
+//! The body is read by [`body`] into typed ops that borrow their strings
+//! from it, never through a `serde_json::Value` tree, and the op limit is
+//! enforced while it is read.
 
+mod body;
+
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+pub use body::{parse_batch, BodyError};
 
 use crate::contract::{GraphSchema, Property};
 use crate::store::state::{self, GraphData, Key, Props};
@@ -35,49 +45,205 @@ fn render(op: &Option<usize>, field: &Option<String>, message: &str) -> String {
     }
 }
 
+/// One op, typed. Its strings borrow from the request body unless they
+/// have escapes, and its `props` stay JSON text until the op is applied, so
+/// a batch costs little more than its body while it waits to be planned.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
-enum Op {
-    Upsert(UpsertOp),
-    Delete(NodeRef),
-    Link(LinkOp),
-    Unlink(EdgeRef),
+enum Op<'a> {
+    #[serde(borrow)]
+    Upsert(UpsertOp<'a>),
+    #[serde(borrow)]
+    Delete(NodeRef<'a>),
+    #[serde(borrow)]
+    Link(LinkOp<'a>),
+    #[serde(borrow)]
+    Unlink(EdgeRef<'a>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpsertOp {
-    #[serde(rename = "type")]
-    ty: String,
-    key: String,
-    #[serde(default)]
-    props: Map<String, Value>,
+struct UpsertOp<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    props: PropsIn<'a>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NodeRef {
-    #[serde(rename = "type")]
-    ty: String,
-    key: String,
+struct NodeRef<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LinkOp {
-    edge: String,
-    from: String,
-    to: String,
-    #[serde(default)]
-    props: Map<String, Value>,
+struct LinkOp<'a> {
+    #[serde(borrow)]
+    edge: Cow<'a, str>,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    to: Cow<'a, str>,
+    #[serde(default, borrow)]
+    props: PropsIn<'a>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EdgeRef {
-    edge: String,
-    from: String,
-    to: String,
+struct EdgeRef<'a> {
+    #[serde(borrow)]
+    edge: Cow<'a, str>,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    to: Cow<'a, str>,
+}
+
+/// An op's `props`: absent, a JSON object's text (read when the op is
+/// applied), or already a map (an op that came as a `Value`).
+#[derive(Debug, Default)]
+enum PropsIn<'a> {
+    #[default]
+    Absent,
+    Text(&'a RawValue),
+    Map(Box<Map<String, Value>>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for PropsIn<'a> {
+    /// Only a JSON object is props; anything else (`null` too) is not an op.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?;
+        if raw.get().trim_start().starts_with('{') {
+            Ok(PropsIn::Text(raw))
+        } else {
+            Err(serde::de::Error::custom("props must be a JSON object"))
+        }
+    }
+}
+
+impl PropsIn<'_> {
+    /// The properties as a map. Text is a JSON object already checked as
+    /// such, so reading it fails only if the body's checks were bypassed.
+    fn into_map(self, i: usize) -> Result<Map<String, Value>, ChangeError> {
+        match self {
+            PropsIn::Absent => Ok(Map::new()),
+            PropsIn::Map(m) => Ok(*m),
+            PropsIn::Text(raw) => serde_json::from_str(raw.get()).map_err(|e| err(i, None, format!("not a valid op: {e}"))),
+        }
+    }
+}
+
+/// An op as it was read before ops borrowed from the body: the shape
+/// `serde_json::from_value` checks, so an op given as a `Value` (and any op
+/// the typed read refuses) is accepted or refused, with the same message,
+/// exactly as it always was.
+mod owned {
+    use serde::Deserialize;
+    use serde_json::{Map, Value};
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "lowercase", deny_unknown_fields)]
+    pub(super) enum Op {
+        Upsert(UpsertOp),
+        Delete(NodeRef),
+        Link(LinkOp),
+        Unlink(EdgeRef),
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct UpsertOp {
+        #[serde(rename = "type")]
+        pub(super) ty: String,
+        pub(super) key: String,
+        #[serde(default)]
+        pub(super) props: Map<String, Value>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct NodeRef {
+        #[serde(rename = "type")]
+        pub(super) ty: String,
+        pub(super) key: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct LinkOp {
+        pub(super) edge: String,
+        pub(super) from: String,
+        pub(super) to: String,
+        #[serde(default)]
+        pub(super) props: Map<String, Value>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct EdgeRef {
+        pub(super) edge: String,
+        pub(super) from: String,
+        pub(super) to: String,
+    }
+}
+
+impl From<owned::Op> for Op<'static> {
+    fn from(op: owned::Op) -> Self {
+        let props = |m: Map<String, Value>| if m.is_empty() { PropsIn::Absent } else { PropsIn::Map(Box::new(m)) };
+        match op {
+            owned::Op::Upsert(u) => Op::Upsert(UpsertOp { ty: u.ty.into(), key: u.key.into(), props: props(u.props) }),
+            owned::Op::Delete(d) => Op::Delete(NodeRef { ty: d.ty.into(), key: d.key.into() }),
+            owned::Op::Link(l) => Op::Link(LinkOp { edge: l.edge.into(), from: l.from.into(), to: l.to.into(), props: props(l.props) }),
+            owned::Op::Unlink(u) => Op::Unlink(EdgeRef { edge: u.edge.into(), from: u.from.into(), to: u.to.into() }),
+        }
+    }
+}
+
+/// One op of a batch, as [`parse_batch`] read it: typed, or, when it does
+/// not have an op's shape, its JSON text, whose error is reported only if
+/// the batch gets that far (ops are checked in order). Also made from a
+/// `Value` (`From`), for callers that hold the body as one.
+#[derive(Debug)]
+pub struct OpSlot<'a>(Slot<'a>);
+
+#[derive(Debug)]
+enum Slot<'a> {
+    Typed(Op<'a>),
+    Text(&'a RawValue),
+    Value(Value),
+}
+
+impl<'a> OpSlot<'a> {
+    /// The op whose JSON text is `raw`.
+    fn from_text(raw: &'a RawValue) -> OpSlot<'a> {
+        match serde_json::from_str::<Op<'a>>(raw.get()) {
+            Ok(op) => OpSlot(Slot::Typed(op)),
+            Err(_) => OpSlot(Slot::Text(raw)),
+        }
+    }
+
+    /// The op (the `i`th), or why it is not one: the message
+    /// `serde_json::from_value` gives for its JSON.
+    fn into_op(self, i: usize) -> Result<Op<'a>, ChangeError> {
+        let value = match self.0 {
+            Slot::Typed(op) => return Ok(op),
+            Slot::Value(v) => v,
+            Slot::Text(raw) => serde_json::from_str::<Value>(raw.get()).map_err(|e| err(i, None, format!("not a valid op: {e}")))?,
+        };
+        serde_json::from_value::<owned::Op>(value).map(Op::from).map_err(|e| err(i, None, format!("not a valid op: {e}")))
+    }
+}
+
+impl From<Value> for OpSlot<'static> {
+    fn from(v: Value) -> Self {
+        OpSlot(Slot::Value(v))
+    }
 }
 
 /// How many distinct nodes and edges a change touched (cascaded edge deletes included).
@@ -87,19 +253,36 @@ pub struct Affected {
     pub edges: usize,
 }
 
-/// Parses the `/change` body: `{"ops": [...]}`.
+/// An error about the whole body, not one op.
+fn plain(m: &str) -> ChangeError {
+    ChangeError { op: None, field: None, message: m.to_string() }
+}
+
+// The body's own mistakes, in the order they are reported, whichever way it is read.
+const NOT_AN_OBJECT: &str = "the body must be a JSON object {\"ops\": [...]}";
+const BRANCH_IN_BODY: &str = "the branch goes in the query string (?branch=), never in the body";
+const OPS_NOT_AN_ARRAY: &str = "\"ops\" must be an array of ops";
+const OPS_EMPTY: &str = "\"ops\" is empty";
+
+fn unknown_field(k: &str) -> ChangeError {
+    plain(&format!("unknown field {k:?}; the body is {{\"ops\": [...]}}"))
+}
+
+/// Checks a `/change` body already parsed as a `Value` (`{"ops": [...]}`)
+/// and returns its ops, as [`parse_batch`] does from bytes (tests and
+/// fuzzing hold bodies as values; the route uses [`parse_batch`]). It holds
+/// the body twice: not for large batches.
 pub fn parse_body(body: &Value) -> Result<Vec<Value>, ChangeError> {
-    let plain = |m: &str| ChangeError { op: None, field: None, message: m.to_string() };
-    let obj = body.as_object().ok_or_else(|| plain("the body must be a JSON object {\"ops\": [...]}"))?;
+    let obj = body.as_object().ok_or_else(|| plain(NOT_AN_OBJECT))?;
     if obj.contains_key("branch") {
-        return Err(plain("the branch goes in the query string (?branch=), never in the body"));
+        return Err(plain(BRANCH_IN_BODY));
     }
     if let Some(k) = obj.keys().find(|k| k.as_str() != "ops") {
-        return Err(plain(&format!("unknown field {k:?}; the body is {{\"ops\": [...]}}")));
+        return Err(unknown_field(k));
     }
-    let ops = obj.get("ops").and_then(Value::as_array).ok_or_else(|| plain("\"ops\" must be an array of ops"))?;
+    let ops = obj.get("ops").and_then(Value::as_array).ok_or_else(|| plain(OPS_NOT_AN_ARRAY))?;
     if ops.is_empty() {
-        return Err(plain("\"ops\" is empty"));
+        return Err(plain(OPS_EMPTY));
     }
     Ok(ops.clone())
 }
@@ -231,9 +414,9 @@ impl<'a> Working<'a> {
         Ok(())
     }
 
-    fn apply(&mut self, i: usize, op: Op) -> Result<(), ChangeError> {
+    fn apply(&mut self, i: usize, op: Op<'_>) -> Result<(), ChangeError> {
         match op {
-            Op::Upsert(u) => self.upsert(i, &u.ty, &u.key, u.props)?,
+            Op::Upsert(u) => self.upsert(i, &u.ty, &u.key, u.props.into_map(i)?)?,
             Op::Delete(d) => {
                 let t = self.schema.node(&d.ty).ok_or_else(|| err(i, Some("type"), format!("unknown node type {:?}", d.ty)))?;
                 let key = check_key(i, "key", &d.key)?;
@@ -259,10 +442,13 @@ impl<'a> Working<'a> {
                     }
                 }
             }
-            Op::Link(l) => self.link(i, &l.edge, &l.from, &l.to, l.props)?,
+            Op::Link(l) => {
+                let props = l.props.into_map(i)?;
+                self.link(i, &l.edge, &l.from, &l.to, props)?
+            }
             Op::Unlink(u) => {
                 let e = self.schema.edge(&u.edge).ok_or_else(|| err(i, Some("edge"), format!("unknown edge type {:?}", u.edge)))?;
-                let (from, to): (Key, Key) = (Arc::from(u.from.as_str()), Arc::from(u.to.as_str()));
+                let (from, to): (Key, Key) = (Arc::from(u.from.as_ref()), Arc::from(u.to.as_ref()));
                 let table = self.data.edges.entry(e.name.clone()).or_default();
                 if !table.remove(&from, &to) {
                     return Err(err(i, None, format!("{} edge {:?} -> {:?} does not exist", e.name, u.from, u.to)));
@@ -297,11 +483,12 @@ fn table_write<K: Clone>(touched: BTreeSet<K>, existed: impl Fn(&K) -> bool, exi
     tw
 }
 
-/// Validates `ops` against `base` and returns the plan and the affected counts.
-pub fn plan(schema: &GraphSchema, base: &Snapshot, ops: Vec<Value>) -> Result<(Plan, Affected), ChangeError> {
+/// Validates `ops` ([`parse_batch`]'s, or `Value`s) against `base`, in
+/// order, and returns the plan and the affected counts.
+pub fn plan<'a, O: Into<OpSlot<'a>>>(schema: &GraphSchema, base: &Snapshot, ops: impl IntoIterator<Item = O>) -> Result<(Plan, Affected), ChangeError> {
     let mut w = Working::new(schema, base.data.clone());
-    for (i, raw) in ops.into_iter().enumerate() {
-        let op: Op = serde_json::from_value(raw).map_err(|e| err(i, None, format!("not a valid op: {e}")))?;
+    for (i, slot) in ops.into_iter().enumerate() {
+        let op = slot.into().into_op(i)?;
         w.apply(i, op)?;
     }
     let affected = Affected { nodes: w.nodes.values().map(BTreeSet::len).sum(), edges: w.edges.values().map(BTreeSet::len).sum() };

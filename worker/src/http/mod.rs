@@ -18,7 +18,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
-use crate::change;
+use crate::change::{self, BodyError};
 use crate::ingest::{self, IngestError};
 use crate::contract::routes::{worker_route, RouteId, WORKER_ROUTES};
 use crate::contract::{BranchName, ErrorCode, GraphSchema};
@@ -239,8 +239,13 @@ async fn change(
     let map = params(p, RouteId::Change)?;
     let b = branch(&map)?;
     let to = WriteTo { branch: b.as_str(), if_commit: if_commit(&map)? };
-    let ops = change::parse_body(&json_body(&s.limits, body)?).map_err(|e| ApiError::bad(e.to_string()))?;
-    s.limits.check_change_ops(ops.len())?;
+    // Read into typed ops borrowing from the body, the op limit enforced as
+    // they are read: a batch never becomes a `Value` tree.
+    let bytes = ApiError::body(&s.limits, body)?;
+    let ops = change::parse_batch(&bytes, s.limits.max_change_ops).map_err(|e| match e {
+        BodyError::TooManyOps(l) => ApiError::from(l),
+        BodyError::NotJson(_) | BodyError::Shape(_) => ApiError::bad(e.to_string()),
+    })?;
     let (snap, affected) = s.store.apply(to, &author, |base| change::plan(&base.schema.graph, base, ops)).await.map_err(|e| match e {
         ApplyError::Plan(e) => ApiError::bad(e.to_string()),
         ApplyError::Store(e) => e.into(),
