@@ -45,6 +45,8 @@ bench: deps
 	$(CARGO) bench -p omnigraph-benches --bench worker_load
 	$(CARGO) bench -p omnigraph-benches --bench fairness
 	$(CARGO) bench -p omnigraph-benches --bench ingest_export
+	$(CARGO) bench -p omnigraph-benches --bench maintenance
+	$(CARGO) bench -p omnigraph-benches --bench soak
 
 clean-data:
 	rm -rf data .omnigraph
