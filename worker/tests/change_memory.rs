@@ -9,9 +9,8 @@
 //! 450 MB. Now the limit is enforced while the body is read, and ops are read
 //! into typed ops that borrow from the body.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -19,35 +18,12 @@ use serde_json::{json, Value};
 const SCHEMA: &str = "node Person { name: String @key  age: I64?  city: String? }\nedge Knows: Person -> Person { since: I64? }\n";
 const MIB: u64 = 1024 * 1024;
 
-/// A worker process of this test, killed (by its own pid) when dropped.
-struct Worker {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+/// The real worker binary (common::WorkerProcess), warmed up.
+struct Worker(common::WorkerProcess);
 
 impl Worker {
     fn start() -> Worker {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let schema = dir.path().join("s.pg");
-        std::fs::write(&schema, SCHEMA).expect("schema");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_omnigraph-worker"))
-            .args(["serve", "--graph-id", "mem", "--listen", "127.0.0.1:0", "--init", "--schema"])
-            .arg(&schema)
-            .arg("--uri")
-            .arg(dir.path().join("g"))
-            .env_remove("OMNIGRAPH_WORKER_KEY")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn omnigraph-worker");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("the worker announces its address");
-        let addr = line.trim().rsplit("http://").next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let w = Worker { child, addr, _dir: dir };
+        let w = Worker(common::WorkerProcess::start("mem", SCHEMA));
         // Warm up: the first change opens and writes every table once.
         let (status, body) = w.change(&body_of((0..10).map(|i| json!({"upsert": {"type": "Person", "key": format!("w{i}"), "props": {"age": i}}}))));
         assert_eq!(status, 200, "{body}");
@@ -56,22 +32,13 @@ impl Worker {
 
     /// `POST /change` with `body`: the status and the JSON answer.
     fn change(&self, body: &[u8]) -> (u16, Value) {
-        let mut s = TcpStream::connect(self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(300))).ok();
-        let head = format!("POST /change HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
-        s.write_all(head.as_bytes()).expect("send");
-        s.write_all(body).expect("send");
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).expect("receive");
-        let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-        let head = String::from_utf8_lossy(&out[..split]).to_string();
-        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (status, serde_json::from_slice(&out[split..]).unwrap_or(Value::Null))
+        let (status, answer) = self.0.call("POST", "/change", body, Duration::from_secs(300));
+        (status, serde_json::from_slice(&answer).unwrap_or(Value::Null))
     }
 
     /// (`VmRSS`, `VmHWM`) in bytes.
     fn memory(&self) -> (u64, u64) {
-        (status_field(self.child.id(), "VmRSS:"), status_field(self.child.id(), "VmHWM:"))
+        (status_field(self.0.child.id(), "VmRSS:"), status_field(self.0.child.id(), "VmHWM:"))
     }
 
     /// One `/change` of `body` on this (fresh) worker: its answer, how long
@@ -80,7 +47,7 @@ impl Worker {
         let (rss, before) = self.memory();
         // `VmData` (what `limits.worker_memory_bytes` bounds) has no peak of
         // its own: sample it while the request runs, for the record.
-        let (pid, done) = (self.child.id(), std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let (pid, done) = (self.0.child.id(), std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
         let sampler = {
             let done = done.clone();
             std::thread::spawn(move || {
@@ -113,13 +80,6 @@ impl Worker {
             data_peak / MIB
         );
         (status, answer, took, growth)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -17,13 +17,13 @@
 //! Cases: `PROPTEST_CASES` (defaults below keep each test well under 60 s in
 //! a debug build); `MODEL_BATCHES` sets the most batches per case.
 
+mod common;
+
 #[path = "../../contract/tests/prop_ids.rs"]
 mod ids;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -40,76 +40,22 @@ edge LivesIn: Person -> City
 
 // ---------------------------------------------------------------- the worker
 
-/// A worker process of this test, killed (by its own pid) when dropped.
-struct Worker {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+/// The real worker binary serving this test's schema (common::WorkerProcess).
+struct Worker(common::WorkerProcess);
 
 impl Worker {
     fn start() -> Worker {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let schema = dir.path().join("s.pg");
-        std::fs::write(&schema, SCHEMA).expect("schema");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_omnigraph-worker"))
-            .args(["serve", "--graph-id", "model", "--listen", "127.0.0.1:0", "--init", "--schema"])
-            .arg(&schema)
-            .arg("--uri")
-            .arg(dir.path().join("g"))
-            .env_remove("OMNIGRAPH_WORKER_KEY")
-            .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn omnigraph-worker");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("the worker announces its address");
-        let addr = line.trim().rsplit("http://").next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
-        // Keep draining stdout so the worker never blocks on it.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        Worker { child, addr, _dir: dir }
+        Worker(common::WorkerProcess::start("model", SCHEMA))
     }
 
     /// One request on a fresh connection: the status and the body (chunked decoded).
     fn call(&self, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-        let req = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-        s.write_all(req.as_bytes()).expect("send");
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).expect("receive");
-        let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-        let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
-        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let mut rest = &out[split..];
-        if !head.contains("transfer-encoding: chunked") {
-            return (status, rest.to_vec());
-        }
-        let mut body = Vec::new();
-        loop {
-            let eol = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size");
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).expect("hex").trim(), 16).expect("hex");
-            if size == 0 {
-                return (status, body);
-            }
-            body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
-            rest = &rest[eol + 2 + size + 2..];
-        }
+        self.0.call(method, path, body.as_bytes(), Duration::from_secs(60))
     }
 
     fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let (status, b) = self.call(method, path, body);
         (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -86,6 +86,12 @@ pub async fn call_raw(addr: std::net::SocketAddr, method: &str, path: &str, body
     s.write_all(body).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
+    decode_response(&out)
+}
+
+/// The status and body (a chunked body decoded) of one whole HTTP/1.1
+/// response read off a `connection: close` socket.
+pub fn decode_response(out: &[u8]) -> (u16, Vec<u8>) {
     let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
     let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
     let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -96,11 +102,69 @@ pub async fn call_raw(addr: std::net::SocketAddr, method: &str, path: &str, body
     let mut body = Vec::new();
     loop {
         let eol = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size");
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).expect("hex").trim(), 16).expect("hex");
         if size == 0 {
             return (status, body);
         }
         body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
         rest = &rest[eol + 2 + size + 2..];
+    }
+}
+
+/// The real worker binary serving a fresh graph of `schema` in a temp dir,
+/// for tests that need the process itself (its memory, its arguments);
+/// killed by its own pid when dropped.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProcess {
+    pub fn start(graph_id: &str, schema: &str) -> WorkerProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let schema_path = dir.path().join("s.pg");
+        std::fs::write(&schema_path, schema).expect("schema");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_omnigraph-worker"))
+            .args(["serve", "--graph-id", graph_id, "--listen", "127.0.0.1:0", "--init", "--schema"])
+            .arg(&schema_path)
+            .arg("--uri")
+            .arg(dir.path().join("g"))
+            .env_remove("OMNIGRAPH_WORKER_KEY")
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn omnigraph-worker");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("the worker announces its address");
+        let addr = line.trim().rsplit("http://").next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
+        // Keep draining stdout so the worker never blocks on it.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        WorkerProcess { child, addr, _dir: dir }
+    }
+
+    /// One request on a fresh connection, waiting at most `timeout` for the
+    /// answer: the status and the body (chunked decoded).
+    pub fn call(&self, method: &str, path: &str, body: &[u8], timeout: std::time::Duration) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(timeout)).ok();
+        let head = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+        s.write_all(head.as_bytes()).expect("send");
+        s.write_all(body).expect("send");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).expect("receive");
+        decode_response(&out)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
