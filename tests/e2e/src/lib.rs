@@ -494,6 +494,12 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Unpadded URL-safe base64 (RFC 4648 §5), as JWTs and JWK key material use it.
+pub fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// The SHA-256 hex of a token, as the static tokens file wants it.
 pub fn sha256_hex(token: &str) -> String {
     use sha2::Digest;
