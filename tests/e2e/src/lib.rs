@@ -423,6 +423,11 @@ impl Gateway {
         format!("{}{}", self.base, path)
     }
 
+    /// The pid of `graph`'s worker, while it runs.
+    pub fn worker_pid(&self, graph: &str) -> Option<i32> {
+        worker_of(self.proc.pid(), graph)
+    }
+
     pub fn addr(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
     }
@@ -462,6 +467,12 @@ pub fn children_of(pid: i32) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// The pid of `graph`'s worker, a child of the gateway `gateway_pid`.
+pub fn worker_of(gateway_pid: i32, graph: &str) -> Option<i32> {
+    let flag = format!("--graph-id {graph} ");
+    children_of(gateway_pid).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker") && cmd.contains(&flag)).map(|(p, _)| p)
 }
 
 /// Processes whose command line contains `needle` (zombies excluded).

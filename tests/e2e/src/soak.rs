@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::raw_client::{request, RawClient};
-use crate::{call, children_of, eventually, percentile, post_with, Gateway, Lcg};
+use crate::{call, eventually, percentile, post_with, worker_of, Gateway, Lcg};
 
 /// How hard and how long.
 #[derive(Debug, Clone)]
@@ -144,11 +144,6 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The pid of the gateway's worker (there is one graph).
-pub fn worker_pid(gw: &Gateway) -> Option<i32> {
-    children_of(gw.proc.pid()).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker")).map(|(p, _)| p)
-}
-
 /// The three ops of batch `id`: two people and the edge between them.
 fn batch(id: &str, n: u64) -> String {
     json!({"ops": [
@@ -224,8 +219,8 @@ fn client(addr: String, token: String, graph: String, opts: SoakOpts, seed: u64,
 }
 
 /// Kills the worker of the gateway `gw_pid` as `plan` says, until `stop`.
-fn killer(gw_pid: i32, plan: KillPlan, stop: &AtomicBool, kills: &AtomicU32) {
-    let current = || children_of(gw_pid).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker")).map(|(p, _)| p);
+fn killer(gw_pid: i32, graph: &str, plan: KillPlan, stop: &AtomicBool, kills: &AtomicU32) {
+    let current = || worker_of(gw_pid, graph);
     let kill = |pid: i32| {
         // SAFETY: a signal to the gateway's own child, found just now.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -298,8 +293,8 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
     let killer = match opts.kills.clone() {
         KillPlan::Never => None,
         plan => {
-            let (stop, kills) = (stop.clone(), kills.clone());
-            Some(std::thread::spawn(move || killer(gw_pid, plan, &stop, &kills)))
+            let (stop, kills, graph) = (stop.clone(), kills.clone(), graph.to_string());
+            Some(std::thread::spawn(move || killer(gw_pid, &graph, plan, &stop, &kills)))
         }
     };
     // RSS "at the start" is taken once the load has warmed up (connection
@@ -312,7 +307,7 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
     while started.elapsed() < opts.duration && planned.is_none_or(|n| kills.load(Ordering::Relaxed) < n) {
         if started.elapsed() >= warmup && (report.gateway_rss.0 == 0 || report.worker_rss.0 == 0) {
             report.gateway_rss.0 = rss_kib(gw.proc.pid());
-            report.worker_rss.0 = worker_pid(gw).map_or(0, rss_kib);
+            report.worker_rss.0 = gw.worker_pid(graph).map_or(0, rss_kib);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -386,6 +381,6 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
         .filter(|p| !p.as_str().is_some_and(|p| ids.contains(p)))
         .count() as u64;
     report.gateway_rss.1 = rss_kib(gw.proc.pid());
-    report.worker_rss.1 = worker_pid(gw).map_or(0, rss_kib);
+    report.worker_rss.1 = gw.worker_pid(graph).map_or(0, rss_kib);
     report
 }

@@ -319,8 +319,7 @@ fn path_tricks_never_reach_another_graph() {
 }
 
 fn worker_pid(gw: &Gateway, graph: &str) -> i32 {
-    let needle = format!("--graph-id {graph} ");
-    children_of(gw.proc.pid()).into_iter().find(|(_, cmd)| cmd.contains(&needle)).map(|(p, _)| p).unwrap_or_else(|| panic!("no worker for {graph}"))
+    gw.worker_pid(graph).unwrap_or_else(|| panic!("no worker for {graph}"))
 }
 
 #[test]

@@ -41,12 +41,6 @@ fn start(env: &ConfigDir) -> Gateway {
     gw
 }
 
-/// The pid of `graph`'s worker, a child of the gateway.
-fn worker_pid(gw: &Gateway, graph: &str) -> Option<i32> {
-    let flag = format!("--graph-id {graph} ");
-    children_of(gw.proc.pid()).into_iter().find(|(_, cmd)| cmd.contains("omnigraph-worker") && cmd.contains(&flag)).map(|(p, _)| p)
-}
-
 /// The soft and hard values of one row of `/proc/<pid>/limits`.
 fn limit(pid: i32, row: &str) -> (String, String) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
@@ -64,7 +58,7 @@ fn every_worker_runs_under_the_configured_limits() {
     // Defaults: no memory limit, 4096 descriptors.
     let env = ConfigDir::admin("", "", &["alpha"]);
     let gw = start(&env);
-    let pid = worker_pid(&gw, "alpha").expect("alpha's worker");
+    let pid = gw.worker_pid("alpha").expect("alpha's worker");
     assert_eq!(limit(pid, "Max open files"), ("4096".into(), "4096".into()));
     assert_eq!(limit(pid, "Max data size"), ("unlimited".into(), "unlimited".into()));
     drop(gw);
@@ -72,14 +66,14 @@ fn every_worker_runs_under_the_configured_limits() {
     let env = ConfigDir::admin("", "limits:\n  worker_memory_bytes: 4294967296\n  worker_nofile: 1000\n", &["alpha", "beta"]);
     let gw = start(&env);
     for g in ["alpha", "beta"] {
-        let pid = worker_pid(&gw, g).unwrap_or_else(|| panic!("{g}'s worker"));
+        let pid = gw.worker_pid(g).unwrap_or_else(|| panic!("{g}'s worker"));
         assert_eq!(limit(pid, "Max open files"), ("1000".into(), "1000".into()), "{g}: soft and hard, so a worker cannot lift it");
         assert_eq!(limit(pid, "Max data size"), ("4294967296".into(), "4294967296".into()), "{g}");
     }
     // A worker the gateway creates at run time gets them too.
     let r = post_with(&gw.url("/graphs"), &json!({"graph_id": "gamma", "uri": "data/gamma", "schema": {"source": SOCIAL_SCHEMA}}), &[ROOT]);
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let pid = worker_pid(&gw, "gamma").expect("gamma's worker");
+    let pid = gw.worker_pid("gamma").expect("gamma's worker");
     assert_eq!(limit(pid, "Max open files"), ("1000".into(), "1000".into()));
     // The gateway itself keeps its own (lifted) descriptor limit.
     assert_ne!(limit(gw.proc.pid(), "Max open files").0, "1000");
@@ -110,8 +104,8 @@ fn a_worker_past_its_memory_limit_dies_alone_and_is_restarted() {
         let r = post_with(&gw.url(&format!("/graphs/{g}/change")), &json!({ "ops": ops }), &[ROOT]);
         assert_eq!(r.status, 200, "{g}: ordinary work fits the limit: {:?}", r.body);
     }
-    let alpha_pid = worker_pid(&gw, "alpha").expect("alpha's worker");
-    let beta_pid = worker_pid(&gw, "beta").expect("beta's worker");
+    let alpha_pid = gw.worker_pid("alpha").expect("alpha's worker");
+    let beta_pid = gw.worker_pid("beta").expect("beta's worker");
     assert_eq!(limit(alpha_pid, "Max data size").0, MEMORY_LIMIT.to_string());
     let head = |g: &str| call("GET", &gw.url(&format!("/graphs/{g}/snapshot")), None, &[ROOT]).body["commit_id"].clone();
     let alpha_head = head("alpha");
@@ -154,7 +148,7 @@ fn a_worker_past_its_memory_limit_dies_alone_and_is_restarted() {
     assert!(last_words.is_some(), "the worker reported its failed allocation:\n{log}");
     let exit = log.lines().find(|l| l.contains("worker exited; restarting with backoff") && l.contains("alpha"));
     assert!(exit.is_some_and(|l| l.contains("SIGABRT")), "the supervisor saw it abort: {exit:?}");
-    let new_pid = worker_pid(&gw, "alpha").expect("alpha's new worker");
+    let new_pid = gw.worker_pid("alpha").expect("alpha's new worker");
     assert_ne!(new_pid, alpha_pid, "a new process");
     assert_eq!(limit(new_pid, "Max data size").0, MEMORY_LIMIT.to_string(), "the restarted worker has the limit too");
     assert_eq!(head("alpha"), alpha_head, "nothing of the batch that killed the worker is visible");
@@ -163,7 +157,7 @@ fn a_worker_past_its_memory_limit_dies_alone_and_is_restarted() {
     let statuses = watcher.join().expect("the watcher");
     assert!(statuses.len() >= 10, "beta was read throughout ({} reads)", statuses.len());
     assert!(statuses.iter().all(|s| *s == 200), "beta answered something else than 200: {statuses:?}");
-    assert_eq!(worker_pid(&gw, "beta"), Some(beta_pid), "beta's worker was never touched");
+    assert_eq!(gw.worker_pid("beta"), Some(beta_pid), "beta's worker was never touched");
     let b = call("GET", &gw.url("/graphs/beta"), None, &[ROOT]).body;
     assert_eq!(b["restarts"].as_u64(), Some(0), "{b:?}");
     assert_eq!(get(&gw.url("/healthz")).status, 200);
