@@ -108,9 +108,11 @@ impl Flood {
 fn main() {
     let n: usize = std::env::var("FAIRNESS_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(5000);
     println!("## fairness: a quiet actor (c=1) beside a noisy one ({FLOOD} connections, nice 19), release\n");
-    println!("| limits | quiet p50 alone µs | quiet p99 alone µs | quiet p50 flooded µs | quiet p99 flooded µs | p99 ratio | flood 200/s | flood 429/s |");
+    println!("| limits (per_actor_) | quiet p50 alone µs | quiet p99 alone µs | quiet p50 flooded µs | quiet p99 flooded µs | p99 ratio | flood 200/s | flood 429/s |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (inflight, rps) in [(0usize, 0u64), (256, 0), (4, 0), (1, 0)] {
+    // (per_actor_inflight, per_actor_rps, per_actor_queue_ms); 0 is "off".
+    let settings: &[(usize, u64, u64)] = &[(0, 0, 0), (256, 0, 1000), (4, 0, 0), (4, 0, 1000), (1, 0, 1000), (4, 2000, 1000), (4, 1000, 1000)];
+    for &(inflight, rps, queue_ms) in settings {
         let tmp = tempfile::tempdir().expect("tempdir");
         let d = tmp.path();
         write_file(d, "s.pg", SOCIAL_SCHEMA);
@@ -128,7 +130,7 @@ fn main() {
             d,
             "omnigraph.yaml",
             &format!(
-                "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: server.cedar }}\n  decision_log: {{ file: decisions.log }}\nauth:\n  static_tokens: {{ file: tokens.yaml }}\nlimits:\n  per_actor_inflight: {inflight}\n  per_actor_rps: {rps}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n"
+                "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: {{ file: server.cedar }}\n  decision_log: {{ file: decisions.log }}\nauth:\n  static_tokens: {{ file: tokens.yaml }}\nlimits:\n  per_actor_inflight: {inflight}\n  per_actor_rps: {rps}\n  per_actor_queue_ms: {queue_ms}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n"
             ),
         );
         let gw = Gateway::start_in("release", &cfg, &[]);
@@ -149,7 +151,7 @@ fn main() {
         let (f50, f99) = (us(percentile(&mut flooded, 50.0)), us(percentile(&mut flooded, 99.0)));
         let label = |v: u64| if v == 0 { "off".to_string() } else { v.to_string() };
         println!(
-            "| inflight {}, rps {} | {a50:.0} | {a99:.0} | {f50:.0} | {f99:.0} | **{:.2}** | {:.0} | {:.0} |",
+            "| inflight {}, rps {}, queue_ms {queue_ms} | {a50:.0} | {a99:.0} | {f50:.0} | {f99:.0} | **{:.2}** | {:.0} | {:.0} |",
             label(inflight as u64),
             label(rps),
             f99 / a99,

@@ -176,7 +176,11 @@ impl AppState {
             creates: tokio::sync::Semaphore::new(limits.max_creates_in_flight.max(1)),
             creates_waiting: std::sync::atomic::AtomicUsize::new(0),
             reload_lock: std::sync::Mutex::new(()),
-            fairness: crate::fairness::Fairness::new(limits.per_actor_inflight, limits.per_actor_rps),
+            fairness: crate::fairness::Fairness::new(crate::fairness::FairnessLimits {
+                inflight: limits.per_actor_inflight,
+                rps: limits.per_actor_rps,
+                queue: std::time::Duration::from_millis(limits.per_actor_queue_ms),
+            }),
             shadow: arc_swap::ArcSwapOption::empty(),
             config,
         };

@@ -65,10 +65,13 @@ pub struct Limits {
     pub maintenance_interval_s: u64,
     /// A background maintenance run after this many commits (0: off).
     pub maintenance_after_commits: u64,
-    /// Requests one actor may have in flight at once; more get 429 (0: no limit).
+    /// Requests one actor may have in flight at once; more wait (0: no limit).
     pub per_actor_inflight: usize,
-    /// Requests one actor may start per second; more get 429 (0: no limit).
+    /// Requests one actor may start per second; more wait (0: no limit).
     pub per_actor_rps: u64,
+    /// Milliseconds a request past either per-actor limit waits for its
+    /// turn before it gets 429 (0: refused at once).
+    pub per_actor_queue_ms: u64,
     /// Bytes of private writable memory (`RLIMIT_DATA`: heap, anonymous
     /// mappings, thread stacks) each worker process may map; past it an
     /// allocation fails, the worker aborts and is restarted (0: no limit).
@@ -126,6 +129,7 @@ impl Default for Limits {
             maintenance_after_commits: w.maintenance_after_commits,
             per_actor_inflight: 256,
             per_actor_rps: 0,
+            per_actor_queue_ms: 1000,
             worker_memory_bytes: 0,
             worker_nofile: 4096,
         }

@@ -207,10 +207,12 @@ impl Gateway {
             Err(a) => return a.send(session).await,
         };
         ctx.actor = Some(actor.clone());
-        match self.state.fairness.admit(&actor.actor_id) {
+        match self.state.fairness.admit(&actor.actor_id).await {
             Ok(a) => ctx._admitted = Some(a),
             Err(t) => {
                 self.state.metrics.throttled.with_label_values(&[t.limit()]).inc();
+                // Keep the connection for the client's retry when its body is small.
+                drain_small_body(session).await?;
                 let a = Answer { details: Some(json!({"limit": t.limit()})), ..Answer::new(ErrorCode::TooManyRequests, t.message()) };
                 return a.header("retry-after", RETRY_AFTER_S).send(session).await;
             }
@@ -255,6 +257,19 @@ impl Gateway {
 /// The request's declared body length, if any.
 fn content_length(session: &Session) -> Option<u64> {
     session.req_header().headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Bodies up to this size are read and dropped before a refusal, so that
+/// the connection can carry the client's next request; a larger one is not
+/// worth reading, and its connection is closed instead (respond.rs).
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// Reads and drops a declared body of at most [`DRAIN_LIMIT`] bytes.
+async fn drain_small_body(session: &mut Session) -> Result<()> {
+    if content_length(session).is_some_and(|n| n <= DRAIN_LIMIT) {
+        while session.read_request_body().await?.is_some() {}
+    }
+    Ok(())
 }
 
 /// Reads the whole request body, or `None` once it passes `limit` bytes.

@@ -230,24 +230,37 @@ fn read_as(gw: &Gateway, token: &str) -> Resp {
     post_with(&gw.url("/graphs/alpha/read"), &json!({"match": {"type": "Person"}}), &[("authorization", &format!("Bearer {token}"))])
 }
 
+/// A `noisy` request held in flight: headers sent, 1 byte of its 100-byte body.
+fn hold_noisy(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr()).unwrap();
+    s.write_all(b"POST /graphs/alpha/read HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok-noisy\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{").unwrap();
+    s
+}
+
+/// Sends the rest of a held request's body and reads its status.
+fn finish_held(mut s: TcpStream) -> u16 {
+    let rest = format!("{:<99}", r#""match": {"type": "Person"}}"#);
+    s.write_all(rest.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// The gateway's `omnigraph_requests_in_flight`, read by the quiet actor.
+fn requests_in_flight(gw: &Gateway) -> i64 {
+    let m = call("GET", &gw.url("/metrics"), None, &[("authorization", "Bearer tok-quiet")]);
+    m.body.as_str().unwrap_or_default().lines().find_map(|l| l.strip_prefix("omnigraph_requests_in_flight ")).and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0)
+}
+
 #[test]
 fn one_actor_past_its_in_flight_limit_gets_429_and_others_do_not() {
-    let (_env, gw) = fair_env("  per_actor_inflight: 2\n");
+    let (_env, gw) = fair_env("  per_actor_inflight: 2\n  per_actor_queue_ms: 0\n");
     // Two requests of `noisy` held in flight: headers sent, body still coming.
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut s = TcpStream::connect(gw.addr()).unwrap();
-            s.write_all(b"POST /graphs/alpha/read HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok-noisy\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{").unwrap();
-            s
-        })
-        .collect();
+    let held: Vec<TcpStream> = (0..2).map(|_| hold_noisy(&gw)).collect();
     // Wait until the gateway has both held requests in flight (the scrape itself is a third).
-    let in_flight = |gw: &Gateway| {
-        let m = call("GET", &gw.url("/metrics"), None, &[("authorization", "Bearer tok-quiet")]);
-        m.body.as_str().unwrap_or_default().lines().find_map(|l| l.strip_prefix("omnigraph_requests_in_flight ")).and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0)
-    };
     let t = Instant::now();
-    while in_flight(&gw) < 3 {
+    while requests_in_flight(&gw) < 3 {
         assert!(t.elapsed() < Duration::from_secs(10), "the two held requests never reached the gateway");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -274,8 +287,53 @@ fn one_actor_past_its_in_flight_limit_gets_429_and_others_do_not() {
 }
 
 #[test]
+fn a_request_past_its_in_flight_limit_waits_for_its_turn_then_gets_429_on_a_kept_connection() {
+    let (_env, gw) = fair_env("  per_actor_inflight: 1\n  per_actor_queue_ms: 1500\n");
+    let held = hold_noisy(&gw);
+    let t = Instant::now();
+    while requests_in_flight(&gw) < 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the held request never reached the gateway");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second request of the same actor waits for the held one's place ...
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = gw.url("/graphs/alpha/read");
+    std::thread::spawn(move || {
+        let r = post_with(&addr, &json!({"match": {"type": "Person"}}), &[("authorization", "Bearer tok-noisy")]);
+        let _ = tx.send(r.status);
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(400)).is_err(), "it waits while the first is in flight");
+    assert_eq!(read_as(&gw, "tok-quiet").status, 200, "another actor does not wait");
+    // ... and is served once that finishes.
+    assert_eq!(finish_held(held), 200);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(200), "the waiting request is admitted when a place frees");
+
+    // Past the queue time it gets 429, on a connection that stays open.
+    let held = hold_noisy(&gw);
+    let t = Instant::now();
+    while requests_in_flight(&gw) < 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the held request never reached the gateway");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = json!({"match": {"type": "Person"}}).to_string();
+    let req = omnigraph_e2e::raw_client::request("POST", "/graphs/alpha/read", "authorization: Bearer tok-noisy\r\n", &body);
+    let mut c = omnigraph_e2e::raw_client::RawClient::open(&gw.addr()).unwrap();
+    let t = Instant::now();
+    let refused = c.exchange(&req).unwrap();
+    let waited = t.elapsed();
+    assert_eq!(refused.status, 429);
+    assert!(!refused.close, "a refused request with a small body keeps its connection");
+    assert!(waited >= Duration::from_millis(1400), "refused only after limits.per_actor_queue_ms: {waited:?}");
+    let refused: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!((refused["code"].as_str(), refused["details"]["limit"].as_str()), (Some("too_many_requests"), Some("per_actor_inflight")));
+    assert_eq!(finish_held(held), 200);
+    let again = c.exchange(&req).expect("the refused request's connection carries the next one");
+    assert_eq!(again.status, 200);
+}
+
+#[test]
 fn one_actor_past_its_rate_gets_429_and_others_do_not() {
-    let (_env, gw) = fair_env("  per_actor_rps: 5\n");
+    let (_env, gw) = fair_env("  per_actor_rps: 5\n  per_actor_queue_ms: 0\n");
     let statuses: Vec<u16> = (0..12).map(|_| read_as(&gw, "tok-noisy").status).collect();
     assert!(statuses.contains(&429), "12 requests at once are past 5 per second: {statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 200).count() >= 5, "{statuses:?}");

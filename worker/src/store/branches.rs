@@ -173,7 +173,7 @@ pub fn replay(log: &CommitLog, refs: &[RefEvent]) -> Result<Replayed, StoreError
     let mut heads: BTreeMap<String, String> = BTreeMap::new();
     let mut lineages = Lineages::default();
     let mut next_seq = 0;
-    let (mut commits, mut events) = (log.records().iter().peekable(), refs.iter().peekable());
+    let (mut commits, mut events) = (log.records().peekable(), refs.iter().peekable());
     loop {
         let take_commit = match (commits.peek(), events.peek()) {
             (Some(c), Some(e)) => c.seq < e.seq,
