@@ -1,6 +1,7 @@
 //! The long soak (release build): 64 clients of mixed key lookups and
 //! three-op changes through the gateway for 10 minutes (`SOAK_SECS`) while
-//! the graph's worker is SIGKILLed every 30 s (`SOAK_KILL_EVERY_S`). Prints
+//! the graph's worker is SIGKILLed every 30 s (`SOAK_KILL_EVERY_S`; 0: never,
+//! which shows one worker's memory over the whole run). Prints
 //! the table for `docs/reliability.md` and exits non-zero when a promise
 //! broke (see `omnigraph_e2e::soak`). The 60-second version runs in CI as
 //! `tests/e2e/tests/soak_e2e.rs`.
@@ -20,10 +21,15 @@ fn main() {
     let opts = SoakOpts {
         concurrency: env_u64("SOAK_CONCURRENCY", 64) as usize,
         duration: Duration::from_secs(env_u64("SOAK_SECS", 600)),
-        kills: KillPlan::Every(Duration::from_secs(env_u64("SOAK_KILL_EVERY_S", 30))),
+        kills: match env_u64("SOAK_KILL_EVERY_S", 30) {
+            0 => KillPlan::Never,
+            s => KillPlan::Every(Duration::from_secs(s)),
+        },
         write_percent: env_u64("SOAK_WRITE_PERCENT", 20),
+        // Bounded by default, so RSS growth is growth with time, not data (0: a new id every write).
+        key_slots: Some(env_u64("SOAK_KEY_SLOTS", 32)).filter(|k| *k > 0),
     };
-    println!("## soak: c={}, {:?}, worker SIGKILL {:?}, {}% changes (release)\n", opts.concurrency, opts.duration, opts.kills, opts.write_percent);
+    println!("## soak: c={}, {:?}, worker SIGKILL {:?}, {}% changes, batch ids per client {:?} (release)\n", opts.concurrency, opts.duration, opts.kills, opts.write_percent, opts.key_slots);
     let report = soak::run(&gw, "tok-root", "alpha", &opts);
     println!("{}", report.table());
     let failures = report.failures();

@@ -46,6 +46,7 @@ pub async fn public(st: &AppState, session: &mut Session, route: &Route) -> Resu
 
 async fn metrics(st: &AppState, session: &mut Session) -> Result<()> {
     st.metrics.in_flight.set(st.drain.in_flight() as i64);
+    st.metrics.throttle_waiting.set(st.fairness.waiting());
     st.metrics.decision_log_dropped.set(i64::try_from(crate::audit::dropped()).unwrap_or(i64::MAX));
     st.metrics.decision_log_failures.set(i64::try_from(crate::audit::failures()).unwrap_or(i64::MAX));
     respond::send(session, 200, "text/plain; version=0.0.4", Bytes::from(st.metrics.render()), &[]).await

@@ -180,6 +180,7 @@ impl AppState {
                 inflight: limits.per_actor_inflight,
                 rps: limits.per_actor_rps,
                 queue: std::time::Duration::from_millis(limits.per_actor_queue_ms),
+                max_waiting: limits.per_actor_queue,
             }),
             shadow: arc_swap::ArcSwapOption::empty(),
             config,

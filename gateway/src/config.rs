@@ -70,8 +70,12 @@ pub struct Limits {
     /// Requests one actor may start per second; more wait (0: no limit).
     pub per_actor_rps: u64,
     /// Milliseconds a request past either per-actor limit waits for its
-    /// turn before it gets 429 (0: refused at once).
+    /// turn before it gets 429 (0: refused at once; at most 60000).
+    #[serde(deserialize_with = "per_actor_queue_ms")]
     pub per_actor_queue_ms: u64,
+    /// Requests of one actor that may wait for a turn at once, per limit;
+    /// more get 429 at once.
+    pub per_actor_queue: usize,
     /// Bytes of private writable memory (`RLIMIT_DATA`: heap, anonymous
     /// mappings, thread stacks) each worker process may map; past it an
     /// allocation fails, the worker aborts and is restarted (0: no limit).
@@ -97,6 +101,18 @@ fn zero_or_at_least<'de, D: serde::Deserializer<'de>>(d: D, key: &str, min: u64)
     let v = u64::deserialize(d)?;
     if v != 0 && v < min {
         return Err(serde::de::Error::custom(format!("limits.{key} is {v}; it must be 0 (no limit) or at least {min}")));
+    }
+    Ok(v)
+}
+
+/// The longest `limits.per_actor_queue_ms`: a request should not wait for a
+/// turn longer than a client or a graceful shutdown would wait for it.
+pub const MAX_PER_ACTOR_QUEUE_MS: u64 = 60_000;
+
+fn per_actor_queue_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v > MAX_PER_ACTOR_QUEUE_MS {
+        return Err(serde::de::Error::custom(format!("limits.per_actor_queue_ms is {v}; it must be at most {MAX_PER_ACTOR_QUEUE_MS}")));
     }
     Ok(v)
 }
@@ -130,6 +146,7 @@ impl Default for Limits {
             per_actor_inflight: 256,
             per_actor_rps: 0,
             per_actor_queue_ms: 1000,
+            per_actor_queue: 1024,
             worker_memory_bytes: 0,
             worker_nofile: 4096,
         }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub shadow_differences: IntCounterVec,
     /// Requests refused with 429 by a per-actor limit, by limit.
     pub throttled: IntCounterVec,
+    /// Requests waiting for their actor's turn (set when scraped).
+    pub throttle_waiting: IntGauge,
     /// TLS certificate reloads on SIGHUP, by result (`ok`, `failed`), so a
     /// renewal that did not take can be alerted on before the old one expires.
     pub tls_reloads: IntCounterVec,
@@ -60,11 +62,13 @@ impl Metrics {
         registry.register(Box::new(shadow_differences.clone()))?;
         let throttled = IntCounterVec::new(Opts::new("omnigraph_throttled_total", "Requests refused with 429 by a per-actor limit"), &["limit"])?;
         registry.register(Box::new(throttled.clone()))?;
+        let throttle_waiting = IntGauge::new("omnigraph_throttle_waiting", "Requests waiting for their actor's turn under limits.per_actor_inflight or per_actor_rps")?;
+        registry.register(Box::new(throttle_waiting.clone()))?;
         let tls_reloads = IntCounterVec::new(Opts::new("omnigraph_tls_reloads_total", "TLS certificate reloads on SIGHUP, by result"), &["result"])?;
         registry.register(Box::new(tls_reloads.clone()))?;
         let decision_log_failures = IntGauge::new("omnigraph_decision_log_write_failures", "Failed writes of the decision log, each retried")?;
         registry.register(Box::new(decision_log_failures.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled, shadow_differences, tls_reloads })
+        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled, throttle_waiting, shadow_differences, tls_reloads })
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -212,10 +212,14 @@ impl Gateway {
             Err(t) => {
                 self.state.metrics.throttled.with_label_values(&[t.limit()]).inc();
                 // Keep the connection for the client's retry when its body is small.
-                drain_small_body(session).await?;
+                drain_small_body(session).await;
                 let a = Answer { details: Some(json!({"limit": t.limit()})), ..Answer::new(ErrorCode::TooManyRequests, t.message()) };
                 return a.header("retry-after", RETRY_AFTER_S).send(session).await;
             }
+        }
+        // A request that waited for its turn may find the gateway draining.
+        if let Err(a) = self.admit(session) {
+            return a.send(session).await;
         }
         let (create_body, requested) = match self.create_body(session, &route).await? {
             Ok(b) => b,
@@ -264,12 +268,27 @@ fn content_length(session: &Session) -> Option<u64> {
 /// worth reading, and its connection is closed instead (respond.rs).
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
-/// Reads and drops a declared body of at most [`DRAIN_LIMIT`] bytes.
-async fn drain_small_body(session: &mut Session) -> Result<()> {
-    if content_length(session).is_some_and(|n| n <= DRAIN_LIMIT) {
-        while session.read_request_body().await?.is_some() {}
+/// How long reading such a body may take in all, whatever the client's pace.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops a declared HTTP/1 body of at most [`DRAIN_LIMIT`] bytes
+/// within [`DRAIN_TIME`]. Not when the client waits for `100 Continue`
+/// (it would only wait out its own timeout) nor on HTTP/2, whose streams
+/// end without closing the connection. A body not read to its end, for any
+/// reason, closes the connection after the answer (respond.rs); nothing
+/// here fails the request.
+async fn drain_small_body(session: &mut Session) {
+    let small = content_length(session).is_some_and(|n| n <= DRAIN_LIMIT);
+    let expects = session.req_header().headers.contains_key(http::header::EXPECT);
+    if !small || expects || session.is_http2() {
+        return;
     }
-    Ok(())
+    let read_all = async {
+        while let Ok(Some(_)) = session.read_request_body().await {}
+    };
+    if tokio::time::timeout(DRAIN_TIME, read_all).await.is_err() {
+        session.set_keepalive(None);
+    }
 }
 
 /// Reads the whole request body, or `None` once it passes `limit` bytes.

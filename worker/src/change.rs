@@ -330,7 +330,7 @@ fn check_key(i: usize, field: &str, key: &str) -> Result<Key, ChangeError> {
 /// large graph's rows carry no spare capacity.
 fn merge_props(i: usize, props: &[Property], base: Option<&Props>, given: Map<String, Value>, what: &str, extra: usize) -> Result<Map<String, Value>, ChangeError> {
     let mut out = match base {
-        Some(p) => Map::clone(p),
+        Some(p) => p.to_map(),
         None if given.is_empty() => Map::new(),
         None => Map::with_capacity(given.len() + extra),
     };
@@ -459,13 +459,14 @@ impl<'a> Working<'a> {
         Ok(())
     }
 
+    /// The key of an edge's endpoint: its node's own key string, shared, so
+    /// a million edges hold no copies of keys the graph already has.
     fn endpoint(&self, i: usize, field: &str, node_type: &str, key: &str) -> Result<Key, ChangeError> {
         let k = check_key(i, field, key)?;
-        let exists = self.data.nodes.get(node_type).is_some_and(|t| t.rows.contains_key(&k));
-        if !exists {
-            return Err(err(i, Some(field), format!("{node_type} {key:?} does not exist")));
+        match self.data.nodes.get(node_type).and_then(|t| t.rows.get_key_value(&k)) {
+            Some((stored, _)) => Ok(stored.clone()),
+            None => Err(err(i, Some(field), format!("{node_type} {key:?} does not exist"))),
         }
-        Ok(k)
     }
 }
 

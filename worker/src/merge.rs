@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -57,7 +56,7 @@ enum Resolution {
 fn same(a: Option<&Props>, b: Option<&Props>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
+        (Some(x), Some(y)) => x == y,
         _ => false,
     }
 }
@@ -83,9 +82,9 @@ fn resolve(base: Option<&Props>, ours: Option<&Props>, theirs: Option<&Props>) -
 /// Merges the properties of a row both sides changed: each property takes
 /// the side that changed it; `None` when both changed one differently.
 /// An absent property is null, so clearing one is a change like any other.
-fn merge_props(base: &Map<String, Value>, ours: &Map<String, Value>, theirs: &Map<String, Value>) -> Option<Map<String, Value>> {
-    let mut out = ours.clone();
-    let names: BTreeSet<&String> = base.keys().chain(ours.keys()).chain(theirs.keys()).collect();
+fn merge_props(base: &Props, ours: &Props, theirs: &Props) -> Option<Map<String, Value>> {
+    let mut out = ours.to_map();
+    let names: BTreeSet<&str> = base.keys().chain(ours.keys()).chain(theirs.keys()).collect();
     for name in names {
         let (b, o, t) = (base.get(name), ours.get(name), theirs.get(name));
         if o == t || t == b {
@@ -95,7 +94,7 @@ fn merge_props(base: &Map<String, Value>, ours: &Map<String, Value>, theirs: &Ma
             return None;
         }
         match t {
-            Some(v) => out.insert(name.clone(), v.clone()),
+            Some(v) => out.insert(name.to_string(), v.clone()),
             None => out.remove(name),
         };
     }
@@ -266,7 +265,7 @@ mod tests {
     }
 
     fn props(v: Value) -> Props {
-        Arc::new(v.as_object().unwrap().clone())
+        crate::store::state::props(v.as_object().unwrap().clone())
     }
 
     /// A graph from `people` (key, props) and `knows` (from, to).
@@ -286,7 +285,7 @@ mod tests {
     }
 
     fn person(d: &GraphData, k: &str) -> Option<Value> {
-        d.nodes["Person"].rows.get(k).map(|p| Value::Object((**p).clone()))
+        d.nodes["Person"].rows.get(k).map(|p| Value::Object(p.to_map()))
     }
 
     fn kinds(r: Result<Plan, Vec<Conflict>>) -> Vec<(String, String, ConflictKind)> {

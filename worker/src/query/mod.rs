@@ -232,7 +232,7 @@ pub fn evaluate(
         .take(limit)
         .map(|((ty, key, hops), props)| {
             let nt = schema.node(&ty);
-            Row { props: project(nt, props.as_deref(), req.projection.as_deref()), ty, key, hops }
+            Row { props: project(nt, props.as_ref(), req.projection.as_deref()), ty, key, hops }
         })
         .collect();
     let next = offset.saturating_add(limit);
@@ -257,7 +257,7 @@ fn compare_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     }
 }
 
-fn project(nt: Option<&NodeType>, props: Option<&Map<String, Value>>, projection: Option<&[String]>) -> Map<String, Value> {
+fn project(nt: Option<&NodeType>, props: Option<&crate::store::state::Props>, projection: Option<&[String]>) -> Map<String, Value> {
     let get = |name: &str| props.and_then(|p| p.get(name)).cloned().unwrap_or(Value::Null);
     match projection {
         Some(names) => names.iter().filter(|n| nt.is_some_and(|t| t.prop(n).is_some())).map(|n| (n.clone(), get(n))).collect(),
@@ -334,7 +334,7 @@ mod tests {
             let mut nodes = NodeTable::default();
             let mut edges = EdgeTable::default();
             for i in 0..n {
-                nodes.rows.insert(Key::from(format!("p{i}")), Props::new(json!({"k": format!("p{i}"), "n": i}).as_object().unwrap().clone()));
+                nodes.rows.insert(Key::from(format!("p{i}")), crate::store::state::props(json!({"k": format!("p{i}"), "n": i}).as_object().unwrap().clone()));
                 if i > 0 {
                     edges.insert(Key::from("p0"), Key::from(format!("p{i}")), Props::default());
                 }

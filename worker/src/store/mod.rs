@@ -405,7 +405,11 @@ async fn load_snapshot(loc: &Location, schema_version: Arc<SchemaVersion>, commi
         let table = tables::load_nodes(t, &ds).await?;
         Ok((t.name.clone(), table, Arc::new(ds)))
     });
-    let edge_loads = schema.edges.iter().map(|t| async {
+    // Nodes first: an edge's endpoints then share their nodes' key strings.
+    let nodes = try_join_all(node_loads).await?;
+    let node_tables: BTreeMap<&str, &state::NodeTable> = nodes.iter().map(|(name, table, _)| (name.as_str(), table)).collect();
+    let node_tables = &node_tables;
+    let edge_loads = schema.edges.iter().map(|t| async move {
         let p = pin(&t.name)?;
         if let Some(s) = same(&t.name, p) {
             if let (Some(table), Some(ds)) = (s.data.edges.get(&t.name), s.datasets.get(&t.name)) {
@@ -413,10 +417,10 @@ async fn load_snapshot(loc: &Location, schema_version: Arc<SchemaVersion>, commi
             }
         }
         let ds = loc.open_on(&t.name, p.lineage.as_deref(), Some(p.version)).await?;
-        let table = tables::load_edges(t, &ds).await?;
+        let table = tables::load_edges(t, &ds, node_tables).await?;
         Ok((t.name.clone(), table, Arc::new(ds)))
     });
-    let (nodes, edges) = futures::try_join!(try_join_all(node_loads), try_join_all(edge_loads))?;
+    let edges = try_join_all(edge_loads).await?;
     let mut data = GraphData::default();
     let mut datasets = BTreeMap::new();
     for (name, table, ds) in nodes {

@@ -12,19 +12,219 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub type Key = Arc<str>;
-/// A node's or edge's properties, normalised (see `value.rs`). Absent = null.
-pub type Props = Arc<Map<String, Value>>;
-pub type KeySet = imbl::OrdSet<Key>;
 
-/// `map` as shared properties. Every row without properties (most edges)
-/// shares one empty map rather than allocating its own, which matters when
-/// a graph has millions of edges.
-pub fn props(map: Map<String, Value>) -> Props {
-    static EMPTY: std::sync::OnceLock<Props> = std::sync::OnceLock::new();
-    if map.is_empty() {
-        return EMPTY.get_or_init(|| Arc::new(Map::new())).clone();
+/// The keys at the other end of one node's edges of one type, sorted.
+///
+/// Most nodes have a handful of edges of a type, and a persistent B-tree
+/// set allocates a 16-slot leaf (about 300 bytes) even for one key; so a
+/// set of up to [`KeySet::FEW`] keys is a sorted shared slice, copied on
+/// change (as cheap as a B-tree path at that size), and only a larger one
+/// (a hub) is a B-tree, whose inserts stay O(log n).
+#[derive(Clone)]
+pub enum KeySet {
+    Few(Arc<[Key]>),
+    Many(imbl::OrdSet<Key>),
+}
+
+impl Default for KeySet {
+    fn default() -> KeySet {
+        static EMPTY: std::sync::OnceLock<Arc<[Key]>> = std::sync::OnceLock::new();
+        KeySet::Few(EMPTY.get_or_init(|| Arc::from(Vec::new())).clone())
     }
-    Arc::new(map)
+}
+
+/// Iterates a [`KeySet`] in key order.
+pub enum KeySetIter<'a> {
+    Few(std::slice::Iter<'a, Key>),
+    Many(imbl::ordset::Iter<'a, Key, imbl::shared_ptr::DefaultSharedPtr>),
+}
+
+impl<'a> Iterator for KeySetIter<'a> {
+    type Item = &'a Key;
+
+    fn next(&mut self) -> Option<&'a Key> {
+        match self {
+            KeySetIter::Few(i) => i.next(),
+            KeySetIter::Many(i) => i.next(),
+        }
+    }
+}
+
+impl KeySet {
+    /// The largest set kept as a slice.
+    pub const FEW: usize = 16;
+
+    pub fn len(&self) -> usize {
+        match self {
+            KeySet::Few(v) => v.len(),
+            KeySet::Many(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, k: &Key) -> bool {
+        match self {
+            KeySet::Few(v) => v.binary_search(k).is_ok(),
+            KeySet::Many(s) => s.contains(k),
+        }
+    }
+
+    pub fn iter(&self) -> KeySetIter<'_> {
+        match self {
+            KeySet::Few(v) => KeySetIter::Few(v.iter()),
+            KeySet::Many(s) => KeySetIter::Many(s.iter()),
+        }
+    }
+
+    /// Adds `k`; false when it was there.
+    pub fn insert(&mut self, k: Key) -> bool {
+        match self {
+            KeySet::Few(v) => {
+                let Err(at) = v.binary_search(&k) else { return false };
+                if v.len() < Self::FEW {
+                    let mut keys = Vec::with_capacity(v.len() + 1);
+                    keys.extend_from_slice(&v[..at]);
+                    keys.push(k);
+                    keys.extend_from_slice(&v[at..]);
+                    *v = Arc::from(keys);
+                } else {
+                    let mut set: imbl::OrdSet<Key> = v.iter().cloned().collect();
+                    set.insert(k);
+                    *self = KeySet::Many(set);
+                }
+                true
+            }
+            KeySet::Many(s) => s.insert(k).is_none(),
+        }
+    }
+
+    /// Removes `k`; false when it was not there. A hub that shrinks to half
+    /// of [`KeySet::FEW`] becomes a slice again.
+    pub fn remove(&mut self, k: &Key) -> bool {
+        match self {
+            KeySet::Few(v) => {
+                let Ok(at) = v.binary_search(k) else { return false };
+                let keys: Vec<Key> = v[..at].iter().chain(&v[at + 1..]).cloned().collect();
+                *v = Arc::from(keys);
+                true
+            }
+            KeySet::Many(s) => {
+                let removed = s.remove(k).is_some();
+                if s.len() <= Self::FEW / 2 {
+                    *self = KeySet::Few(s.iter().cloned().collect::<Vec<_>>().into());
+                }
+                removed
+            }
+        }
+    }
+}
+
+/// A node's or edge's properties, normalised (see `value.rs`): (name,
+/// value) pairs sorted by name, in one shared allocation. Absent = null.
+///
+/// Compact on purpose: the in-memory graph holds one per row, and a
+/// `serde_json::Map` (a B-tree whose every node has room for 11 entries,
+/// plus a heap string per name) took about 650 bytes for a two-property
+/// row where this takes 112; names are interned, one string per property
+/// name in the process. Every row without properties (most edges) shares
+/// one empty value.
+#[derive(Clone)]
+pub struct Props(Arc<[(Arc<str>, Value)]>);
+
+impl Props {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name)).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// (name, value) pairs, sorted by name.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> + '_ {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same two rows' properties, without comparing them.
+    pub fn ptr_eq(a: &Props, b: &Props) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// As a JSON object, for answers and for edits.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.0.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+}
+
+impl Default for Props {
+    fn default() -> Props {
+        static EMPTY: std::sync::OnceLock<Props> = std::sync::OnceLock::new();
+        EMPTY.get_or_init(|| Props(Arc::from(Vec::new()))).clone()
+    }
+}
+
+impl PartialEq for Props {
+    fn eq(&self, other: &Props) -> bool {
+        Props::ptr_eq(self, other) || self.0 == other.0
+    }
+}
+
+impl std::fmt::Debug for Props {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl serde::Serialize for Props {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl From<Map<String, Value>> for Props {
+    fn from(map: Map<String, Value>) -> Props {
+        props(map)
+    }
+}
+
+/// One shared string per property name: rows repeat a handful of names
+/// millions of times. Only names a schema declares reach here (a change or
+/// a table row is checked against its type first), so the set stays small.
+fn intern(name: &str) -> Arc<str> {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> = std::sync::OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.get(name) {
+        return n.clone();
+    }
+    let n: Arc<str> = Arc::from(name);
+    names.insert(n.clone());
+    n
+}
+
+/// `map` as compact shared properties (see [`Props`]).
+pub fn props(map: Map<String, Value>) -> Props {
+    if map.is_empty() {
+        return Props::default();
+    }
+    let mut pairs: Vec<(Arc<str>, Value)> = map.into_iter().map(|(k, v)| (intern(&k), v)).collect();
+    // serde_json's Map is sorted already unless its `preserve_order` is on.
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Props(Arc::from(pairs))
 }
 
 #[derive(Clone, Default)]
@@ -147,6 +347,49 @@ mod tests {
         assert!(t.inc.get(&b).is_none());
         // The clone taken before is a separate snapshot.
         assert_eq!(before.neighbours(&a, true).count(), 2);
+    }
+
+    #[test]
+    fn props_are_sorted_by_name_and_compare_by_content() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        let p = props(m(serde_json::json!({"b": 2, "a": "x"})));
+        assert_eq!(p.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(p.get("b"), Some(&serde_json::json!(2)));
+        assert_eq!(p.get("c"), None);
+        assert_eq!(p, props(m(serde_json::json!({"a": "x", "b": 2}))));
+        assert_ne!(p, props(m(serde_json::json!({"a": "x"}))));
+        assert_eq!(serde_json::to_value(&p).unwrap(), serde_json::json!({"a": "x", "b": 2}));
+        assert_eq!(p.to_map(), m(serde_json::json!({"a": "x", "b": 2})));
+        assert!(Props::ptr_eq(&props(Map::new()), &Props::default()), "every empty row shares one value");
+    }
+
+    #[test]
+    fn a_key_set_is_a_sorted_set_through_its_slice_and_tree_forms() {
+        // A model check: random inserts and removes over 64 keys, so sets
+        // grow past FEW into a tree and shrink back into a slice.
+        let mut set = KeySet::default();
+        let mut model = std::collections::BTreeSet::new();
+        let mut x: u64 = 7;
+        let (mut grew, mut shrank) = (false, false);
+        for step in 0..6_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let k: Key = format!("k{:02}", (x >> 33) % 64).into();
+            let was_many = matches!(set, KeySet::Many(_));
+            // Phases of mostly inserts, then mostly removes.
+            let removing = (step / 1_000) % 2 == 1;
+            if ((x >> 20) % 4 == 0) != removing {
+                assert_eq!(set.remove(&k), model.remove(&k));
+            } else {
+                assert_eq!(set.insert(k.clone()), model.insert(k.clone()));
+            }
+            let is_many = matches!(set, KeySet::Many(_));
+            grew |= !was_many && is_many;
+            shrank |= was_many && !is_many;
+            assert_eq!(set.len(), model.len());
+            assert!(set.iter().eq(model.iter()), "same keys, in order");
+            assert!(set.contains(&k) == model.contains(&k));
+        }
+        assert!(grew && shrank, "both forms and both changes were exercised");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! type (a column per property) and one per edge type (`_id`, `_from`, `_to`
 //! and a column per property).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -97,15 +98,19 @@ pub async fn load_nodes(t: &NodeType, ds: &Dataset) -> Result<NodeTable, StoreEr
     Ok(table)
 }
 
-pub async fn load_edges(t: &EdgeType, ds: &Dataset) -> Result<EdgeTable, StoreError> {
+/// An edge table's rows, each endpoint sharing the key string of its node
+/// in `nodes` (a graph of a million edges would otherwise hold two million
+/// more copies of keys it already has).
+pub async fn load_edges(t: &EdgeType, ds: &Dataset, nodes: &BTreeMap<&str, &NodeTable>) -> Result<EdgeTable, StoreError> {
     let mut table = EdgeTable::default();
+    let shared = |ty: &str, k: &str| -> Key { nodes.get(ty).and_then(|n| n.rows.get_key_value(k)).map_or_else(|| Key::from(k), |(k, _)| k.clone()) };
     for b in scan_all(ds, &t.name).await? {
         let string_col = |name: &str| {
             b.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| StoreError::Corrupt(format!("{} has no {name}", t.name)))
         };
         let (from, to) = (string_col(EDGE_FROM)?, string_col(EDGE_TO)?);
         for i in 0..b.num_rows() {
-            table.insert(from.value(i).into(), to.value(i).into(), row_props(&t.props, &b, i, &t.name)?);
+            table.insert(shared(&t.from, from.value(i)), shared(&t.to, to.value(i)), row_props(&t.props, &b, i, &t.name)?);
         }
     }
     Ok(table)

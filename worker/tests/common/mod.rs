@@ -28,7 +28,7 @@ pub async fn apply(store: &Store, branch: &str, ops: Value) -> String {
 /// Every Person on `branch`'s head: key → props.
 pub fn people(store: &Store, branch: &str) -> BTreeMap<String, Value> {
     let head = store.head(branch).unwrap();
-    head.data.nodes["Person"].rows.iter().map(|(k, v)| (k.to_string(), Value::Object((**v).clone()))).collect()
+    head.data.nodes["Person"].rows.iter().map(|(k, v)| (k.to_string(), Value::Object(v.to_map()))).collect()
 }
 
 /// Every Knows edge on `branch`'s head, as "from->to".
