@@ -15,10 +15,10 @@ use omnigraph_e2e::*;
 use serde_json::{json, Value};
 
 const ROOT: (&str, &str) = ("authorization", "Bearer tok-root");
-/// The memory limit of the crash test: room for an idle debug worker
-/// (20 to 30 MiB of data mapped, docs/reliability.md) and its ordinary
-/// requests, not for the batch below.
-const MEMORY_LIMIT: u64 = 96 * 1024 * 1024;
+/// The memory limit of the crash test: the smallest the gateway accepts,
+/// room for an idle debug worker (20 to 30 MiB of data mapped,
+/// docs/reliability.md) and its ordinary requests, not for the batch below.
+const MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Starts the gateway of `env` with its log in `<env>/gateway.log` and core
 /// dumps off (an aborting worker must not leave a core file behind on
@@ -86,12 +86,13 @@ fn every_worker_runs_under_the_configured_limits() {
     assert!(err.contains("limits.worker_nofile") && err.contains("at least 64"), "{err}");
 }
 
-/// The largest batch the limits allow (`max_change_ops`, 7 MB of JSON):
-/// reading, planning and writing it, and the 100,000 rows it adds to the
-/// in-memory state, peak at about 155 MiB of data in a debug worker
-/// (worker/tests/change_memory.rs), far past `MEMORY_LIMIT`.
+/// The largest batch the limits allow (`max_change_ops` ops, each with a
+/// tag of about 85 bytes: 16 MB of JSON, just under `max_body_bytes`): the body, the
+/// parsed ops, the 100,000 rows it adds to the in-memory state and their
+/// Arrow batch hold several times `MEMORY_LIMIT` in a debug worker.
 fn huge_batch() -> Value {
-    let ops: Vec<Value> = (0..100_000).map(|i| json!({"upsert": {"type": "Person", "key": format!("h{i}"), "props": {"age": i}}})).collect();
+    let tag = "t".repeat(80);
+    let ops: Vec<Value> = (0..100_000).map(|i| json!({"upsert": {"type": "Person", "key": format!("h{i}"), "props": {"age": i, "tags": [format!("{tag}{i}")]}}})).collect();
     json!({ "ops": ops })
 }
 
