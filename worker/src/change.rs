@@ -395,6 +395,8 @@ impl<'a> Working<'a> {
         let table = slot(&mut self.data.nodes, &t.name);
         let mut props = merge_props(i, &t.props, table.rows.get(&key), props, &t.name, 1)?;
         props.insert(key_name.clone(), Value::String(key.to_string()));
+        // An update keeps the key string its edges share (imbl's insert replaces the key too).
+        let key = table.rows.get_key_value(&key).map_or(key, |(stored, _)| stored.clone());
         table.rows.insert(key.clone(), state::props(props));
         slot(&mut self.nodes, &t.name).insert(key);
         Ok(())

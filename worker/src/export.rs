@@ -96,7 +96,7 @@ fn write_all(schema: &GraphSchema, snap: &Snapshot, out: &mut Chunks) -> Result<
         let mut froms: Vec<&Key> = table.out.keys().collect();
         froms.sort_unstable();
         for from in froms {
-            // An OrdSet: already sorted.
+            // A KeySet iterates in key order.
             for to in table.out.get(from).into_iter().flat_map(|s| s.iter()) {
                 let Some(row) = table.rows.get(&(from.clone(), to.clone())) else { continue };
                 let b = &mut out.buf;

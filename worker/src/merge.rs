@@ -147,6 +147,8 @@ impl Merger<'_> {
                     match v {
                         Some(p) => {
                             tw.put.push(k.clone());
+                            // Keep the key string edges already share (imbl's insert replaces the key too).
+                            let k = table.rows.get_key_value(&k).map_or(k, |(stored, _)| stored.clone());
                             table.rows.insert(k, p);
                         }
                         None => {

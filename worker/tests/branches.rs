@@ -95,7 +95,7 @@ async fn interleaved_writes_on_two_branches_never_leak() {
     // main fast-forwards to dev: both now pin dev's lineage of Person.
     store.merge("dev", "main", false, &Author::new("t")).await.unwrap();
     assert_eq!(store.head("main").unwrap().commit.commit_id, store.head("dev").unwrap().commit.commit_id);
-    let dev_lineage = store.head("dev").unwrap().commit.tables["Person"].lineage.clone();
+    let dev_lineage = store.head("dev").unwrap().commit.tables.get("Person").unwrap().lineage.clone();
     assert!(dev_lineage.is_some(), "dev's first write forked Person");
     for i in 0..3 {
         apply(&store, "main", json!([{"upsert": {"type": "Person", "key": format!("m{i}"), "props": {}}}])).await;
@@ -106,9 +106,9 @@ async fn interleaved_writes_on_two_branches_never_leak() {
         apply(&store, "dev", json!(ops)).await;
     }
     // main does not own dev's lineage, so its first write after the fast-forward forked its own.
-    let main_lineage = store.head("main").unwrap().commit.tables["Person"].lineage.clone();
+    let main_lineage = store.head("main").unwrap().commit.tables.get("Person").unwrap().lineage.clone();
     assert!(main_lineage.is_some() && main_lineage != dev_lineage, "{main_lineage:?} {dev_lineage:?}");
-    assert_eq!(store.head("dev").unwrap().commit.tables["Person"].lineage, dev_lineage, "dev extends its own");
+    assert_eq!(store.head("dev").unwrap().commit.tables.get("Person").unwrap().lineage, dev_lineage, "dev extends its own");
     let expect_main = ["a", "d1", "m0", "m1", "m2"];
     let expect_dev = ["d1", "d2", "d3", "d4"];
     assert_eq!(people(&store, "main").keys().collect::<Vec<_>>(), expect_main);

@@ -296,7 +296,7 @@ async fn addresses_are_right(store: &Store, branch: &str, table: &str, id_column
     let head = store.head(branch).unwrap();
     let Some(kept) = head.data.addrs.get(table) else { return false };
     let ds = &head.datasets[table];
-    let pin = &head.commit.tables[table];
+    let pin = head.commit.tables.get(table).unwrap();
     assert!(kept.describe(pin.lineage.as_ref(), pin.version), "{branch}/{table}: addresses of another version");
     let mut scan = ds.scan();
     scan.project(&[id_column]).unwrap().with_row_address();
@@ -337,7 +337,7 @@ async fn row_addresses_follow_writes_forks_compactions_and_restarts() {
     // A branch's first write forks the table and keeps the addresses.
     store.create_branch("dev", "main", &Author::new("test")).await.unwrap();
     apply(&store, "dev", upserts(0, 20, 4)).await;
-    assert!(store.head("dev").unwrap().commit.tables["Person"].lineage.is_some(), "dev wrote its own lineage");
+    assert!(store.head("dev").unwrap().commit.tables.get("Person").unwrap().lineage.is_some(), "dev wrote its own lineage");
     assert!(addresses_are_right(&store, "dev", "Person", "name").await);
     assert!(addresses_are_right(&store, "main", "Person", "name").await, "main's are still main's");
 

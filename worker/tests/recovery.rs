@@ -28,7 +28,7 @@ async fn an_uncommitted_table_write_is_invisible_and_repaired_on_open() {
     let uri = uri.to_str().unwrap();
     let store = Store::init("g", uri, SCHEMA, "test").await.unwrap();
     apply(&store, json!([{"upsert": {"type": "Person", "key": "a", "props": {"age": 1}}}])).await;
-    let pinned = store.head("main").unwrap().commit.tables["Person"].version;
+    let pinned = store.head("main").unwrap().commit.tables.get("Person").unwrap().version;
     let schema = store.head("main").unwrap().schema.graph.clone();
     drop(store);
 
@@ -70,7 +70,7 @@ async fn a_crashed_write_on_a_branch_is_invisible_and_repaired_on_open() {
     apply_on(&store, "main", json!([{"upsert": {"type": "Person", "key": "a", "props": {}}}])).await;
     store.create_branch("dev", "main", &Author::new("test")).await.unwrap();
     apply_on(&store, "dev", json!([{"upsert": {"type": "Person", "key": "b", "props": {}}}])).await;
-    let pin = store.head("dev").unwrap().commit.tables["Person"].clone();
+    let pin = store.head("dev").unwrap().commit.tables.get("Person").unwrap().clone();
     let lineage = pin.lineage.clone().expect("dev's first write forked Person");
     let schema = store.head("main").unwrap().schema.graph.clone();
     drop(store);

@@ -140,7 +140,7 @@ async fn a_graph_written_before_request_ids_opens_reads_and_takes_new_commits() 
             old.iter()
                 .map(|c| {
                     assert!(c.tables.values().all(|p| p.lineage.is_none()), "main's tables are on Lance's main");
-                    serde_json::to_string(&c.tables.iter().map(|(k, p)| (k.clone(), p.version)).collect::<BTreeMap<_, _>>()).unwrap()
+                    serde_json::to_string(&c.tables.iter().map(|(k, p)| (k, p.version)).collect::<BTreeMap<_, _>>()).unwrap()
                 })
                 .collect(),
         ),

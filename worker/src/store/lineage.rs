@@ -129,7 +129,7 @@ mod tests {
         let mut tables = BTreeMap::new();
         tables.insert("T".to_string(), TablePin { lineage: Some(Arc::from(lineage)), version: 2 });
         tables.insert("U".to_string(), TablePin::main(1));
-        CommitRecord { commit_id: "c".into(), branch: branch.into(), actor_id: "a".into(), tables, seq: 1, ..Default::default() }
+        CommitRecord { commit_id: "c".into(), branch: branch.into(), actor_id: "a".into(), tables: (&tables).into(), seq: 1, ..Default::default() }
     }
 
     #[test]

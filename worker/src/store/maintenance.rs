@@ -239,7 +239,7 @@ impl Store {
             report.compacted_fragments += compact(&mut w.commits, COMMITS_TABLE).await?;
             report.compacted_fragments += compact(&mut w.refs, REFS_TABLE).await?;
             let kept = self.kept(retention, Utc::now());
-            let names: BTreeSet<String> = self.log.load().records().flat_map(|r| r.tables.keys().cloned()).collect();
+            let names: BTreeSet<String> = self.log.load().records().flat_map(|r| r.tables.keys().map(str::to_string)).collect();
             let mut tables = Vec::with_capacity(names.len());
             for name in names {
                 tables.push(self.lineages_now(name).await?);

@@ -178,7 +178,7 @@ impl Store {
             actor_id: actor.to_string(),
             request_id: None,
             created_at: now_rfc3339(),
-            tables: versions,
+            tables: commits::TablePins::from(&versions),
             // The first schema is `_schema.pg` (see `schemas.rs`).
             schema_id: None,
             schema_source: None,
@@ -406,6 +406,8 @@ async fn load_snapshot(loc: &Location, schema_version: Arc<SchemaVersion>, commi
         Ok((t.name.clone(), table, Arc::new(ds)))
     });
     // Nodes first: an edge's endpoints then share their nodes' key strings.
+    // (Opening a graph waits for the slowest node table, then the slowest
+    // edge table, where it used to load all at once; the memory is worth it.)
     let nodes = try_join_all(node_loads).await?;
     let node_tables: BTreeMap<&str, &state::NodeTable> = nodes.iter().map(|(name, table, _)| (name.as_str(), table)).collect();
     let node_tables = &node_tables;

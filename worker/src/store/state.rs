@@ -202,10 +202,11 @@ impl From<Map<String, Value>> for Props {
     }
 }
 
-/// One shared string per property name: rows repeat a handful of names
-/// millions of times. Only names a schema declares reach here (a change or
-/// a table row is checked against its type first), so the set stays small.
-fn intern(name: &str) -> Arc<str> {
+/// One shared string per name: rows repeat a handful of property names
+/// millions of times, and commits the same table names and lineages. Only
+/// names a schema declares (a change or a table row is checked against its
+/// type first) and lineage names reach here, so the set stays small.
+pub(crate) fn intern(name: &str) -> Arc<str> {
     static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> = std::sync::OnceLock::new();
     let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
     if let Some(n) = names.get(name) {
@@ -222,7 +223,8 @@ pub fn props(map: Map<String, Value>) -> Props {
         return Props::default();
     }
     let mut pairs: Vec<(Arc<str>, Value)> = map.into_iter().map(|(k, v)| (intern(&k), v)).collect();
-    // serde_json's Map is sorted already unless its `preserve_order` is on.
+    // Required: serde_json's `preserve_order` is on in this workspace (a
+    // dependency enables it), so a Map iterates in insertion order.
     pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Props(Arc::from(pairs))
 }
