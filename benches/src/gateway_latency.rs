@@ -100,10 +100,12 @@ fn main() {
     let schema = write_file(d, "s.pg", SOCIAL_SCHEMA);
     write_file(d, "server.cedar", "permit (principal in Omnigraph::Group::\"admins\", action, resource);\n");
     write_file(d, "tokens.yaml", &format!("tokens:\n  - actor_id: bench\n    sha256: {}\n    groups: [admins]\n", sha256_hex("bench-token")));
+    // `GATEWAY_THREADS` sets `server.threads` (the gateway's default: 1).
+    let threads: u32 = std::env::var("GATEWAY_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let cfg = write_file(
         d,
         "omnigraph.yaml",
-        "server:\n  bind: 127.0.0.1:0\n  runtime_dir: run\n  policy: { file: server.cedar }\n  decision_log: { file: decisions.log }\nauth:\n  static_tokens: { file: tokens.yaml }\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: { file: s.pg }\n",
+        &format!("server:\n  bind: 127.0.0.1:0\n  threads: {threads}\n  runtime_dir: run\n  policy: {{ file: server.cedar }}\n  decision_log: {{ file: decisions.log }}\nauth:\n  static_tokens: {{ file: tokens.yaml }}\ngraphs:\n  alpha:\n    uri: data/alpha\n    schema: {{ file: s.pg }}\n"),
     );
     let gw = Gateway::start_in("release", &cfg, &[]);
     let direct = Worker::start(WorkerOpts { profile: "release", graph_id: "direct", uri: &d.join("direct"), init_schema: Some(&schema), key: None });

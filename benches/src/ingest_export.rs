@@ -1,8 +1,10 @@
 //! Load harness for `/ingest` and `/export` (issue 8): streams generated
 //! NDJSON lines into a fresh `omnigraph-worker` over loopback, then exports
 //! them back, and reports lines/s both ways and the worker's peak RSS
-//! (VmHWM from /proc). Targets (release): ingest ≥ 200,000 lines/s with peak
-//! RSS ≤ 512 MiB for 1,000,000 lines; export ≥ 300,000 lines/s.
+//! (VmHWM from /proc), then creates 20 branches of the loaded graph. Targets
+//! (release): ingest ≥ 200,000 lines/s with peak RSS ≤ 512 MiB for
+//! 1,000,000 lines; export ≥ 300,000 lines/s; branch creation on the
+//! 1,000,000-row graph ≤ 50 ms.
 //!
 //! ```sh
 //! cargo bench -p omnigraph-benches --bench ingest_export         # release worker, 1,000,000 lines
@@ -133,6 +135,18 @@ fn main() {
     let export = t.elapsed();
     let (_, hwm_export) = memory(pid);
 
+    // Branch creation on the graph just loaded: a branch copies no data.
+    let mut branch_ms: Vec<std::time::Duration> = (0..20)
+        .map(|i| {
+            let t = Instant::now();
+            let r = call("POST", &format!("{}/branches?branch=b{i}&from=main", w.base), None, &[]);
+            let took = t.elapsed();
+            assert_eq!(r.status, 201, "branch b{i}: {:?}", r.body);
+            took
+        })
+        .collect();
+    let (branch_p50, branch_max) = (percentile(&mut branch_ms, 50.0), percentile(&mut branch_ms, 100.0));
+
     println!("## /ingest and /export ({lines} lines: {nodes} nodes, {edges} edges; {profile} worker)\n");
     println!("ingest answer: {}", answer.trim());
     println!("| measurement | value | target |");
@@ -142,4 +156,9 @@ fn main() {
     println!("| worker peak RSS (VmHWM) during ingest | {hwm_ingest:.0} MiB | <= 512 MiB for 1,000,000 lines |");
     println!("| export | {:.0} lines/s ({:.1} s, {exported} lines, {:.1} MiB) | >= 300,000 lines/s (release) |", exported as f64 / export.as_secs_f64(), export.as_secs_f64(), bytes as f64 / 1048576.0);
     println!("| worker peak RSS (VmHWM) after export | {hwm_export:.0} MiB | - |");
+    println!(
+        "| branch creation on these {lines} rows (20 branches, HTTP round trip) | p50 {:.1} ms, max {:.1} ms | <= 50 ms (release, 1,000,000 rows) |",
+        branch_p50.as_secs_f64() * 1e3,
+        branch_max.as_secs_f64() * 1e3
+    );
 }

@@ -64,7 +64,14 @@ async fn run(store: Arc<Store>, schedule: Schedule, limits: Limits) {
     let author = Author::new(MAINTENANCE_ACTOR);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut last_run, mut last_count) = (Instant::now(), store.commit_count());
+    // Commits made before this start count: a worker restarted more often
+    // than every `after_commits` commits would otherwise never maintain its
+    // graph, and every start would open more versions and fragments (the
+    // soak, docs/reliability.md). The newest maintenance commit marks the
+    // last run; a run that compacted nothing left none, which costs one
+    // early run after a start.
+    let mut last_count = store.commit_count().saturating_sub(store.commits_since(MAINTENANCE_ACTOR));
+    let mut last_run = Instant::now();
     loop {
         tick.tick().await;
         let commits = store.commit_count().saturating_sub(last_count) as u64;

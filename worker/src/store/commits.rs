@@ -218,8 +218,14 @@ impl CommitLog {
     }
 
     /// Every record, oldest first.
-    pub fn records(&self) -> impl ExactSizeIterator<Item = &CommitRecord> + '_ {
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &CommitRecord> + ExactSizeIterator + '_ {
         self.records.iter().map(|r| &**r)
+    }
+
+    /// How many commits came after the newest one `actor_id` made (all of
+    /// them when it made none).
+    pub fn commits_since(&self, actor_id: &str) -> usize {
+        self.records().rev().position(|r| r.actor_id == actor_id).unwrap_or(self.records.len())
     }
 
     pub fn len(&self) -> usize {
@@ -436,6 +442,19 @@ mod tests {
         assert!(l.reaches("d4", "m5").is_none());
         l.push(rec(6, "d6", "dev", &["d4"]));
         assert_eq!(l.merge_base("m5", "d6").map(|c| c.commit_id.as_str()), Some("d4"), "the last merge is the new base");
+    }
+
+    #[test]
+    fn commits_since_an_actor_counts_from_its_newest_commit() {
+        let mut l = CommitLog::default();
+        assert_eq!(l.commits_since("maintenance"), 0);
+        for (i, actor) in ["a", "a", "maintenance", "a", "maintenance", "a", "a", "a"].iter().enumerate() {
+            let mut r = rec(i as i64, &format!("c{i}"), "main", &[]);
+            r.actor_id = actor.to_string();
+            l.push(r);
+        }
+        assert_eq!(l.commits_since("maintenance"), 3);
+        assert_eq!(l.commits_since("nobody"), 8);
     }
 
     #[test]

@@ -270,6 +270,12 @@ impl Store {
         self.log.load().len()
     }
 
+    /// How many commits came after the newest commit of `actor_id` (all of
+    /// them when it made none); see [`CommitLog::commits_since`].
+    pub fn commits_since(&self, actor_id: &str) -> usize {
+        self.log.load().commits_since(actor_id)
+    }
+
     /// Compacts the tables whose lineage `branch` owns at its tip, and
     /// commits the result on `branch` with the head's content; returns the
     /// fragments rewritten. On a failure every table is restored.
