@@ -342,3 +342,27 @@ async fn the_background_task_runs_after_n_commits_and_can_be_switched_off() {
     task.abort();
     assert_eq!(people(&store, "main").len(), 10);
 }
+
+/// A worker restarted more often than every `maintenance_after_commits`
+/// commits must still maintain its graph: commits made before the task
+/// started (by an earlier process) count towards its first run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_made_before_a_restart_count_towards_the_next_run() {
+    let (_tmp, _uri, store) = fresh().await;
+    for i in 0..10 {
+        apply(&store, "main", upsert(&format!("p{i}"), i)).await;
+    }
+    let by_maintenance = || store.commits("main").unwrap().into_iter().any(|c| c.actor_id == MAINTENANCE_ACTOR);
+    assert!(!by_maintenance());
+    let limits = Limits { maintenance_interval_s: 0, maintenance_after_commits: 8, ..Limits::default() };
+    let task = maintenance::spawn(store.clone(), limits).expect("a task");
+    let ran = tokio::time::timeout(Duration::from_secs(120), async {
+        while !by_maintenance() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ran.is_ok(), "10 commits made before the task started did not trigger a run");
+    task.abort();
+    assert_eq!(people(&store, "main").len(), 10);
+}
