@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use lance::dataset::builder::DatasetBuilder;
 use lance::dataset::{Dataset, WriteMode, WriteParams};
-use lance::io::{ObjectStoreParams, WrappingObjectStore};
+use lance::io::{ObjectStoreParams, ObjectStoreRegistry, WrappingObjectStore};
+use lance::session::Session;
 use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore as OsObjectStore;
@@ -23,6 +24,12 @@ pub const SCHEMA_FILE: &str = "_schema.pg";
 /// The commit log dataset.
 pub const COMMITS_TABLE: &str = "_commits";
 
+/// The budget of Lance's index cache for one graph (every table shares it).
+pub const INDEX_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// The budget of Lance's metadata cache for one graph: manifests, fragment
+/// metadata and deletion vectors of the versions read.
+pub const METADATA_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct Location {
     /// The URI the user gave, for messages.
@@ -30,6 +37,17 @@ pub struct Location {
     /// Absolute path when the graph is on the local file system.
     pub local: Option<PathBuf>,
     root: String,
+    /// One Lance session for every dataset of the graph, opened or written,
+    /// with bounded caches. Without it each open makes its own session with
+    /// Lance's defaults (a 6 GiB index cache and a 1 GiB metadata cache),
+    /// and a worker that commits for hours fills them with the deletion
+    /// vectors and manifests of versions it never reads again: the soak saw
+    /// a worker holding 4,000 nodes grow past 1 GiB (docs/reliability.md).
+    session: Arc<Session>,
+}
+
+fn bounded_session() -> Arc<Session> {
+    Arc::new(Session::new(INDEX_CACHE_BYTES, METADATA_CACHE_BYTES, Arc::new(ObjectStoreRegistry::default())))
 }
 
 impl Location {
@@ -39,7 +57,7 @@ impl Location {
         }
         match crate::contract::paths::local_path(uri) {
             Some(p) => Self::local(uri, Path::new(p)),
-            None => Ok(Location { display: uri.to_string(), local: None, root: uri.trim_end_matches('/').to_string() }),
+            None => Ok(Location { display: uri.to_string(), local: None, root: uri.trim_end_matches('/').to_string(), session: bounded_session() }),
         }
     }
 
@@ -51,7 +69,7 @@ impl Location {
         };
         let abs = normalize_lexically(&abs);
         let root = abs.to_str().ok_or_else(|| StoreError::BadUri(format!("{display}: path is not UTF-8")))?.to_string();
-        Ok(Location { display: display.to_string(), local: Some(abs), root })
+        Ok(Location { display: display.to_string(), local: Some(abs), root, session: bounded_session() })
     }
 
     pub fn table_uri(&self, table: &str) -> String {
@@ -67,7 +85,7 @@ impl Location {
     }
 
     pub fn write_params(&self, mode: WriteMode) -> WriteParams {
-        WriteParams { mode, store_params: Some(self.store_params()), ..WriteParams::default() }
+        WriteParams { mode, store_params: Some(self.store_params()), session: Some(self.session.clone()), ..WriteParams::default() }
     }
 
     pub async fn open(&self, table: &str, version: Option<u64>) -> Result<Dataset, StoreError> {
@@ -77,7 +95,7 @@ impl Location {
     /// Opens `table` on `lineage` (a Lance branch; `None` is Lance's main),
     /// at `version` or at the lineage's latest version.
     pub async fn open_on(&self, table: &str, lineage: Option<&str>, version: Option<u64>) -> Result<Dataset, StoreError> {
-        let mut b = DatasetBuilder::from_uri(self.table_uri(table)).with_store_params(self.store_params());
+        let mut b = DatasetBuilder::from_uri(self.table_uri(table)).with_store_params(self.store_params()).with_session(self.session.clone());
         match (lineage, version) {
             (Some(l), v) => b = b.with_branch(l, v),
             (None, Some(v)) => b = b.with_version(v),
