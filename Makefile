@@ -1,6 +1,7 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
 # `deps` installs the build tools the dependencies need (FACTS.md): cmake for
-# Pingora's zlib-ng, protoc for Lance. It does nothing when they are present.
+# Pingora's zlib-ng, protoc for Lance; strace for the test that pins the
+# order of a commit's syncs. It does nothing when they are present.
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -14,6 +15,7 @@ deps:
 	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
 	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -16,7 +16,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    let env = ConfigDir::admin("", "", &["alpha"]);
+    // History is bounded too (`SOAK_RETAIN_DAYS`, default 0: maintenance
+    // keeps each branch's newest 100 commits), as the graph is by
+    // `SOAK_KEY_SLOTS`: with the default of 7 days every version of the run
+    // is kept, and each maintenance run reads more of them than the last.
+    let retain_days = env_u64("SOAK_RETAIN_DAYS", 0);
+    let env = ConfigDir::admin("", &format!("limits:\n  retain_days: {retain_days}\n"), &["alpha"]);
     let gw = Gateway::start_in("release", &env.cfg, &[]);
     let opts = SoakOpts {
         concurrency: env_u64("SOAK_CONCURRENCY", 64) as usize,
@@ -29,7 +34,7 @@ fn main() {
         // Bounded by default, so RSS growth is growth with time, not data (0: a new id every write).
         key_slots: Some(env_u64("SOAK_KEY_SLOTS", 32)).filter(|k| *k > 0),
     };
-    println!("## soak: c={}, {:?}, worker SIGKILL {:?}, {}% changes, batch ids per client {:?} (release)\n", opts.concurrency, opts.duration, opts.kills, opts.write_percent, opts.key_slots);
+    println!("## soak: c={}, {:?}, worker SIGKILL {:?}, {}% changes, batch ids per client {:?}, retain_days {retain_days} (release)\n", opts.concurrency, opts.duration, opts.kills, opts.write_percent, opts.key_slots);
     let report = soak::run(&gw, "tok-root", "alpha", &opts);
     println!("{}", report.table());
     let failures = report.failures();

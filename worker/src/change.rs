@@ -12,7 +12,7 @@
 mod body;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 pub use body::{parse_batch, BodyError};
 
 use crate::contract::{GraphSchema, Property};
-use crate::store::state::{self, GraphData, Key, Props};
+use crate::store::state::{self, touch, GraphData, Key, Props, Touches};
 use crate::store::value::normalize;
 use crate::store::{Plan, Snapshot, TableWrite};
 
@@ -294,12 +294,17 @@ pub fn parse_body(body: &Value) -> Result<Vec<Value>, ChangeError> {
 pub struct Working<'a> {
     schema: &'a GraphSchema,
     data: GraphData,
-    nodes: BTreeMap<String, BTreeSet<Key>>,
-    edges: BTreeMap<String, BTreeSet<(Key, Key)>>,
+    nodes: BTreeMap<String, Touches<Key>>,
+    edges: BTreeMap<String, Touches<(Key, Key)>>,
+    /// `Some` when links leave the adjacency (`out` / `inc`) to the caller
+    /// ([`Working::deferring_adjacency`]): the edges linked since the last
+    /// [`Working::take_linked`], per edge type.
+    linked: Option<BTreeMap<String, Vec<(Key, Key)>>>,
 }
 
-/// What ops touched, per node type and per edge type (sorted, distinct).
-pub type Touched = (BTreeMap<String, BTreeSet<Key>>, BTreeMap<String, BTreeSet<(Key, Key)>>);
+/// What ops touched, per node type and per edge type (distinct, in the
+/// order the ops first touched them, each with whether it existed before).
+pub type Touched = (BTreeMap<String, Touches<Key>>, BTreeMap<String, Touches<(Key, Key)>>);
 
 /// `map[name]`, inserted empty first if missing, without allocating the
 /// name when it is there (the common case, once per op).
@@ -358,7 +363,26 @@ fn merge_props(i: usize, props: &[Property], base: Option<&Props>, given: Map<St
 
 impl<'a> Working<'a> {
     pub fn new(schema: &'a GraphSchema, data: GraphData) -> Working<'a> {
-        Working { schema, data, nodes: BTreeMap::new(), edges: BTreeMap::new() }
+        Working { schema, data, nodes: BTreeMap::new(), edges: BTreeMap::new(), linked: None }
+    }
+
+    /// A working state whose links record their edges' rows but not their
+    /// adjacency: the caller indexes what [`Working::take_linked`] hands it
+    /// (`/ingest` does it on a thread of its own, in bulk). Only `upsert`
+    /// and `link` may be applied to it: a delete or an unlink reads the
+    /// adjacency.
+    pub fn deferring_adjacency(schema: &'a GraphSchema, data: GraphData) -> Working<'a> {
+        Working { linked: Some(BTreeMap::new()), ..Working::new(schema, data) }
+    }
+
+    /// The edges linked since the last call (empty unless deferring), per edge type.
+    pub fn take_linked(&mut self) -> BTreeMap<String, Vec<(Key, Key)>> {
+        self.linked.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The state, mutably (`/ingest` puts back the adjacency it built).
+    pub fn data_mut(&mut self) -> &mut GraphData {
+        &mut self.data
     }
 
     /// The state with every op so far applied.
@@ -378,7 +402,7 @@ impl<'a> Working<'a> {
     /// How many distinct nodes and edges the ops since the last
     /// [`Working::take_touched`] touched.
     pub fn touched_len(&self) -> usize {
-        self.nodes.values().map(BTreeSet::len).sum::<usize>() + self.edges.values().map(BTreeSet::len).sum::<usize>()
+        self.nodes.values().map(Touches::len).sum::<usize>() + self.edges.values().map(Touches::len).sum::<usize>()
     }
 
     /// An `upsert` op (the `i`th): creates node `key` of type `ty`, or
@@ -393,12 +417,15 @@ impl<'a> Working<'a> {
             }
         }
         let table = slot(&mut self.data.nodes, &t.name);
-        let mut props = merge_props(i, &t.props, table.rows.get(&key), props, &t.name, 1)?;
+        let old = table.rows.get_key_value(&key);
+        let existed = old.is_some();
+        let mut props = merge_props(i, &t.props, old.map(|(_, p)| p), props, &t.name, 1)?;
         props.insert(key_name.clone(), Value::String(key.to_string()));
         // An update keeps the key string its edges share (imbl's insert replaces the key too).
-        let key = table.rows.get_key_value(&key).map_or(key, |(stored, _)| stored.clone());
-        table.rows.insert(key.clone(), state::props(props));
-        slot(&mut self.nodes, &t.name).insert(key);
+        let key = old.map_or(key, |(stored, _)| stored.clone());
+        let row = state::props(props);
+        table.rows.insert(key.clone(), row.clone());
+        touch(slot(&mut self.nodes, &t.name), key, existed, Some(row));
         Ok(())
     }
 
@@ -410,13 +437,28 @@ impl<'a> Working<'a> {
         let from = self.endpoint(i, "from", &e.from, from)?;
         let to = self.endpoint(i, "to", &e.to, to)?;
         let table = slot(&mut self.data.edges, &e.name);
-        let props = merge_props(i, &e.props, table.rows.get(&(from.clone(), to.clone())), props, &e.name, 0)?;
-        table.insert(from.clone(), to.clone(), state::props(props));
-        slot(&mut self.edges, &e.name).insert((from, to));
+        let pair = (from, to);
+        let old = table.rows.get(&pair);
+        let existed = old.is_some();
+        let props = merge_props(i, &e.props, old, props, &e.name, 0)?;
+        let row = state::props(props);
+        match self.linked.as_mut() {
+            None => table.insert(pair.0.clone(), pair.1.clone(), row.clone()),
+            Some(linked) => {
+                if table.rows.insert(pair.clone(), row.clone()).is_none() {
+                    slot(linked, &e.name).push(pair.clone());
+                }
+            }
+        }
+        touch(slot(&mut self.edges, &e.name), pair, existed, Some(row));
         Ok(())
     }
 
     fn apply(&mut self, i: usize, op: Op<'_>) -> Result<(), ChangeError> {
+        if self.linked.is_some() && matches!(op, Op::Delete(_) | Op::Unlink(_)) {
+            // Both read the adjacency, which a deferring state does not keep.
+            return Err(err(i, None, "only upserts and links can be applied here"));
+        }
         match op {
             Op::Upsert(u) => self.upsert(i, &u.ty, &u.key, u.props.into_map(i)?)?,
             Op::Delete(d) => {
@@ -426,7 +468,7 @@ impl<'a> Working<'a> {
                 if table.rows.remove(&key).is_none() {
                     return Err(err(i, Some("key"), format!("{} {:?} does not exist", t.name, d.key)));
                 }
-                self.nodes.entry(t.name.clone()).or_default().insert(key.clone());
+                touch(self.nodes.entry(t.name.clone()).or_default(), key.clone(), true, None);
                 // Deleting a node deletes every edge that touches it.
                 for e in &self.schema.edges {
                     let Some(et) = self.data.edges.get_mut(&e.name) else { continue };
@@ -439,7 +481,7 @@ impl<'a> Working<'a> {
                     }
                     for (f, to) in gone {
                         if et.remove(&f, &to) {
-                            self.edges.entry(e.name.clone()).or_default().insert((f, to));
+                            touch(self.edges.entry(e.name.clone()).or_default(), (f, to), true, None);
                         }
                     }
                 }
@@ -455,7 +497,7 @@ impl<'a> Working<'a> {
                 if !table.remove(&from, &to) {
                     return Err(err(i, None, format!("{} edge {:?} -> {:?} does not exist", e.name, u.from, u.to)));
                 }
-                self.edges.entry(e.name.clone()).or_default().insert((from, to));
+                touch(self.edges.entry(e.name.clone()).or_default(), (from, to), true, None);
             }
         }
         Ok(())
@@ -473,7 +515,7 @@ impl<'a> Working<'a> {
 }
 
 /// Touched rows that existed before are removed; those that exist after are (re)written.
-fn table_write<K: Clone>(touched: BTreeSet<K>, existed: impl Fn(&K) -> bool, exists: impl Fn(&K) -> bool) -> TableWrite<K> {
+fn table_write<K: Clone>(touched: impl IntoIterator<Item = K>, existed: impl Fn(&K) -> bool, exists: impl Fn(&K) -> bool) -> TableWrite<K> {
     let mut tw = TableWrite::default();
     for k in touched {
         if existed(&k) {
@@ -494,16 +536,16 @@ pub fn plan<'a, O: Into<OpSlot<'a>>>(schema: &GraphSchema, base: &Snapshot, ops:
         let op = slot.into().into_op(i)?;
         w.apply(i, op)?;
     }
-    let affected = Affected { nodes: w.nodes.values().map(BTreeSet::len).sum(), edges: w.edges.values().map(BTreeSet::len).sum() };
+    let affected = Affected { nodes: w.nodes.values().map(Touches::len).sum(), edges: w.edges.values().map(Touches::len).sum() };
     let mut plan = Plan { data: GraphData::default(), nodes: BTreeMap::new(), edges: BTreeMap::new() };
     for (ty, keys) in w.nodes {
         let (before, after) = (base.data.nodes.get(&ty), w.data.nodes.get(&ty));
-        let tw = table_write(keys, |k| before.is_some_and(|t| t.rows.contains_key(k)), |k| after.is_some_and(|t| t.rows.contains_key(k)));
+        let tw = table_write(keys.into_keys(), |k| before.is_some_and(|t| t.rows.contains_key(k)), |k| after.is_some_and(|t| t.rows.contains_key(k)));
         plan.nodes.insert(ty, tw);
     }
     for (ty, pairs) in w.edges {
         let (before, after) = (base.data.edges.get(&ty), w.data.edges.get(&ty));
-        let tw = table_write(pairs, |p| before.is_some_and(|t| t.rows.contains_key(p)), |p| after.is_some_and(|t| t.rows.contains_key(p)));
+        let tw = table_write(pairs.into_keys(), |p| before.is_some_and(|t| t.rows.contains_key(p)), |p| after.is_some_and(|t| t.rows.contains_key(p)));
         plan.edges.insert(ty, tw);
     }
     plan.data = w.data;

@@ -102,7 +102,24 @@ impl LimitArgs {
     }
 }
 
+/// Caps glibc's malloc at two arenas, unless `MALLOC_ARENA_MAX` says
+/// otherwise. By default each thread that allocates may get an arena of
+/// its own (up to eight per core), and memory freed in one is not reused by
+/// another: a million-line ingest, whose rows are built on one thread and
+/// indexed on another while Lance writes on the runtime's, held 15 MiB more
+/// at its peak with the default than with two. Called before any thread.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    cap_malloc_arenas();
     // Read the key before any thread exists, then drop it from the environment.
     let worker_key = serve::take_worker_key()?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("OMNIGRAPH_LOG").unwrap_or_else(|_| "info,lance=warn".into());

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::contract::GraphSchema;
-use crate::store::state::{edge_id, EdgeTable, GraphData, Key, NodeTable, Props};
+use crate::store::state::{edge_id, EdgeTable, GraphData, Key, KeyMap, NodeTable, Props};
 use crate::store::{Plan, TableWrite};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -103,7 +103,7 @@ fn merge_props(base: &Props, ours: &Props, theirs: &Props) -> Option<Map<String,
 
 /// The keys whose value differs between `base` and `theirs`, sorted. Shared
 /// structure is skipped whole when the maps are the same map.
-fn changed<K: Clone + Ord + Hash + Eq>(base: &imbl::HashMap<K, Props>, theirs: &imbl::HashMap<K, Props>) -> Vec<K> {
+fn changed<K: Clone + Ord + Hash + Eq>(base: &KeyMap<K, Props>, theirs: &KeyMap<K, Props>) -> Vec<K> {
     if base.ptr_eq(theirs) {
         return Vec::new();
     }

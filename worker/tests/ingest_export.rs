@@ -251,6 +251,20 @@ async fn export_reads_a_commit_of_the_branch_and_nothing_else() {
     }
 }
 
+/// Every edge table's adjacency, both ways, as sorted lists.
+fn adjacency(s: &omnigraph_worker::store::Snapshot) -> Vec<(String, bool, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for (ty, t) in &s.data.edges {
+        for (outgoing, map) in [(true, &t.out), (false, &t.inc)] {
+            for (k, set) in map.iter() {
+                out.push((ty.clone(), outgoing, k.to_string(), set.iter().map(|v| v.to_string()).collect()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_written_in_two_batches_is_one_row() {
     let (_tmp, uri, store) = fresh().await;
@@ -266,8 +280,10 @@ async fn a_key_written_in_two_batches_is_one_row() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!((resp["nodes"].as_u64(), resp["edges"].as_u64()), (Some(26_000), Some(25_999)), "{resp}");
     let exported = export(addr, "").await;
+    let built = adjacency(&store.head("main").unwrap());
     drop(store);
     let reopened = Arc::new(Store::open("g", &uri).await.unwrap());
+    assert_eq!(adjacency(&reopened.head("main").unwrap()), built, "the adjacency the ingest built (in bulk, beside its parser) is the one a start loads");
     let p = people(&reopened, "main");
     assert_eq!(p.len(), 26_000);
     assert_eq!(p["p7"], json!({"name": "p7", "age": 7, "city": "late"}));

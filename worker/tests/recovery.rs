@@ -112,3 +112,61 @@ async fn apply_on(store: &Store, branch: &str, ops: serde_json::Value) {
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
     }
 }
+
+/// Power loss cannot be simulated here, so this pins the order of the
+/// system calls that make a commit durable, traced with `strace` on this
+/// very process: a table's data file is renamed into place without a sync
+/// (Lance's own local writer), then `syncfs` makes it durable, and only
+/// then are the commit log's files written, each fsynced before it is
+/// renamed or linked into place (the logs go through the fsyncing object
+/// store). See docs/worker.md, "Durability".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_a_commit_publishes_is_synced_before_its_row() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = tmp.path().join("g");
+    let store = Store::init("g", uri.to_str().unwrap(), SCHEMA, "test").await.unwrap();
+    apply(&store, json!([{"upsert": {"type": "Person", "key": "a"}}])).await;
+
+    let trace = tmp.path().join("trace.txt");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=syncfs,fsync,fdatasync,rename,renameat,renameat2,link,linkat", "-o"])
+        .arg(&trace)
+        .args(["-p", &std::process::id().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace must be installed (`make deps` installs it)");
+    // strace says so on stderr once it has attached to every thread.
+    let mut stderr = std::io::BufReader::new(strace.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("attached") {
+        line.clear();
+    }
+    assert!(line.contains("attached"), "strace did not attach: {line}");
+
+    apply(&store, json!([{"upsert": {"type": "Person", "key": "b"}}])).await;
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().unwrap();
+
+    let calls: Vec<String> = std::fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect();
+    let first = |what: &dyn Fn(&str) -> bool| calls.iter().position(|c| what(c));
+    let data = first(&|c| c.contains("rename") && c.contains("/Person.lance/data/")).expect("the Person data file is renamed into place");
+    let sync = first(&|c| c.contains("syncfs(")).expect("a syncfs");
+    let log = first(&|c| c.contains("/_commits.lance/")).expect("the commit log is written");
+    assert!(data < sync && sync < log, "data file at {data}, syncfs at {sync}, first commit-log call at {log}:\n{}", calls.join("\n"));
+    // Every commit-log data file is fsynced before it is put in place.
+    let log_fsync = first(&|c| c.starts_with_any_pid("fsync(") && c.contains("/_commits.lance/data/")).expect("an fsync of the commit log's data file");
+    let log_publish = calls.iter().rposition(|c| (c.contains("rename") || c.contains("link")) && c.contains("/_commits.lance/data/")).expect("the commit log's data file is put in place");
+    assert!(log_fsync < log_publish, "the commit log's data file is fsynced (call {log_fsync}) before it is put in place (call {log_publish})");
+}
+
+/// `strace -f` prefixes each line with the thread id.
+trait CallLine {
+    fn starts_with_any_pid(&self, call: &str) -> bool;
+}
+
+impl CallLine for str {
+    fn starts_with_any_pid(&self, call: &str) -> bool {
+        self.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with(call)
+    }
+}

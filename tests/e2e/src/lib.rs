@@ -440,9 +440,15 @@ pub fn bearer(token: &str) -> (&'static str, String) {
 /// Sends `raw` bytes as one HTTP/1.1 request and returns (status, body):
 /// for paths an HTTP client library would normalise.
 pub fn raw_request(addr: &str, raw: &str) -> (u16, String) {
+    raw_request_within(addr, raw, Duration::from_secs(30))
+}
+
+/// [`raw_request`], waiting up to `timeout` for the answer (a long
+/// maintenance run in a benchmark).
+pub fn raw_request_within(addr: &str, raw: &str, timeout: Duration) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    s.set_read_timeout(Some(timeout)).ok();
     s.write_all(raw.as_bytes()).expect("write");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);

@@ -95,9 +95,28 @@ pub struct SoakReport {
     pub worker_rss_peak: u64,
     /// Nodes in the graph at the end.
     pub nodes: u64,
+    /// Each worker process seen after the warm-up, in order: (pid, seconds
+    /// into the run it was first seen, its highest RSS in KiB). A worker
+    /// killed every 30 s is a new process each time, so "start" and "end"
+    /// above compare two processes of different ages; comparing the peaks
+    /// of whole lives compares like with like.
+    pub worker_lives: Vec<(i32, u64, u64)>,
+    /// The gateway's RSS (KiB) every 30 s after the warm-up: (seconds, KiB).
+    pub gateway_rss_series: Vec<(u64, u64)>,
 }
 
 impl SoakReport {
+    /// The peaks of the first and the last whole worker life (neither the
+    /// one alive at the warm-up nor the one alive at the end), when there
+    /// were at least two.
+    pub fn worker_life_peaks(&self) -> Option<(u64, u64)> {
+        let whole = self.worker_lives.get(1..self.worker_lives.len().saturating_sub(1)).unwrap_or(&[]);
+        match whole {
+            [first, .., last] => Some((first.2, last.2)),
+            _ => None,
+        }
+    }
+
     /// Whether the run kept every promise listed at the top of this module.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -137,6 +156,11 @@ impl SoakReport {
             format!("| nodes in the graph at the end | {} |", self.nodes),
             format!("| gateway RSS start → end (KiB) | {} → {} ({}); peak {} |", self.gateway_rss.0, self.gateway_rss.1, growth(self.gateway_rss), self.gateway_rss_peak),
             format!("| worker RSS start → end (KiB) | {} → {} ({}); peak {} |", self.worker_rss.0, self.worker_rss.1, growth(self.worker_rss), self.worker_rss_peak),
+            match self.worker_life_peaks() {
+                Some(p) => format!("| worker peak RSS, first → last whole life (KiB) | {} → {} ({}), {} lives |", p.0, p.1, growth(p), self.worker_lives.len()),
+                None => "| worker peak RSS, first → last whole life (KiB) | - (fewer than 4 lives) |".to_string(),
+            },
+            format!("| gateway RSS every 30 s (s: KiB) | {} |", self.gateway_rss_series.iter().map(|(t, k)| format!("{t}: {k}")).collect::<Vec<_>>().join(", ")),
         ]
         .join("\n")
     }
@@ -317,24 +341,43 @@ pub fn run(gw: &Gateway, token: &str, graph: &str, opts: &SoakOpts) -> SoakRepor
     // RSS "at the start" is taken once the load has warmed up (connection
     // buffers, allocator pools), so growth means memory that keeps growing.
     let warmup = (opts.duration / 6).min(Duration::from_secs(30));
+    let mut last_worker_rss = 0;
     let planned = match opts.kills {
         KillPlan::Random { count, .. } => Some(count),
         _ => None,
     };
     while started.elapsed() < opts.duration && planned.is_none_or(|n| kills.load(Ordering::Relaxed) < n) {
         if started.elapsed() >= warmup {
-            let (g, w) = (rss_kib(gw.proc.pid()), gw.worker_pid(graph).map_or(0, rss_kib));
+            let worker = gw.worker_pid(graph);
+            let (g, w) = (rss_kib(gw.proc.pid()), worker.map_or(0, rss_kib));
             if report.gateway_rss.0 == 0 || report.worker_rss.0 == 0 {
                 (report.gateway_rss.0, report.worker_rss.0) = (g, w);
             }
             report.gateway_rss_peak = report.gateway_rss_peak.max(g);
             report.worker_rss_peak = report.worker_rss_peak.max(w);
+            let secs = started.elapsed().as_secs();
+            if w > 0 {
+                last_worker_rss = w;
+            }
+            if let Some(pid) = worker.filter(|_| w > 0) {
+                match report.worker_lives.last_mut() {
+                    Some(life) if life.0 == pid => life.2 = life.2.max(w),
+                    _ => report.worker_lives.push((pid, secs, w)),
+                }
+            }
+            if report.gateway_rss_series.last().is_none_or(|(t, _)| secs >= t + 30) {
+                report.gateway_rss_series.push((secs, g));
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     // "End" is when the load stops, before the checks below read the whole graph.
     report.gateway_rss.1 = rss_kib(gw.proc.pid());
+    // A worker being restarted right then has no RSS: its last life's last sample stands in.
     report.worker_rss.1 = gw.worker_pid(graph).map_or(0, rss_kib);
+    if report.worker_rss.1 == 0 {
+        report.worker_rss.1 = last_worker_rss;
+    }
     stop.store(true, Ordering::Relaxed);
     if let Some(k) = killer {
         k.join().expect("killer thread");

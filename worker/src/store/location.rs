@@ -1,9 +1,20 @@
 //! Where a graph lives, and how each of its Lance datasets is opened.
 //!
 //! A graph URI is a local path (relative paths resolve against the current
-//! directory) or an object-store URL. For local paths every Lance write is
-//! fsynced (see [`FsyncLocalStore`]), because Lance's default local store does
-//! not sync and an acknowledged commit could otherwise vanish on power loss.
+//! directory) or an object-store URL.
+//!
+//! Durability on a local path. Lance 14 writes a local table's data,
+//! deletion and transaction files itself, renamed into place without
+//! fsync, and only its manifests through the object store (which
+//! [`FsyncLocalStore`] makes fsync). So nothing a change wrote is known to
+//! be on disk until the commit row that publishes it, and that row's
+//! append first calls [`Location::sync_tables`] (`syncfs` on the graph's
+//! file system). The two logs, `_commits` and `_branches`, are opened
+//! through Lance's `file-object-store` scheme instead
+//! ([`Location::table_uri`]): every file of theirs goes through the
+//! fsyncing object store, so a log's manifest never reaches the disk before
+//! its row. They are small and read whole at start, so the slower path
+//! costs nothing that matters.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,8 +83,27 @@ impl Location {
         Ok(Location { display: display.to_string(), local: Some(abs), root, session: bounded_session() })
     }
 
+    /// The URI Lance opens `table` at: the graph's root and the table's
+    /// folder; a log on a local path takes the `file-object-store` scheme
+    /// (the same files, written through the fsyncing object store; see the
+    /// module's comment).
     pub fn table_uri(&self, table: &str) -> String {
+        if self.local.is_some() && LOG_TABLES.contains(&table) {
+            return format!("file-object-store://{}/{}.lance", self.root, table);
+        }
         format!("{}/{}.lance", self.root, table)
+    }
+
+    /// Makes every file written so far on the graph's local file system
+    /// durable (`syncfs`), before a log row publishes them. One call covers
+    /// every table a commit wrote, whatever their number; it also flushes
+    /// other writers' dirty pages on that file system. No-op for an
+    /// object-store URI, whose writes are durable when they return.
+    pub async fn sync_tables(&self) -> Result<(), StoreError> {
+        let Some(dir) = self.local.clone() else { return Ok(()) };
+        tokio::task::spawn_blocking(move || sync_file_system(&dir).map_err(|e| StoreError::Io(format!("sync {}: {e}", dir.display()))))
+            .await
+            .map_err(|e| StoreError::Internal(format!("sync task: {e}")))?
     }
 
     fn store_params(&self) -> ObjectStoreParams {
@@ -131,6 +161,25 @@ impl Location {
             ))),
         }
     }
+}
+
+/// The append-only logs: opened through the object-store path (see [`Location::table_uri`]).
+const LOG_TABLES: [&str; 2] = [COMMITS_TABLE, super::branches::REFS_TABLE];
+
+/// `syncfs` on the file system that holds `dir`.
+fn sync_file_system(dir: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `f` is an open descriptor for the call's whole duration.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    f.sync_all()
 }
 
 /// Swaps Lance's local object store for one that fsyncs every written file

@@ -15,8 +15,13 @@ use lance::dataset::{Dataset, NewColumnTransform, WriteMode};
 use super::location::Location;
 use super::StoreError;
 
-/// Appends one row; `what` names the write in an error.
+/// Appends one row; `what` names the write in an error. The row is a
+/// publish point, so every table file written before it is made durable
+/// first ([`Location::sync_tables`]); the log's own files are fsynced as
+/// Lance writes them (the logs go through the object-store path, see
+/// [`Location::table_uri`]), so the row is durable when this returns.
 pub async fn append(ds: &mut Dataset, loc: &Location, row: RecordBatch, schema: SchemaRef, what: &str) -> Result<(), StoreError> {
+    loc.sync_tables().await?;
     let reader = RecordBatchIterator::new(vec![Ok(row)], schema);
     ds.append(reader, Some(loc.write_params(WriteMode::Append))).await.map_err(|e| StoreError::lance(what, e))
 }

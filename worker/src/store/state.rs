@@ -13,6 +13,37 @@ use serde_json::{Map, Value};
 
 pub type Key = Arc<str>;
 
+/// The hasher of every in-memory map keyed by row keys: foldhash, several
+/// times faster than std's SipHash on short keys (hashing was a tenth of an
+/// ingest's time), and still randomly seeded, so keys chosen by a client
+/// cannot be made to collide.
+pub type KeyHasher = foldhash::fast::RandomState;
+
+/// A persistent hash map keyed by row keys (see [`KeyHasher`]).
+pub type KeyMap<K, V> = imbl::GenericHashMap<K, V, KeyHasher, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// The rows a batch of ops touched, in the order first touched (see [`KeyHasher`]).
+pub type Touches<K> = indexmap::IndexMap<K, Touch, KeyHasher>;
+
+/// One touched row: whether it existed just before its first touch, and
+/// its properties after the last (`None`: deleted), so a write can be built
+/// from the touches alone, without looking each row up again.
+#[derive(Clone, Debug)]
+pub struct Touch {
+    pub existed: bool,
+    pub row: Option<Props>,
+}
+
+/// Records a touch of `k`: the first sets `existed`, every one the row.
+pub fn touch<K: std::hash::Hash + Eq>(touches: &mut Touches<K>, k: K, existed: bool, row: Option<Props>) {
+    match touches.entry(k) {
+        indexmap::map::Entry::Occupied(mut e) => e.get_mut().row = row,
+        indexmap::map::Entry::Vacant(e) => {
+            e.insert(Touch { existed, row });
+        }
+    }
+}
+
 /// The keys at the other end of one node's edges of one type, sorted.
 ///
 /// Most nodes have a handful of edges of a type, and a persistent B-tree
@@ -101,6 +132,21 @@ impl KeySet {
         }
     }
 
+    /// Adds every key of `keys` at once: one new slice (or B-tree inserts
+    /// for a hub) instead of a copy of the slice per key. The set ends as
+    /// [`KeySet::insert`] one key at a time would leave it.
+    pub fn extend(&mut self, keys: impl IntoIterator<Item = Key>) {
+        match self {
+            KeySet::Many(s) => s.extend(keys),
+            KeySet::Few(v) => {
+                let mut all: Vec<Key> = v.iter().cloned().chain(keys).collect();
+                all.sort_unstable();
+                all.dedup();
+                *self = if all.len() <= Self::FEW { KeySet::Few(Arc::from(all)) } else { KeySet::Many(all.into_iter().collect()) };
+            }
+        }
+    }
+
     /// Removes `k`; false when it was not there. A hub that shrinks to half
     /// of [`KeySet::FEW`] becomes a slice again.
     pub fn remove(&mut self, k: &Key) -> bool {
@@ -131,12 +177,23 @@ impl KeySet {
 /// row where this takes 112; names are interned, one string per property
 /// name in the process. Every row without properties (most edges) shares
 /// one empty value.
+///
+/// The pointer is thin (the length sits in the allocation): one word in
+/// each slot of the row maps, where a slice pointer took two.
 #[derive(Clone)]
-pub struct Props(Arc<[(Arc<str>, Value)]>);
+pub struct Props(triomphe::ThinArc<(), (Arc<str>, Value)>);
 
 impl Props {
+    fn new(pairs: Vec<(Arc<str>, Value)>) -> Props {
+        Props(triomphe::ThinArc::from_header_and_iter((), pairs.into_iter()))
+    }
+
+    fn pairs(&self) -> &[(Arc<str>, Value)] {
+        &self.0.slice
+    }
+
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(name)).ok().map(|i| &self.0[i].1)
+        self.pairs().binary_search_by(|(k, _)| (**k).cmp(name)).ok().map(|i| &self.pairs()[i].1)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
@@ -145,42 +202,42 @@ impl Props {
 
     /// (name, value) pairs, sorted by name.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> + '_ {
-        self.0.iter().map(|(k, v)| (&**k, v))
+        self.pairs().iter().map(|(k, v)| (&**k, v))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.0.iter().map(|(k, _)| &**k)
+        self.pairs().iter().map(|(k, _)| &**k)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pairs().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs().is_empty()
     }
 
     /// The same two rows' properties, without comparing them.
     pub fn ptr_eq(a: &Props, b: &Props) -> bool {
-        Arc::ptr_eq(&a.0, &b.0)
+        std::ptr::addr_eq(&*a.0, &*b.0)
     }
 
     /// As a JSON object, for answers and for edits.
     pub fn to_map(&self) -> Map<String, Value> {
-        self.0.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        self.pairs().iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 }
 
 impl Default for Props {
     fn default() -> Props {
         static EMPTY: std::sync::OnceLock<Props> = std::sync::OnceLock::new();
-        EMPTY.get_or_init(|| Props(Arc::from(Vec::new()))).clone()
+        EMPTY.get_or_init(|| Props::new(Vec::new())).clone()
     }
 }
 
 impl PartialEq for Props {
     fn eq(&self, other: &Props) -> bool {
-        Props::ptr_eq(self, other) || self.0 == other.0
+        Props::ptr_eq(self, other) || self.pairs() == other.pairs()
     }
 }
 
@@ -226,21 +283,21 @@ pub fn props(map: Map<String, Value>) -> Props {
     // Required: serde_json's `preserve_order` is on in this workspace (a
     // dependency enables it), so a Map iterates in insertion order.
     pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Props(Arc::from(pairs))
+    Props::new(pairs)
 }
 
 #[derive(Clone, Default)]
 pub struct NodeTable {
-    pub rows: imbl::HashMap<Key, Props>,
+    pub rows: KeyMap<Key, Props>,
 }
 
 #[derive(Clone, Default)]
 pub struct EdgeTable {
-    pub rows: imbl::HashMap<(Key, Key), Props>,
+    pub rows: KeyMap<(Key, Key), Props>,
     /// from → to keys
-    pub out: imbl::HashMap<Key, KeySet>,
+    pub out: KeyMap<Key, KeySet>,
     /// to → from keys
-    pub inc: imbl::HashMap<Key, KeySet>,
+    pub inc: KeyMap<Key, KeySet>,
 }
 
 impl EdgeTable {
@@ -259,13 +316,56 @@ impl EdgeTable {
         existed
     }
 
+    /// Takes the adjacency out, leaving it empty, so that it can be built
+    /// apart from the rows ([`Adjacency::add`]) and put back with
+    /// [`EdgeTable::put_adjacency`].
+    pub fn take_adjacency(&mut self) -> Adjacency {
+        Adjacency { out: std::mem::take(&mut self.out), inc: std::mem::take(&mut self.inc) }
+    }
+
+    pub fn put_adjacency(&mut self, a: Adjacency) {
+        self.out = a.out;
+        self.inc = a.inc;
+    }
+
     pub fn neighbours<'a>(&'a self, key: &Key, outgoing: bool) -> impl Iterator<Item = &'a Key> + 'a {
         let map = if outgoing { &self.out } else { &self.inc };
         map.get(key).into_iter().flat_map(|s| s.iter())
     }
 }
 
-fn detach(map: &mut imbl::HashMap<Key, KeySet>, a: &Key, b: &Key) {
+/// One edge table's adjacency (`out` and `inc`), built apart from its rows.
+#[derive(Clone, Default)]
+pub struct Adjacency {
+    pub out: KeyMap<Key, KeySet>,
+    pub inc: KeyMap<Key, KeySet>,
+}
+
+/// Groups `pairs` by the allocation of the key `side` picks: sorting reads
+/// no string, and since an edge's endpoints share their node's key string
+/// (`Working::endpoint`), equal keys fall in one group. Equal keys in two
+/// allocations just make two groups, each added to the same entry.
+fn group_by_key<'p>(pairs: &'p mut [(Key, Key)], side: fn(&(Key, Key)) -> &Key) -> impl Iterator<Item = &'p [(Key, Key)]> {
+    pairs.sort_unstable_by_key(|p| Arc::as_ptr(side(p)).cast::<u8>() as usize);
+    pairs.chunk_by(move |a, b| Arc::ptr_eq(side(a), side(b)))
+}
+
+impl Adjacency {
+    /// Indexes the edges `pairs` (from, to): one map entry per distinct
+    /// endpoint and one [`KeySet::extend`] each, where linking one edge at
+    /// a time costs two entries and two set copies per edge. (`/ingest`
+    /// builds its adjacency this way, on a thread beside its parser.)
+    pub fn add(&mut self, pairs: &mut [(Key, Key)]) {
+        for g in group_by_key(pairs, |p| &p.0) {
+            self.out.entry(g[0].0.clone()).or_default().extend(g.iter().map(|p| p.1.clone()));
+        }
+        for g in group_by_key(pairs, |p| &p.1) {
+            self.inc.entry(g[0].1.clone()).or_default().extend(g.iter().map(|p| p.0.clone()));
+        }
+    }
+}
+
+fn detach(map: &mut KeyMap<Key, KeySet>, a: &Key, b: &Key) {
     if let Some(set) = map.get_mut(a) {
         set.remove(b);
         if set.is_empty() {
@@ -392,6 +492,47 @@ mod tests {
             assert!(set.contains(&k) == model.contains(&k));
         }
         assert!(grew && shrank, "both forms and both changes were exercised");
+    }
+
+    /// The adjacency of `t` as sorted lists, to compare two tables.
+    fn adjacency_lists(out: &KeyMap<Key, KeySet>) -> BTreeMap<String, Vec<String>> {
+        out.iter().map(|(k, s)| (k.to_string(), s.iter().map(|v| v.to_string()).collect())).collect()
+    }
+
+    #[test]
+    fn adding_edges_in_bulk_indexes_them_as_linking_one_at_a_time_does() {
+        // 40 nodes, 600 random edges (so some nodes pass FEW and become a
+        // tree), added in four bulk batches on top of an existing table;
+        // some endpoints are equal strings in separate allocations.
+        let keys: Vec<Key> = (0..40).map(|i| Key::from(format!("n{i}"))).collect();
+        let mut one_by_one = EdgeTable::default();
+        one_by_one.insert(keys[0].clone(), keys[1].clone(), Props::default());
+        let mut bulk = one_by_one.clone();
+        let mut adjacency = bulk.take_adjacency();
+        assert!(bulk.out.is_empty() && bulk.inc.is_empty());
+        let mut x: u64 = 11;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) as usize
+        };
+        for _ in 0..4 {
+            let mut pairs = Vec::new();
+            for _ in 0..150 {
+                let (f, t) = (next() % 40, next() % 40);
+                let from = if next() % 5 == 0 { Key::from(&*keys[f]) } else { keys[f].clone() };
+                one_by_one.insert(from.clone(), keys[t].clone(), Props::default());
+                pairs.push((from, keys[t].clone()));
+            }
+            adjacency.add(&mut pairs);
+        }
+        bulk.put_adjacency(adjacency);
+        assert_eq!(adjacency_lists(&bulk.out), adjacency_lists(&one_by_one.out));
+        assert_eq!(adjacency_lists(&bulk.inc), adjacency_lists(&one_by_one.inc));
+        assert!(bulk.out.values().any(|s| matches!(s, KeySet::Many(_))), "a hub became a tree");
+        for (k, s) in bulk.out.iter() {
+            let other = one_by_one.out.get(k).map(|s| matches!(s, KeySet::Many(_)));
+            assert_eq!(Some(matches!(s, KeySet::Many(_))), other, "{k}: the same form");
+        }
     }
 
     #[test]
