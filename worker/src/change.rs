@@ -380,11 +380,6 @@ impl<'a> Working<'a> {
         self.linked.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// The state, mutably (`/ingest` puts back the adjacency it built).
-    pub fn data_mut(&mut self) -> &mut GraphData {
-        &mut self.data
-    }
-
     /// The state with every op so far applied.
     pub fn data(&self) -> &GraphData {
         &self.data
@@ -514,14 +509,16 @@ impl<'a> Working<'a> {
     }
 }
 
-/// Touched rows that existed before are removed; those that exist after are (re)written.
-fn table_write<K: Clone>(touched: impl IntoIterator<Item = K>, existed: impl Fn(&K) -> bool, exists: impl Fn(&K) -> bool) -> TableWrite<K> {
+/// Touched rows that existed before are removed; those that exist after are
+/// (re)written. A batch's first touch of a row sees it as the base has it
+/// (every op that changes a row touches it), so the touches alone say both.
+fn table_write<K: Clone>(touched: Touches<K>) -> TableWrite<K> {
     let mut tw = TableWrite::default();
-    for k in touched {
-        if existed(&k) {
+    for (k, t) in touched {
+        if t.existed {
             tw.remove.push(k.clone());
         }
-        if exists(&k) {
+        if t.row.is_some() {
             tw.put.push(k);
         }
     }
@@ -539,14 +536,10 @@ pub fn plan<'a, O: Into<OpSlot<'a>>>(schema: &GraphSchema, base: &Snapshot, ops:
     let affected = Affected { nodes: w.nodes.values().map(Touches::len).sum(), edges: w.edges.values().map(Touches::len).sum() };
     let mut plan = Plan { data: GraphData::default(), nodes: BTreeMap::new(), edges: BTreeMap::new() };
     for (ty, keys) in w.nodes {
-        let (before, after) = (base.data.nodes.get(&ty), w.data.nodes.get(&ty));
-        let tw = table_write(keys.into_keys(), |k| before.is_some_and(|t| t.rows.contains_key(k)), |k| after.is_some_and(|t| t.rows.contains_key(k)));
-        plan.nodes.insert(ty, tw);
+        plan.nodes.insert(ty, table_write(keys));
     }
     for (ty, pairs) in w.edges {
-        let (before, after) = (base.data.edges.get(&ty), w.data.edges.get(&ty));
-        let tw = table_write(pairs.into_keys(), |p| before.is_some_and(|t| t.rows.contains_key(p)), |p| after.is_some_and(|t| t.rows.contains_key(p)));
-        plan.edges.insert(ty, tw);
+        plan.edges.insert(ty, table_write(pairs));
     }
     plan.data = w.data;
     Ok((plan, affected))

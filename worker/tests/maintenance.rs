@@ -331,14 +331,8 @@ async fn the_background_task_runs_after_n_commits_and_can_be_switched_off() {
     for i in 0..10 {
         apply(&store, "main", upsert(&format!("p{i}"), i)).await;
     }
-    let by_maintenance = || store.commits("main").unwrap().into_iter().any(|c| c.actor_id == MAINTENANCE_ACTOR);
-    let ran = tokio::time::timeout(Duration::from_secs(120), async {
-        while !by_maintenance() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(ran.is_ok(), "no background run after 10 commits");
+    let ran = a_background_run(&store).await;
+    assert!(ran, "no background run after 10 commits");
     task.abort();
     assert_eq!(people(&store, "main").len(), 10);
 }
@@ -352,17 +346,27 @@ async fn commits_made_before_a_restart_count_towards_the_next_run() {
     for i in 0..10 {
         apply(&store, "main", upsert(&format!("p{i}"), i)).await;
     }
-    let by_maintenance = || store.commits("main").unwrap().into_iter().any(|c| c.actor_id == MAINTENANCE_ACTOR);
-    assert!(!by_maintenance());
+    assert!(!made_by_maintenance(&store));
     let limits = Limits { maintenance_interval_s: 0, maintenance_after_commits: 8, ..Limits::default() };
     let task = maintenance::spawn(store.clone(), limits).expect("a task");
-    let ran = tokio::time::timeout(Duration::from_secs(120), async {
-        while !by_maintenance() {
+    let ran = a_background_run(&store).await;
+    assert!(ran, "10 commits made before the task started did not trigger a run");
+    task.abort();
+    assert_eq!(people(&store, "main").len(), 10);
+}
+
+/// Whether `main` has a commit by the background maintenance actor.
+fn made_by_maintenance(store: &Store) -> bool {
+    store.commits("main").unwrap().into_iter().any(|c| c.actor_id == MAINTENANCE_ACTOR)
+}
+
+/// Waits (up to 120 s) for a background run to leave its commit on `main`.
+async fn a_background_run(store: &Store) -> bool {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while !made_by_maintenance(store) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
-    .await;
-    assert!(ran.is_ok(), "10 commits made before the task started did not trigger a run");
-    task.abort();
-    assert_eq!(people(&store, "main").len(), 10);
+    .await
+    .is_ok()
 }
