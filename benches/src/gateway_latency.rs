@@ -73,6 +73,29 @@ fn start_nginx(dir: &std::path::Path, port: u16, worker: &str) -> Option<Proc> {
     eventually(Duration::from_secs(10), || TcpStream::connect(&addr).is_ok()).then_some(p)
 }
 
+/// The bare Pingora proxy of `src/bin/bare_pingora.rs` in front of `upstream`
+/// (a TCP address or a Unix socket path): what Pingora costs without the
+/// gateway's phases.
+fn start_bare_pingora(port: u16, upstream: &str) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bare_pingora"));
+    cmd.arg(format!("127.0.0.1:{port}")).arg(upstream);
+    let (p, _) = Proc::spawn(cmd, "listening on", Duration::from_secs(30));
+    let addr = format!("127.0.0.1:{port}");
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(&addr).is_ok()), "bare_pingora did not listen on {addr}");
+    p
+}
+
+/// A worker serving `uri` on a Unix socket, as the gateway runs its workers
+/// (without the worker key: nothing but the harness reaches the socket).
+fn start_uds_worker(dir: &std::path::Path, schema: &std::path::Path) -> (Proc, String) {
+    let sock = dir.join("direct-uds.sock").display().to_string();
+    let mut cmd = std::process::Command::new(bin_in("release", "omnigraph-worker"));
+    cmd.args(["serve", "--graph-id", "uds", "--uri"]).arg(dir.join("uds")).args(["--socket", &sock, "--init", "--schema"]).arg(schema);
+    cmd.env_remove("OMNIGRAPH_WORKER_KEY");
+    let (p, _) = Proc::spawn(cmd, "listening on", Duration::from_secs(120));
+    (p, sock)
+}
+
 /// Requests per second over `secs` with `conns` keep-alive connections, one thread each.
 fn throughput(addr: &str, path: &str, headers: &str, body: &str, conns: usize, secs: u64) -> f64 {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -113,24 +136,35 @@ fn main() {
     let nginx_port = free_port();
     let nginx = start_nginx(d, nginx_port, &direct_addr);
     let nginx_addr = format!("127.0.0.1:{nginx_port}");
+    let (_uds_worker, uds_sock) = start_uds_worker(d, &schema);
+    let (bare_tcp_port, bare_uds_port) = (free_port(), free_port());
+    let _bare_tcp = start_bare_pingora(bare_tcp_port, &direct_addr);
+    let _bare_uds = start_bare_pingora(bare_uds_port, &uds_sock);
+    let (bare_tcp_addr, bare_uds_addr) = (format!("127.0.0.1:{bare_tcp_port}"), format!("127.0.0.1:{bare_uds_port}"));
     let auth = [("authorization", "Bearer bench-token")];
     let seed = json!({"ops": (0..100).map(|i| json!({"upsert": {"type": "Person", "key": format!("p{i}"), "props": {"age": i}}})).collect::<Vec<_>>()});
     assert_eq!(post_with(&gw.url("/graphs/alpha/change"), &seed, &auth).status, 200);
     assert_eq!(post(&direct.url("/change"), &seed).status, 200);
+    assert_eq!(post(&format!("http://{bare_uds_addr}/change"), &seed).status, 200);
     let body = json!({"match": {"type": "Person", "key": "p42"}}).to_string();
     let gw_headers = "authorization: Bearer bench-token\r\n";
     let mut to_gw = RawClient::connect(&gw.addr(), "/graphs/alpha/read", gw_headers, &body);
     let mut to_direct = RawClient::connect(&direct_addr, "/read", "", &body);
     let mut to_nginx = nginx.as_ref().map(|_| RawClient::connect(&nginx_addr, "/read", "", &body));
+    let mut to_bare_tcp = RawClient::connect(&bare_tcp_addr, "/read", "", &body);
+    let mut to_bare_uds = RawClient::connect(&bare_uds_addr, "/read", "", &body);
     for _ in 0..1000 {
         to_direct.once();
         to_gw.once();
+        to_bare_tcp.once();
+        to_bare_uds.once();
         if let Some(n) = to_nginx.as_mut() {
             n.once();
         }
     }
     let (mut direct_s, mut gw_s, mut nginx_s) = (Vec::new(), Vec::new(), Vec::new());
     let (mut direct_cpu, mut gw_cpu, mut nginx_cpu) = (0u64, 0u64, 0u64);
+    let (mut bare_tcp_s, mut bare_uds_s, mut bare_tcp_cpu, mut bare_uds_cpu) = (Vec::new(), Vec::new(), 0u64, 0u64);
     let nginx_pid = nginx.as_ref().map(|n| n.pid());
     for _ in 0..40 {
         block(&mut to_direct, 250, &mut direct_s, direct.proc.pid(), false, &mut direct_cpu);
@@ -138,6 +172,8 @@ fn main() {
             block(n, 250, &mut nginx_s, pid, true, &mut nginx_cpu);
         }
         block(&mut to_gw, 250, &mut gw_s, gw.proc.pid(), false, &mut gw_cpu);
+        block(&mut to_bare_tcp, 250, &mut bare_tcp_s, _bare_tcp.pid(), false, &mut bare_tcp_cpu);
+        block(&mut to_bare_uds, 250, &mut bare_uds_s, _bare_uds.pid(), false, &mut bare_uds_cpu);
     }
     let per_req = |ns: u64, n: usize| ns as f64 / 1e3 / n.max(1) as f64;
     let (d50, d99) = (percentile(&mut direct_s, 50.0), percentile(&mut direct_s, 99.0));
@@ -153,6 +189,10 @@ fn main() {
         println!("| nginx proxy_pass → worker (TCP, upstream keep-alive) | {} | {:.0} | {:.0} | {:.0} |", nginx_s.len(), us(n50), us(n99), us(n50) - us(d50));
         Some(us(n50) - us(d50))
     };
+    let (bt50, bt99) = (percentile(&mut bare_tcp_s, 50.0), percentile(&mut bare_tcp_s, 99.0));
+    let (bu50, bu99) = (percentile(&mut bare_uds_s, 50.0), percentile(&mut bare_uds_s, 99.0));
+    println!("| bare Pingora → worker (TCP, no phases) | {} | {:.0} | {:.0} | {:.0} |", bare_tcp_s.len(), us(bt50), us(bt99), us(bt50) - us(d50));
+    println!("| bare Pingora → worker (UDS, no phases) | {} | {:.0} | {:.0} | {:.0} |", bare_uds_s.len(), us(bu50), us(bu99), us(bu50) - us(d50));
     println!("| gateway → worker (TCP + authn + Cedar + UDS) | {} | {:.0} | {:.0} | **{:.0}** |", gw_s.len(), us(g50), us(g99), us(g50) - us(d50));
     let added = us(g50) - us(d50);
     println!("\n(client: raw keep-alive HTTP/1.1, one write per request, TCP_NODELAY; blocks of 250 interleaved)");
@@ -162,6 +202,8 @@ fn main() {
     if !nginx_s.is_empty() {
         println!("| nginx (master + worker process) | {:.1} |", per_req(nginx_cpu, nginx_s.len()));
     }
+    println!("| bare Pingora, TCP upstream | {:.1} |", per_req(bare_tcp_cpu, bare_tcp_s.len()));
+    println!("| bare Pingora, UDS upstream | {:.1} |", per_req(bare_uds_cpu, bare_uds_s.len()));
     println!("| gateway (its graph worker not included) | {:.1} |", per_req(gw_cpu, gw_s.len()));
     match nginx_added {
         Some(n) => println!("\ntargets: added p50 <= 50 µs (got {added:.0}); <= 1.5x nginx's added p50 (got {:.2}x)", added / n.max(1.0)),
@@ -171,6 +213,7 @@ fn main() {
     let secs = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let direct_rps = throughput(&direct_addr, "/read", "", &body, 32, secs);
     let nginx_rps = nginx.as_ref().map(|_| throughput(&nginx_addr, "/read", "", &body, 32, secs));
+    let bare_rps = throughput(&bare_uds_addr, "/read", "", &body, 32, secs);
     let gw_rps = throughput(&gw.addr(), "/graphs/alpha/read", gw_headers, &body, 32, secs);
     println!("\n## throughput at concurrency 32 ({secs} s each, same run)\n");
     println!("| path | requests/s | ÷ direct |");
@@ -179,6 +222,7 @@ fn main() {
     if let Some(n) = nginx_rps {
         println!("| nginx proxy_pass | {n:.0} | {:.2} |", n / direct_rps);
     }
+    println!("| bare Pingora (UDS) | {bare_rps:.0} | {:.2} |", bare_rps / direct_rps);
     println!("| gateway | {gw_rps:.0} | **{:.2}** |", gw_rps / direct_rps);
     println!("\ntarget: gateway ÷ direct >= 0.7");
     drop(nginx);

@@ -19,6 +19,9 @@ use cedar_policy::{
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
+
+use crate::hashed_cache::HashedCache;
 use miette::Diagnostic;
 use omnigraph_contract::{AuthSource, ResolvedActor};
 
@@ -103,7 +106,7 @@ impl Resource<'_> {
 }
 
 /// The request context Cedar sees; branch names are validated before this.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Hash)]
 pub struct RequestContext<'a> {
     pub branch: Option<&'a str>,
     pub branch_protected: Option<bool>,
@@ -116,6 +119,16 @@ pub struct RequestContext<'a> {
     pub requested_graph: Option<&'a str>,
     /// The tenant a `graph_create` asks for.
     pub requested_tenant: Option<&'a str>,
+}
+
+impl<'a> RequestContext<'a> {
+    /// Every field, strings then flags: what the context cache compares.
+    fn parts(&self) -> ([Option<&'a str>; 5], [Option<bool>; 3]) {
+        (
+            [self.branch, self.target_branch, self.from_branch, self.requested_graph, self.requested_tenant],
+            [self.branch_protected, self.target_protected, self.from_protected],
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -141,8 +154,18 @@ struct ActionSlice {
     by_actor: HashMap<String, Vec<Policy>>,
     /// Composed sets per bucket combination, built on first use. They live
     /// and die with this `ActionSets`, so a reload never sees stale ones.
-    composed: DashMap<Vec<String>, Arc<PolicySet>>,
+    composed: HashedCache<Vec<Bucket>, Arc<PolicySet>>,
 }
+
+/// Which principal bucket a policy was filed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum BucketKind {
+    Group,
+    Actor,
+}
+
+/// One bucket of a composed set's key: a group or an actor id.
+type Bucket = (BucketKind, String);
 
 /// More distinct bucket combinations than this and the composed cache starts over.
 const MAX_COMPOSED: usize = 4096;
@@ -150,44 +173,38 @@ const MAX_COMPOSED: usize = 4096;
 impl ActionSlice {
     fn new(general: Vec<Policy>, by_group: HashMap<String, Vec<Policy>>, by_actor: HashMap<String, Vec<Policy>>) -> Result<ActionSlice, String> {
         let general_set = Arc::new(PolicySet::from_policies(general.iter().cloned()).map_err(|e| e.to_string())?);
-        Ok(ActionSlice { general, general_set, by_group, by_actor, composed: DashMap::new() })
+        Ok(ActionSlice { general, general_set, by_group, by_actor, composed: HashedCache::new(MAX_COMPOSED) })
     }
 
     fn for_actor(&self, actor: &ResolvedActor) -> Result<Arc<PolicySet>, String> {
         if self.by_group.is_empty() && self.by_actor.is_empty() {
             return Ok(self.general_set.clone());
         }
-        let mut key: Vec<String> = Vec::new();
-        for g in &actor.groups {
-            if self.by_group.contains_key(&**g) {
-                key.push(format!("g:{g}"));
-            }
-        }
+        // The actor's buckets, sorted and without repeats: on the stack for
+        // up to eight, so a cached combination costs no allocation to find.
+        let mut key: SmallVec<[(BucketKind, &str); 8]> = SmallVec::new();
+        key.extend(actor.groups.iter().filter(|g| self.by_group.contains_key(&***g)).map(|g| (BucketKind::Group, &**g)));
         if self.by_actor.contains_key(&*actor.actor_id) {
-            key.push(format!("a:{}", actor.actor_id));
+            key.push((BucketKind::Actor, &*actor.actor_id));
         }
         if key.is_empty() {
             return Ok(self.general_set.clone());
         }
         key.sort_unstable();
         key.dedup();
-        if let Some(set) = self.composed.get(&key) {
-            return Ok(set.clone());
-        }
-        let mut policies = self.general.clone();
-        for k in &key {
-            let bucket = match k.split_at(2) {
-                ("g:", g) => self.by_group.get(g),
-                (_, a) => self.by_actor.get(a),
-            };
-            policies.extend(bucket.into_iter().flatten().cloned());
-        }
-        let set = Arc::new(PolicySet::from_policies(policies).map_err(|e| e.to_string())?);
-        if self.composed.len() >= MAX_COMPOSED {
-            self.composed.clear();
-        }
-        self.composed.insert(key, set.clone());
-        Ok(set)
+        let same = |owned: &Vec<Bucket>| owned.len() == key.len() && owned.iter().zip(&key).all(|(o, k)| o.0 == k.0 && o.1 == k.1);
+        self.composed.get_or_build(&key[..], same, || {
+            let mut policies = self.general.clone();
+            for (kind, name) in &key {
+                let bucket = match kind {
+                    BucketKind::Group => self.by_group.get(*name),
+                    BucketKind::Actor => self.by_actor.get(*name),
+                };
+                policies.extend(bucket.into_iter().flatten().cloned());
+            }
+            let set = Arc::new(PolicySet::from_policies(policies).map_err(|e| e.to_string())?);
+            Ok((key.iter().map(|(k, n)| (*k, n.to_string())).collect(), set))
+        })
     }
 }
 
@@ -242,11 +259,22 @@ struct RequestEntities {
 /// More distinct (actor, resource) pairs than this and the entity cache starts over.
 const MAX_CACHED_ENTITIES: usize = 100_000;
 
+/// More distinct contexts than this and the context cache starts over.
+const MAX_CACHED_CONTEXTS: usize = 4096;
+
+/// A context's owned key: its five strings and three flags, in the order of
+/// [`RequestContext::parts`].
+struct ContextKey([Option<String>; 5], [Option<bool>; 3]);
+
 pub struct Engine {
     schema: Schema,
     /// Entities depend only on the actor and the resource, never on the
     /// policies, so caching them is safe across reloads. Decisions are never cached.
-    entity_cache: DashMap<EntityKey, Arc<RequestEntities>>,
+    entity_cache: HashedCache<EntityKey, Arc<RequestEntities>>,
+    /// Cedar contexts, built once per distinct context (a branch and its
+    /// protection, for nearly every request); like entities, they do not
+    /// depend on the policies.
+    contexts: HashedCache<ContextKey, Context>,
     /// Principal bucketing is sound only when groups cannot nest (the built-in schema).
     bucket_principals: bool,
     authorizer: Authorizer,
@@ -367,7 +395,8 @@ impl Engine {
         let action_type = type_name("Omnigraph::Action");
         let actions = Action::ALL.iter().map(|a| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.name()))).collect();
         Ok(Engine {
-            entity_cache: DashMap::new(),
+            entity_cache: HashedCache::new(MAX_CACHED_ENTITIES),
+            contexts: HashedCache::new(MAX_CACHED_CONTEXTS),
             bucket_principals: schema_src == BUILTIN_SCHEMA,
             schema,
             authorizer: Authorizer::new(),
@@ -511,22 +540,22 @@ impl Engine {
 
     /// The request's entities, from the cache or built and cached.
     fn entities(&self, actor: &ResolvedActor, resource: Resource<'_>) -> Result<Arc<RequestEntities>, String> {
-        let key = EntityKey {
-            actor: actor.clone(),
-            graph: match resource {
-                Resource::Server => None,
-                Resource::Graph { id, tenant } => Some((id.to_string(), tenant.map(str::to_string))),
-            },
+        let graph = match resource {
+            Resource::Server => None,
+            Resource::Graph { id, tenant } => Some((id, tenant)),
         };
-        if let Some(e) = self.entity_cache.get(&key) {
-            return Ok(e.clone());
-        }
-        let built = Arc::new(self.build_entities(actor, resource)?);
-        if self.entity_cache.len() >= MAX_CACHED_ENTITIES {
-            self.entity_cache.clear();
-        }
-        self.entity_cache.insert(key, built.clone());
-        Ok(built)
+        let same = |k: &EntityKey| k.actor == *actor && k.graph.as_ref().map(|(i, t)| (i.as_str(), t.as_deref())) == graph;
+        self.entity_cache.get_or_build(&(actor, graph), same, || {
+            let key = EntityKey { actor: actor.clone(), graph: graph.map(|(i, t)| (i.to_string(), t.map(str::to_string))) };
+            Ok((key, Arc::new(self.build_entities(actor, resource)?)))
+        })
+    }
+
+    /// The Cedar context of a request, from the cache or built and cached.
+    fn context(&self, ctx: &RequestContext<'_>) -> Result<Context, String> {
+        let parts = ctx.parts();
+        let same = |k: &ContextKey| k.0.iter().map(Option::as_deref).eq(parts.0) && k.1 == parts.1;
+        self.contexts.get_or_build(&parts, same, || Ok((ContextKey(parts.0.map(|s| s.map(str::to_string)), parts.1), Self::build_context(ctx)?)))
     }
 
     fn build_entities(&self, actor: &ResolvedActor, resource: Resource<'_>) -> Result<RequestEntities, String> {
@@ -567,9 +596,7 @@ impl Engine {
         Ok(RequestEntities { principal, resource, entities })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn evaluate(&self, set: &PolicySet, actor: &ResolvedActor, action: Action, resource: Resource<'_>, ctx: &RequestContext<'_>) -> Result<(bool, Vec<String>, Vec<String>), String> {
-        let ents = self.entities(actor, resource)?;
+    fn build_context(ctx: &RequestContext<'_>) -> Result<Context, String> {
         let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
         let strings = [
             ("branch", ctx.branch),
@@ -588,7 +615,13 @@ impl Engine {
                 pairs.push((name.into(), RestrictedExpression::new_bool(v)));
             }
         }
-        let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
+        Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn evaluate(&self, set: &PolicySet, actor: &ResolvedActor, action: Action, resource: Resource<'_>, ctx: &RequestContext<'_>) -> Result<(bool, Vec<String>, Vec<String>), String> {
+        let ents = self.entities(actor, resource)?;
+        let context = self.context(ctx)?;
         // No schema here: the route table fixes which action meets which
         // resource type, and the context is built by this function alone;
         // the policies themselves were validated against the schema on load.

@@ -17,6 +17,7 @@ pub mod drain;
 pub mod explain;
 pub mod fairness;
 pub mod framing;
+pub mod hashed_cache;
 pub mod header_clock;
 pub mod lifecycle;
 pub mod metrics;
