@@ -48,6 +48,7 @@ bench: deps
 	$(CARGO) bench -p omnigraph-benches --bench fairness
 	$(CARGO) bench -p omnigraph-benches --bench ingest_export
 	$(CARGO) bench -p omnigraph-benches --bench maintenance
+	$(CARGO) bench -p omnigraph-benches --bench lazy_graphs
 	$(CARGO) bench -p omnigraph-benches --bench soak
 
 clean-data:

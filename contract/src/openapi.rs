@@ -142,7 +142,7 @@ fn components() -> Value {
             }},
             "Ready": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ready", "starting"]}}},
             "Graph": {"type": "object", "required": ["graph_id", "uri", "status"], "properties": {
-                "graph_id": {"type": "string"}, "uri": {"type": "string"}, "status": {"type": "string"}
+                "graph_id": {"type": "string"}, "uri": {"type": "string"}, "status": {"type": "string", "enum": ["starting", "up", "down", "failed", "stopping", "idle"]}
             }},
             "GraphList": {"type": "object", "required": ["graphs"], "properties": {"graphs": {"type": "array", "items": {"$ref": "#/components/schemas/Graph"}}}},
             "ReadResponse": {"type": "object", "required": ["commit_id", "rows", "row_count", "next_cursor"], "properties": {

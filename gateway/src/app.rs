@@ -159,7 +159,8 @@ impl AppState {
             std::time::Duration::from_millis(config.config.server.restart_backoff_max_ms),
             &limits,
             metrics.clone(),
-        ));
+        )
+        .with_idle_stop(std::time::Duration::from_secs(config.config.server.idle_stop_s)));
         let state = AppState {
             config_store: Arc::new(ConfigStore::new(&config.path, &config.bytes)),
             engine,
@@ -268,6 +269,7 @@ impl AppState {
             socket,
             sets,
         ))
+        .map(|e| if g.start.unwrap_or(self.config.config.server.default_start) == crate::config::StartMode::Lazy { e.lazy() } else { e })
     }
 
     /// Re-reads and re-validates every policy file (the server's and each

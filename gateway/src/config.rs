@@ -231,6 +231,49 @@ pub struct ServerSection {
     /// Where the decision log goes; stdout when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_log: Option<DecisionLog>,
+    /// When a graph without its own `start:` starts its worker: at boot
+    /// (`eager`, the default) or on its first allowed request (`lazy`).
+    #[serde(default, skip_serializing_if = "StartMode::is_eager")]
+    pub default_start: StartMode,
+    /// Seconds without a request after which a lazy graph's worker is
+    /// stopped (its status becomes `idle`; the next request starts it
+    /// again). 0, the default: never.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_stop_s: u64,
+    /// Milliseconds a request to an idle lazy graph waits for its worker
+    /// before it gets 503 with `Retry-After`.
+    #[serde(default = "default_start_wait_ms", skip_serializing_if = "is_default_start_wait")]
+    pub start_wait_ms: u64,
+}
+
+/// When a graph's worker starts (`graphs.<id>.start`, `server.default_start`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// At gateway start, and kept running.
+    #[default]
+    Eager,
+    /// On the first request Cedar allows; stopped again after
+    /// `server.idle_stop_s` without requests.
+    Lazy,
+}
+
+impl StartMode {
+    fn is_eager(&self) -> bool {
+        *self == StartMode::Eager
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn default_start_wait_ms() -> u64 {
+    30_000
+}
+
+fn is_default_start_wait(n: &u64) -> bool {
+    *n == default_start_wait_ms()
 }
 
 fn is_false(b: &bool) -> bool {
@@ -405,6 +448,9 @@ pub struct GraphSection {
     /// Used to initialise the graph when its URI is empty at start-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<FileRef>,
+    /// `eager` or `lazy`; `server.default_start` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartMode>,
 }
 
 /// A loaded config: the parsed file plus where it lives.

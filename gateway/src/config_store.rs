@@ -156,7 +156,7 @@ mod tests {
     const CFG: &str = "server:\n  bind: 127.0.0.1:1\n  policy: { file: p.cedar }\ngraphs: {}\n";
 
     fn section(uri: &str) -> crate::config::GraphSection {
-        crate::config::GraphSection { uri: uri.into(), tenant: None, protected_branches: vec![], policy: None, schema: None }
+        crate::config::GraphSection { uri: uri.into(), tenant: None, protected_branches: vec![], policy: None, schema: None, start: None }
     }
 
     #[test]

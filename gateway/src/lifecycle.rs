@@ -240,7 +240,7 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
     // The YAML gets the folder that was checked, in a spelling that resolves
     // to it again on the next start (not, say, `/proc/<pid>/cwd/...`).
     let uri = crate::config::stored_uri(&state.config.dir, &data_dir);
-    let section = GraphSection { uri, tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
+    let section = GraphSection { start: None, uri, tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
     let canonical = crate::containment::uri_key(&data_dir);
     Ok(Validated { id, req, section, own, policy_write, data_dir, canonical })
 }

@@ -9,6 +9,8 @@ pub struct Metrics {
     pub decision_seconds: Histogram,
     pub upstream_seconds: Histogram,
     pub worker_restarts: IntCounterVec,
+    pub lazy_starts: IntCounter,
+    pub idle_stops: IntCounter,
     /// Errors inside authorization (each one was a deny).
     pub authz_errors: IntCounter,
     pub authn_failures: IntCounter,
@@ -68,7 +70,11 @@ impl Metrics {
         registry.register(Box::new(tls_reloads.clone()))?;
         let decision_log_failures = IntGauge::new("omnigraph_decision_log_write_failures", "Failed writes of the decision log, each retried")?;
         registry.register(Box::new(decision_log_failures.clone()))?;
-        Ok(Metrics { registry, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled, throttle_waiting, shadow_differences, tls_reloads })
+        let lazy_starts = IntCounter::new("omnigraph_worker_lazy_starts_total", "Workers of lazy graphs started by a request")?;
+        registry.register(Box::new(lazy_starts.clone()))?;
+        let idle_stops = IntCounter::new("omnigraph_worker_idle_stops_total", "Workers of lazy graphs stopped after server.idle_stop_s without requests")?;
+        registry.register(Box::new(idle_stops.clone()))?;
+        Ok(Metrics { registry, lazy_starts, idle_stops, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled, throttle_waiting, shadow_differences, tls_reloads })
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -2,7 +2,9 @@
 //! every request (`DashMap` of `Arc` entries, `ArcSwap` inside).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -25,6 +27,9 @@ pub enum Status {
     Failed,
     /// Being removed.
     Stopping,
+    /// A lazy graph without a worker: never started, or stopped after
+    /// `server.idle_stop_s` without requests. Its next allowed request starts it.
+    Idle,
 }
 
 impl Status {
@@ -35,6 +40,7 @@ impl Status {
             Status::Down => "down",
             Status::Failed => "failed",
             Status::Stopping => "stopping",
+            Status::Idle => "idle",
         }
     }
 }
@@ -71,6 +77,47 @@ pub struct GraphEntry {
     /// Orders "adopt a started worker" against "remove the graph", so a
     /// worker that finishes starting during a `DELETE` is stopped, not orphaned.
     adoption: std::sync::Mutex<()>,
+    /// Started on its first allowed request, stopped when idle (`start: lazy`).
+    pub lazy: bool,
+    /// Requests that want this idle graph's worker (one stored permit wakes its supervisor).
+    demand: tokio::sync::Notify,
+    /// Every state change, for requests waiting for a lazy start.
+    changed: tokio::sync::Notify,
+    /// Requests proxied to the worker right now (see [`GraphEntry::enter`]).
+    in_flight: AtomicUsize,
+    /// When the last proxied request ended, ms since [`epoch`].
+    last_used_ms: AtomicU64,
+}
+
+/// The origin of `last_used_ms`: the first time anyone asked.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// One request proxied to a graph's worker; counted in the graph's
+/// in-flight requests until dropped, which also marks the graph used.
+pub struct InUse {
+    entry: Arc<GraphEntry>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.entry.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        self.entry.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How waiting for a lazy graph's worker ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wake {
+    Up,
+    /// Not up within the wait, or its start failed: the caller answers 503.
+    Unavailable,
 }
 
 impl GraphEntry {
@@ -101,7 +148,86 @@ impl GraphEntry {
             state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0 }),
             removed: std::sync::atomic::AtomicBool::new(false),
             adoption: std::sync::Mutex::new(()),
+            lazy: false,
+            demand: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            last_used_ms: AtomicU64::new(now_ms()),
         }
+    }
+
+    /// A lazy graph: idle until its first allowed request (`start: lazy`).
+    pub fn lazy(mut self) -> GraphEntry {
+        self.lazy = true;
+        self.state = ArcSwap::from_pointee(WorkerState { status: Status::Idle, key: None, pid: None, error: None, restarts: 0 });
+        self
+    }
+
+    /// Counts a request in the graph's in-flight requests, if its worker is
+    /// up; `None` otherwise. With [`GraphEntry::try_idle`] this is Dekker's
+    /// protocol: the count is raised before the status is read here, and
+    /// the status is set before the count is read there (each `SeqCst`), so
+    /// either this request sees the graph idle or the supervisor sees the
+    /// request, never neither.
+    pub fn enter(self: &Arc<Self>) -> Option<InUse> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InUse { entry: self.clone() };
+        std::sync::atomic::fence(Ordering::SeqCst);
+        (self.state.load().status == Status::Up).then_some(guard)
+    }
+
+    /// Requests proxied to the worker right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// How long since the last proxied request ended (or the worker was adopted).
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Marks an up, unused graph idle, so that new requests wait for a new
+    /// worker instead of reaching this one; `false` (and the graph stays up)
+    /// when a request is in flight or the graph is no longer up.
+    pub fn try_idle(&self) -> bool {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_removed() || self.status() != Status::Up || self.in_flight() > 0 {
+            return false;
+        }
+        self.set_state(|s| s.status = Status::Idle);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.in_flight() > 0 {
+            self.set_state(|s| s.status = Status::Up);
+            return false;
+        }
+        true
+    }
+
+    /// Waits (at most `wait`) until a lazy graph's worker is up, asking its
+    /// supervisor to start it when it is idle. A graph that is down or
+    /// failed is not waited for: its supervisor's backoff decides when it
+    /// comes back, and the caller answers 503 with `Retry-After` as for any graph.
+    pub async fn wake(&self, wait: Duration) -> Wake {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.status() {
+                Status::Up => return Wake::Up,
+                Status::Idle => self.demand.notify_one(),
+                Status::Starting => {}
+                Status::Down | Status::Failed | Status::Stopping => return Wake::Unavailable,
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Wake::Unavailable;
+            }
+        }
+    }
+
+    /// Waits until a request asks for this idle graph (or it is removed).
+    pub async fn demanded(&self) {
+        self.demand.notified().await
     }
 
     /// Marks the graph removed and returns the pid of its worker, if one is
@@ -110,6 +236,8 @@ impl GraphEntry {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
         self.removed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.set_state(|s| s.status = Status::Stopping);
+        // An idle graph's supervisor waits for demand: wake it to end.
+        self.demand.notify_one();
         self.state.load().pid
     }
 
@@ -117,7 +245,8 @@ impl GraphEntry {
     pub fn unmark_removed(&self) {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
         self.removed.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.set_state(|s| s.status = Status::Starting);
+        let status = if self.lazy { Status::Idle } else { Status::Starting };
+        self.set_state(|s| s.status = status);
     }
 
     pub fn is_removed(&self) -> bool {
@@ -131,6 +260,7 @@ impl GraphEntry {
         if self.is_removed() {
             return false;
         }
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
         self.set_state(|s| {
             s.status = Status::Up;
             s.pid = Some(pid);
@@ -151,6 +281,7 @@ impl GraphEntry {
         let mut s = WorkerState::clone(&self.state.load());
         f(&mut s);
         self.state.store(Arc::new(s));
+        self.changed.notify_waiters();
     }
 }
 
@@ -268,7 +399,7 @@ impl Registry {
 
     /// Ready when every graph is up or has definitively failed.
     pub fn ready(&self) -> bool {
-        self.graphs.iter().all(|e| matches!(e.status(), Status::Up | Status::Failed))
+        self.graphs.iter().all(|e| matches!(e.status(), Status::Up | Status::Failed | Status::Idle))
     }
 }
 
@@ -305,6 +436,70 @@ mod tests {
         assert_eq!(r.reserve(&id("c0"), "/d/elsewhere", 10).err(), Some(ReserveError::Id));
         drop(held);
         assert!(r.reserve(&id("inner"), "/d/c0/inner", 10).is_ok());
+    }
+
+    fn entry(name: &str) -> Arc<GraphEntry> {
+        let sets = ActionSets::unsliced(std::iter::empty()).unwrap();
+        let e = GraphEntry::new(id(name), "u".into(), "/u".into(), "/u".into(), None, vec![], None, None, "/s".into(), sets);
+        Arc::new(e.lazy())
+    }
+
+    #[test]
+    fn a_request_in_flight_keeps_a_graph_from_going_idle_and_an_idle_graph_admits_none() {
+        let e = entry("g");
+        assert_eq!(e.status(), Status::Idle);
+        assert!(e.enter().is_none(), "an idle graph has no worker to send to");
+        assert_eq!(e.in_flight(), 0, "a refused request is not counted");
+        assert!(e.adopt(42));
+        let req = e.enter().expect("up");
+        assert!(!e.try_idle(), "a request is in flight");
+        assert_eq!(e.status(), Status::Up);
+        drop(req);
+        assert_eq!(e.in_flight(), 0);
+        assert!(e.try_idle());
+        assert_eq!(e.status(), Status::Idle);
+        assert!(e.enter().is_none());
+        assert!(!e.try_idle(), "already idle");
+    }
+
+    #[tokio::test]
+    async fn a_request_to_an_idle_graph_asks_for_its_worker_and_waits_for_it() {
+        let e = entry("g");
+        let sup = e.clone();
+        let supervisor = tokio::spawn(async move {
+            sup.demanded().await;
+            sup.set_state(|s| s.status = Status::Starting);
+            tokio::task::yield_now().await;
+            sup.adopt(7)
+        });
+        assert_eq!(e.wake(Duration::from_secs(10)).await, Wake::Up);
+        assert!(supervisor.await.unwrap());
+        assert_eq!(e.state.load().pid, Some(7));
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_lazy_start_is_bounded_and_a_failed_start_ends_it() {
+        let e = entry("g");
+        let t = std::time::Instant::now();
+        assert_eq!(e.wake(Duration::from_millis(100)).await, Wake::Unavailable, "nobody started it");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        let sup = e.clone();
+        tokio::spawn(async move {
+            sup.demanded().await;
+            sup.set_state(|s| s.status = Status::Failed);
+        });
+        assert_eq!(e.wake(Duration::from_secs(10)).await, Wake::Unavailable);
+        assert_eq!(e.status(), Status::Failed);
+    }
+
+    #[tokio::test]
+    async fn removing_an_idle_graph_wakes_its_supervisor() {
+        let e = entry("g");
+        let sup = e.clone();
+        let waiting = tokio::spawn(async move { sup.demanded().await });
+        assert_eq!(e.mark_removed(), None);
+        tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("woken").unwrap();
+        assert!(e.is_removed());
     }
 
     #[test]

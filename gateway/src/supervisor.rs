@@ -49,6 +49,16 @@ pub struct Supervisor {
     ready_timeout: Duration,
     /// `server.restart_backoff_max_ms`: the cap of the restart delay.
     backoff_max: Duration,
+    /// `server.idle_stop_s`: a lazy graph's worker unused this long is stopped.
+    idle_stop: Option<Duration>,
+}
+
+/// How a worker's life ended.
+enum End {
+    /// It exited by itself (or was killed): restarted with backoff.
+    Exited(String),
+    /// The supervisor stopped it after `server.idle_stop_s` without requests.
+    Idled,
 }
 
 /// A started worker: its pid (also its process group) and its exit.
@@ -196,6 +206,40 @@ impl Supervisor {
             metrics,
             ready_timeout,
             backoff_max: backoff_max.max(BACKOFF_START),
+            idle_stop: None,
+        }
+    }
+
+    /// Stops lazy graphs' workers after `idle` without requests (`server.idle_stop_s`; zero: never).
+    pub fn with_idle_stop(mut self, idle: Duration) -> Supervisor {
+        self.idle_stop = (!idle.is_zero()).then_some(idle);
+        self
+    }
+
+    /// Waits for the worker to exit; for a lazy graph, also stops it once
+    /// it has had no request for `server.idle_stop_s`.
+    async fn run(&self, entry: &GraphEntry, running: Running) -> End {
+        let mut exited = running.exited;
+        let Some(idle) = self.idle_stop.filter(|_| entry.lazy) else {
+            return End::Exited(exited.await.unwrap_or_else(|_| "unknown".into()));
+        };
+        // Checked a few times per idle period, at most once a second.
+        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                how = &mut exited => return End::Exited(how.unwrap_or_else(|_| "unknown".into())),
+                _ = tokio::time::sleep(every) => {
+                    if entry.idle_for() < idle || !entry.try_idle() {
+                        continue;
+                    }
+                    tracing::info!(graph = %entry.id, pid = running.pid, idle_s = idle.as_secs_f64(), "no requests: stopping the idle worker");
+                    let pid = running.pid;
+                    let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                    let _ = exited.await;
+                    self.metrics.idle_stops.inc();
+                    return End::Idled;
+                }
+            }
         }
     }
 
@@ -210,6 +254,15 @@ impl Supervisor {
         loop {
             if self.is_shutting_down() || entry.is_removed() {
                 return;
+            }
+            if first.is_none() && entry.status() == Status::Idle {
+                // A lazy graph starts on demand (a request Cedar allowed).
+                entry.demanded().await;
+                if self.is_shutting_down() || entry.is_removed() {
+                    return;
+                }
+                entry.set_state(|s| s.status = Status::Starting);
+                self.metrics.lazy_starts.inc();
             }
             let started = Instant::now();
             let result = match first.take() {
@@ -229,7 +282,18 @@ impl Supervisor {
                         return;
                     }
                     tracing::info!(graph = %entry.id, pid = running.pid, "worker is up");
-                    let how = running.exited.await.unwrap_or_else(|_| "unknown".into());
+                    let how = match self.run(&entry, running).await {
+                        End::Exited(how) => how,
+                        End::Idled => {
+                            entry.set_state(|s| {
+                                s.status = Status::Idle;
+                                s.pid = None;
+                                s.key = None;
+                            });
+                            backoff = BACKOFF_START;
+                            continue;
+                        }
+                    };
                     if self.is_shutting_down() || entry.is_removed() {
                         return;
                     }
@@ -250,6 +314,16 @@ impl Supervisor {
                         s.pid = None;
                         s.error = Some(e);
                     });
+                    if entry.lazy {
+                        // Requests waiting for it have their answer (503); the
+                        // next one tries again, not a backoff loop on its own.
+                        tokio::time::sleep(backoff).await;
+                        backoff = Backoff::next(backoff, self.backoff_max);
+                        if !entry.is_removed() {
+                            entry.set_state(|s| s.status = Status::Idle);
+                        }
+                        continue;
+                    }
                 }
             }
             tokio::time::sleep(backoff).await;

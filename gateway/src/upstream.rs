@@ -15,7 +15,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 
 use crate::config::Limits;
-use crate::registry::{GraphEntry, Status};
+use crate::registry::{GraphEntry, InUse, Status};
 use crate::route::ProxyRoute;
 
 /// How long a client should wait before retrying a graph whose worker is down.
@@ -32,6 +32,9 @@ pub struct Upstream {
     pub key: Arc<str>,
     /// When the request left for the worker.
     pub sent: Option<Instant>,
+    /// Counts the request in its graph's in-flight requests while it lives
+    /// (what keeps an idle stop from cutting it off).
+    pub in_use: Option<InUse>,
 }
 
 /// Why a request cannot be proxied, as the answer to give.
@@ -61,12 +64,13 @@ fn body_limit(limits: &Limits, route: &ProxyRoute) -> (u64, &'static str) {
 /// must be up, and a declared body must fit its limit (`max_ingest_bytes`
 /// for `/ingest`, `max_body_bytes` for the rest; a chunked body is counted
 /// by the worker, which runs with the same limits).
-pub fn select(route: &ProxyRoute, entry: Option<&GraphEntry>, content_length: Option<u64>, limits: &Limits) -> Result<Upstream, Refusal> {
+pub fn select(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, content_length: Option<u64>, limits: &Limits) -> Result<Upstream, Refusal> {
     let Some(e) = entry else {
         return Err(Refusal { code: ErrorCode::NotFound, message: format!("graph {:?} does not exist", route.graph.as_str()), retry_after: false });
     };
+    let in_use = e.enter();
     let ws = e.state.load();
-    let (Status::Up, Some(key)) = (ws.status, ws.key.clone()) else {
+    let (Some(in_use), Status::Up, Some(key)) = (in_use, ws.status, ws.key.clone()) else {
         let message = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
         return Err(Refusal { code: ErrorCode::WorkerUnavailable, message, retry_after: true });
     };
@@ -77,7 +81,16 @@ pub fn select(route: &ProxyRoute, entry: Option<&GraphEntry>, content_length: Op
             return Err(Refusal { code: ErrorCode::PayloadTooLarge, message, retry_after: false });
         }
     }
-    Ok(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: route.worker_path.clone(), key, sent: None })
+    Ok(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use) })
+}
+
+/// A lazy graph that is idle (or starting) is started, and the request
+/// waits for it, at most `wait` (`server.start_wait_ms`); any other graph is
+/// taken as it is. [`select`] then answers 503 if the worker is still not up.
+pub async fn wake_if_lazy(entry: Option<&Arc<GraphEntry>>, wait: Duration) {
+    if let Some(e) = entry.filter(|e| e.lazy && matches!(e.status(), Status::Idle | Status::Starting)) {
+        e.wake(wait).await;
+    }
 }
 
 /// The worker's Unix socket as a Pingora peer.
@@ -116,7 +129,7 @@ mod tests {
     use omnigraph_contract::AuthSource;
 
     fn upstream() -> Upstream {
-        Upstream { graph: GraphId::parse("g").unwrap(), socket: "/s".into(), path: "/read?branch=dev".into(), key: Arc::from("k3y"), sent: None }
+        Upstream { graph: GraphId::parse("g").unwrap(), socket: "/s".into(), path: "/read?branch=dev".into(), key: Arc::from("k3y"), sent: None, in_use: None }
     }
 
     fn actor(id: &str) -> ResolvedActor {

@@ -63,7 +63,7 @@ fn check_rewrite(dir: &Path, bytes: &[u8], before: &Config, add: bool) {
                 c.graphs.remove(id);
             }
             None => {
-                c.graphs.insert("fz".into(), GraphSection { uri: "data/fz".into(), tenant: Some("t: x".into()), protected_branches: vec!["main".into()], policy: None, schema: None });
+                c.graphs.insert("fz".into(), GraphSection { uri: "data/fz".into(), tenant: Some("t: x".into()), protected_branches: vec!["main".into()], policy: None, schema: None, start: Some(omnigraph_gateway::config::StartMode::Lazy) });
             }
         }
         expected = c.clone();

@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod maintenance;
+pub mod memory;
 pub mod merge;
 pub mod query;
 pub mod schema_change;

@@ -81,6 +81,7 @@ async fn run(store: Arc<Store>, schedule: Schedule, limits: Limits) {
         if let Err(e) = store.maintain(limits.retention(), &author).await {
             tracing::error!(error = %e, "background maintenance failed; it is tried again at the next trigger");
         }
+        crate::memory::return_free_heap();
         // Its own compaction commits do not count towards the next run.
         (last_run, last_count) = (Instant::now(), store.commit_count());
     }

@@ -91,6 +91,8 @@ pub async fn run(opts: Options, worker_key: Option<Arc<[u8]>>) -> Result<(), Ser
         }
         None => Store::open(&opts.graph_id, &opts.uri).await?,
     };
+    // Opening read and parsed the whole history; keep only what it kept.
+    crate::memory::return_free_heap();
     if worker_key.is_none() {
         tracing::info!("no {WORKER_KEY_ENV}: every request is served, and every commit is recorded as actor \"local\"");
     }

@@ -160,6 +160,7 @@ impl SoakReport {
                 Some(p) => format!("| worker peak RSS, first → last whole life (KiB) | {} → {} ({}), {} lives |", p.0, p.1, growth(p), self.worker_lives.len()),
                 None => "| worker peak RSS, first → last whole life (KiB) | - (fewer than 4 lives) |".to_string(),
             },
+            format!("| worker peak RSS of each life (KiB) | {} |", self.worker_lives.iter().map(|l| l.2.to_string()).collect::<Vec<_>>().join(", ")),
             format!("| gateway RSS every 30 s (s: KiB) | {} |", self.gateway_rss_series.iter().map(|(t, k)| format!("{t}: {k}")).collect::<Vec<_>>().join(", ")),
         ]
         .join("\n")

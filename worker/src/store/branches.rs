@@ -116,7 +116,7 @@ pub async fn open_or_create(loc: &Location) -> Result<Dataset, StoreError> {
         Ok(ds) => Ok(ds),
         Err(_) if !loc.has_versions(REFS_TABLE) => {
             let reader = RecordBatchIterator::new(Vec::<Result<RecordBatch, arrow_schema::ArrowError>>::new(), schema());
-            Dataset::write(reader, loc.table_uri(REFS_TABLE).as_str(), Some(loc.write_params(WriteMode::Create)))
+            Dataset::write(reader, loc.table_uri(REFS_TABLE).as_str(), Some(loc.log_write_params(WriteMode::Create)))
                 .await
                 .map_err(|e| StoreError::lance("create _branches", e))
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use lance::dataset::{Dataset, WriteMode};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::location::{Location, COMMITS_TABLE};
@@ -343,7 +344,7 @@ fn json<T: Serialize>(v: &T) -> String {
 pub async fn create(loc: &Location, first: &CommitRecord) -> Result<Dataset, StoreError> {
     let batch = to_batch(first)?;
     let reader = RecordBatchIterator::new(vec![Ok(batch)], schema());
-    Dataset::write(reader, loc.table_uri(COMMITS_TABLE).as_str(), Some(loc.write_params(WriteMode::Create)))
+    Dataset::write(reader, loc.table_uri(COMMITS_TABLE).as_str(), Some(loc.log_write_params(WriteMode::Create)))
         .await
         .map_err(|e| StoreError::lance("create _commits", e))
 }
@@ -355,8 +356,11 @@ pub async fn append(ds: &mut Dataset, loc: &Location, c: &CommitRecord) -> Resul
 
 /// Reads the whole log, ordered by `seq`.
 pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
-    let mut out = Vec::new();
-    for b in log_rows::scan(ds, "_commits").await? {
+    let mut out = Vec::with_capacity(ds.count_rows(None).await.unwrap_or(0));
+    // One batch at a time: the Arrow copy of the log is never whole in memory
+    // beside the records built from it.
+    let mut batches = log_rows::stream(ds, "_commits").await?;
+    while let Some(b) = batches.try_next().await.map_err(|e| StoreError::lance("scan _commits", e))? {
         let c = log_rows::Columns { batch: &b, table: "_commits" };
         let seq = c.seq()?;
         let (id, parents, branch, actor, created, tables) =
@@ -371,7 +375,8 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
                 branch: branch.value(i).to_string(),
                 actor_id: actor.value(i).to_string(),
                 request_id: log_rows::optional(request_id, i),
-                schema_id: log_rows::optional(schema_id, i).map(Arc::from),
+                // Every commit after a schema change names it: one shared copy.
+                schema_id: log_rows::optional(schema_id, i).as_deref().map(super::state::intern),
                 schema_source: log_rows::optional(schema, i).map(Arc::from),
                 created_at: created.value(i).to_string(),
                 tables: serde_json::from_str::<BTreeMap<String, StoredPin>>(tables.value(i))

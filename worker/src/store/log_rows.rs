@@ -23,13 +23,19 @@ use super::StoreError;
 pub async fn append(ds: &mut Dataset, loc: &Location, row: RecordBatch, schema: SchemaRef, what: &str) -> Result<(), StoreError> {
     loc.sync_tables().await?;
     let reader = RecordBatchIterator::new(vec![Ok(row)], schema);
-    ds.append(reader, Some(loc.write_params(WriteMode::Append))).await.map_err(|e| StoreError::lance(what, e))
+    ds.append(reader, Some(loc.log_write_params(WriteMode::Append))).await.map_err(|e| StoreError::lance(what, e))
 }
 
 /// Every batch of the log `table` (say `_commits`).
 pub async fn scan(ds: &Dataset, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
     let what = format!("scan {table}");
-    ds.scan().try_into_stream().await.map_err(|e| StoreError::lance(&what, e))?.try_collect().await.map_err(|e| StoreError::lance(&what, e))
+    stream(ds, table).await?.try_collect().await.map_err(|e| StoreError::lance(&what, e))
+}
+
+/// The log `table`'s rows as a stream of batches, for a reader that keeps
+/// what it parses and not the batches.
+pub async fn stream(ds: &Dataset, table: &str) -> Result<lance::dataset::scanner::DatasetRecordBatchStream, StoreError> {
+    ds.scan().try_into_stream().await.map_err(|e| StoreError::lance(format!("scan {table}"), e))
 }
 
 /// Adds each of `fields` (nullable) that the log `table` lacks, as a column
