@@ -18,7 +18,7 @@ const SCHEMA: &str = "node Person { name: String @key age: I64? }\n";
 async fn upsert(store: &Store, branch: &str, key: &str) -> String {
     let ops = change::parse_body(&json!({"ops": [{"upsert": {"type": "Person", "key": key, "props": {}}}]})).unwrap();
     match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&base.schema.graph, base, ops)).await {
-        Ok((snap, _)) => snap.commit.commit_id.clone(),
+        Ok((snap, _)) => snap.commit.commit_id.to_string(),
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
     }
@@ -38,13 +38,13 @@ async fn a_commit_from_another_branch_is_not_found_on_main() {
     drop(store);
 
     let store = Store::open("g", uri).await.unwrap();
-    assert_eq!(store.head("main").unwrap().commit.commit_id, first, "main's head is unchanged");
+    assert_eq!(*store.head("main").unwrap().commit.commit_id.to_string(), *first, "main's head is unchanged");
     assert!(store.commit_on("main", &first).is_ok());
     assert!(matches!(store.commit_on("main", &dev), Err(StoreError::NotOnBranch { .. })));
     assert!(store.commit_on("dev", &dev).is_ok());
     assert!(store.commit_on("dev", &first).is_ok(), "dev's history includes the commit it forked from");
     assert!(matches!(store.snapshot_at("main", &dev).await, Err(StoreError::NotOnBranch { .. })));
-    assert!(store.commits("main").unwrap().iter().all(|c| c.commit_id != dev));
+    assert!(store.commits("main").unwrap().iter().all(|c| *c.commit_id != *dev));
     assert_eq!(store.commits("dev").unwrap().len(), 3, "dev, main's first change, init");
     assert!(matches!(store.commit_on("ghost", &first), Err(StoreError::NoBranch(_))));
 

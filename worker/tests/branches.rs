@@ -155,7 +155,7 @@ async fn deleting_a_branch_and_making_it_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_commit_lets_exactly_one_of_two_racing_changes_through() {
     let (_tmp, _uri, store) = fresh().await;
-    let head = store.head("main").unwrap().commit.commit_id.clone();
+    let head = store.head("main").unwrap().commit.commit_id.to_string();
     let addr = serve(store.clone()).await;
     let path = format!("/change?if_commit={head}");
     let (body_a, body_b) = (upsert_body("a", json!({})), upsert_body("b", json!({})));
@@ -168,12 +168,12 @@ async fn if_commit_lets_exactly_one_of_two_racing_changes_through() {
     assert_eq!(people(&store, "main").len(), 1, "the refused change wrote nothing");
     assert_eq!(store.commits("main").unwrap().len(), 2);
     // The current head passes; an unknown id or another branch's head does not.
-    let now = store.head("main").unwrap().commit.commit_id.clone();
+    let now = store.head("main").unwrap().commit.commit_id.to_string();
     assert_eq!(call(addr, "POST", &format!("/change?if_commit={now}"), &upsert_body("c", json!({}))).await.0, 200);
     assert_eq!(call(addr, "POST", "/change?if_commit=01NOPE", &upsert_body("d", json!({}))).await.0, 412);
     store.create_branch("dev", "main", &Author::new("t")).await.unwrap();
     apply(&store, "dev", json!([{"upsert": {"type": "Person", "key": "x", "props": {}}}])).await;
-    let dev = store.head("dev").unwrap().commit.commit_id.clone();
+    let dev = store.head("dev").unwrap().commit.commit_id.to_string();
     assert_eq!(call(addr, "POST", &format!("/change?if_commit={dev}"), &upsert_body("e", json!({}))).await.0, 412);
     assert_eq!(call(addr, "POST", &format!("/change?branch=dev&if_commit={dev}"), &upsert_body("e", json!({}))).await.0, 200);
     let (status, _) = call(addr, "POST", "/change?if_commit=", &upsert_body("f", json!({}))).await;

@@ -133,7 +133,7 @@ fn check_read(req: ReadRequest) {
     let limit = req.limit.unwrap_or(query::DEFAULT_LIMIT);
     assert_eq!(out.row_count, out.rows.len());
     assert!(out.rows.len() <= limit);
-    assert_eq!(out.commit_id, snap.commit.commit_id);
+    assert_eq!(*out.commit_id, *snap.commit.commit_id);
     let mut seen = BTreeSet::new();
     let (lo, hi) = match req.traverse.last() {
         None => (0, 0),
@@ -153,7 +153,7 @@ fn check_read(req: ReadRequest) {
     }
     if let Some(c) = &out.next_cursor {
         let c = Cursor::decode(c).expect("the worker's own cursor decodes");
-        assert_eq!((c.commit_id.as_str(), c.offset), (snap.commit.commit_id.as_str(), offset.saturating_add(limit)));
+        assert_eq!((c.commit_id.as_str(), c.offset), (&*snap.commit.commit_id.to_string(), offset.saturating_add(limit)));
     }
 }
 

@@ -57,12 +57,12 @@ async fn an_ingest_is_one_commit_on_its_branch_only() {
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["lines"].as_u64(), body["nodes"].as_u64(), body["edges"].as_u64()), (Some(5), Some(2), Some(2)), "{body}");
     let commit = body["commit_id"].as_str().unwrap().to_string();
-    assert_eq!(store.head("dev").unwrap().commit.commit_id, commit);
-    assert_eq!(store.head("dev").unwrap().commit.parents, vec![base.clone()], "one commit on the branch head");
+    assert_eq!(store.head("dev").unwrap().commit.commit_id.to_string(), commit);
+    assert_eq!(store.head("dev").unwrap().commit.parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(), vec![base.clone()], "one commit on the branch head");
     assert_eq!(people(&store, "dev")["a"], json!({"name": "a", "age": 30, "city": "x"}), "upserts merge like /change");
     assert_eq!(knows(&store, "dev"), ["a->b", "a->old"]);
 
-    assert_eq!(store.head("main").unwrap().commit.commit_id, base, "main did not move");
+    assert_eq!(store.head("main").unwrap().commit.commit_id.to_string(), base, "main did not move");
     assert_eq!(people(&store, "main").keys().collect::<Vec<_>>(), ["old"]);
     assert!(knows(&store, "main").is_empty());
 
@@ -83,7 +83,7 @@ async fn if_commit_must_name_the_head() {
     let addr = serve(store.clone()).await;
     let (status, body) = ingest(addr, "?if_commit=01AAAAAAAAAAAAAAAAAAAAAAAA", &person("b", json!({}))).await;
     assert_eq!((status, body["code"].as_str()), (412, Some("precondition_failed")), "{body}");
-    assert_eq!(store.head("main").unwrap().commit.commit_id, head);
+    assert_eq!(store.head("main").unwrap().commit.commit_id.to_string(), head);
     let (status, body) = ingest(addr, &format!("?if_commit={head}"), &person("b", json!({}))).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = ingest(addr, &format!("?if_commit={head}"), &person("c", json!({}))).await;
@@ -122,7 +122,7 @@ async fn a_bad_line_rejects_the_whole_ingest_even_after_batches_were_written() {
     assert_eq!(resp["details"], json!({"line": 59_999}), "{resp}");
     assert!(resp["error"].as_str().unwrap().contains("to: Person \"nobody\" does not exist"), "{resp}");
 
-    assert_eq!(store.head("main").unwrap().commit.commit_id, head, "no commit");
+    assert_eq!(store.head("main").unwrap().commit.commit_id.to_string(), head, "no commit");
     assert_eq!(export(addr, "").await, before, "nothing visible");
     assert_eq!(people(&store, "main").len(), 1);
     assert!(versions(&store).iter().zip(&pinned).all(|((_, now), (_, was))| now >= was));
@@ -142,12 +142,12 @@ async fn the_ingest_limit_is_413_and_writes_nothing() {
     let (_tmp, _uri, store) = fresh().await;
     let limits = Limits { max_ingest_bytes: 1000, max_body_bytes: 100, ..Limits::default() };
     let addr = serve_with(store.clone(), limits).await;
-    let head = store.head("main").unwrap().commit.commit_id.clone();
+    let head = store.head("main").unwrap().commit.commit_id.to_string();
     // Under max_ingest_bytes but over max_body_bytes: accepted.
     let small: String = ["a", "b", "c"].iter().map(|k| person(k, json!({"age": 1}))).collect();
     assert!(small.len() > 100 && small.len() < 1000);
     assert_eq!(ingest(addr, "", &small).await.0, 200);
-    let head2 = store.head("main").unwrap().commit.commit_id.clone();
+    let head2 = store.head("main").unwrap().commit.commit_id.to_string();
     assert_ne!(head, head2);
     let big: String = (0..40).map(|i| person(&format!("n{i}"), json!({}))).collect();
     let (status, body) = ingest(addr, "", &big).await;
@@ -157,7 +157,7 @@ async fn the_ingest_limit_is_413_and_writes_nothing() {
     let (status, text) = chunked_ingest(addr, &big).await;
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("limits.max_ingest_bytes"), "{text}");
-    assert_eq!(store.head("main").unwrap().commit.commit_id, head2);
+    assert_eq!(store.head("main").unwrap().commit.commit_id.to_string(), head2);
     assert_eq!(people(&store, "main").len(), 3);
 }
 

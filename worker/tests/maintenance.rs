@@ -74,7 +74,7 @@ fn upsert(key: &str, age: i64) -> Value {
 }
 
 fn history(store: &Store, branch: &str) -> Vec<String> {
-    store.commits(branch).unwrap().into_iter().map(|c| c.commit_id).collect()
+    store.commits(branch).unwrap().into_iter().map(|c| c.commit_id.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +85,7 @@ async fn a_run_compacts_and_removes_what_no_retained_commit_pins() {
     for i in 0..40 {
         apply(&store, "main", upsert(&format!("p{}", i % 15), i)).await;
     }
-    let fork_point = store.head("main").unwrap().commit.commit_id.clone();
+    let fork_point = store.head("main").unwrap().commit.commit_id.to_string();
     store.create_branch("dev", "main", &me).await.unwrap();
     for i in 0..5 {
         apply(&store, "dev", upsert(&format!("d{i}"), i)).await;
@@ -131,8 +131,8 @@ async fn a_run_compacts_and_removes_what_no_retained_commit_pins() {
     // Heads: one compaction commit each, on top of the old head, with the same content.
     for (b, old) in &heads {
         let head = store.head(b).unwrap();
-        assert_eq!(head.commit.parents, vec![old.clone()], "{b}");
-        assert_eq!(head.commit.actor_id, "local", "{b}: the caller's commit");
+        assert_eq!(head.commit.parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(), vec![old.clone()], "{b}");
+        assert_eq!(&*head.commit.actor_id, "local", "{b}: the caller's commit");
         assert_eq!(export(addr, b, &head.commit.commit_id).await, (200, before[&(b.to_string(), old.clone())].clone()), "{b}");
     }
     // Every commit reads as before, or is gone with a clear answer; the
@@ -169,13 +169,13 @@ async fn a_run_compacts_and_removes_what_no_retained_commit_pins() {
     // A second run finds nothing to do and moves no head.
     let (status, again) = call(addr, "POST", "/maintenance", "").await;
     assert_eq!((status, again), (200, json!({"compacted_fragments": 0, "removed_versions": 0, "bytes_freed": 0})));
-    let new_heads: Vec<String> = ["main", "dev"].iter().map(|b| store.head(b).unwrap().commit.commit_id.clone()).collect();
+    let new_heads: Vec<String> = ["main", "dev"].iter().map(|b| store.head(b).unwrap().commit.commit_id.to_string()).collect();
 
     // After a restart: the same heads, and the retained commits read as before.
     let reopened = Arc::new(Store::open("g", &uri).await.unwrap());
     let addr = serve(reopened.clone()).await;
     for (b, h) in ["main", "dev"].iter().zip(&new_heads) {
-        assert_eq!(&reopened.head(b).unwrap().commit.commit_id, h);
+        assert_eq!(&reopened.head(b).unwrap().commit.commit_id.to_string(), h);
         for c in histories[b].iter().take(9) {
             assert_eq!(export(addr, b, c).await, (200, before[&(b.to_string(), c.clone())].clone()), "{b} {c} after a restart");
         }
@@ -357,7 +357,7 @@ async fn commits_made_before_a_restart_count_towards_the_next_run() {
 
 /// Whether `main` has a commit by the background maintenance actor.
 fn made_by_maintenance(store: &Store) -> bool {
-    store.commits("main").unwrap().into_iter().any(|c| c.actor_id == MAINTENANCE_ACTOR)
+    store.commits("main").unwrap().into_iter().any(|c| &*c.actor_id == MAINTENANCE_ACTOR)
 }
 
 /// Waits (up to 120 s) for a background run to leave its commit on `main`.

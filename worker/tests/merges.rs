@@ -19,7 +19,7 @@ async fn fresh() -> (tempfile::TempDir, String, Arc<Store>, std::net::SocketAddr
 }
 
 fn head(store: &Store, branch: &str) -> String {
-    store.head(branch).unwrap().commit.commit_id.clone()
+    store.head(branch).unwrap().commit.commit_id.to_string()
 }
 
 async fn merge(addr: std::net::SocketAddr, query: &str) -> (u16, Value) {

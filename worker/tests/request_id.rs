@@ -43,7 +43,7 @@ async fn every_commit_records_the_request_id_it_was_written_by() {
     let tmp = tempfile::tempdir().unwrap();
     let uri = tmp.path().join("g").to_str().unwrap().to_string();
     let store = Arc::new(Store::init("g", &uri, SCHEMA, "test").await.unwrap());
-    let first = store.head("main").unwrap().commit.commit_id.clone();
+    let first = store.head("main").unwrap().commit.commit_id.to_string();
     let addr = common::serve(store.clone()).await;
     let rid = |v: &'static str| [("x-request-id", v)];
 
@@ -131,10 +131,10 @@ async fn a_graph_written_before_request_ids_opens_reads_and_takes_new_commits() 
     let n = old.len();
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
-        strings(old.iter().map(|c| c.commit_id.clone()).collect()),
+        strings(old.iter().map(|c| c.commit_id.to_string()).collect()),
         strings(old.iter().map(|c| serde_json::to_string(&c.parents).unwrap()).collect()),
-        strings(old.iter().map(|c| c.branch.clone()).collect()),
-        strings(old.iter().map(|c| c.actor_id.clone()).collect()),
+        strings(old.iter().map(|c| c.branch.to_string()).collect()),
+        strings(old.iter().map(|c| c.actor_id.to_string()).collect()),
         strings(old.iter().map(|c| c.created_at.clone()).collect()),
         strings(
             old.iter()
@@ -170,7 +170,7 @@ async fn a_graph_written_before_request_ids_opens_reads_and_takes_new_commits() 
     let author = Author::new("new").with_request_id(Some("r-1".into()));
     let ops = omnigraph_worker::change::parse_body(&json!({"ops": [{"upsert": {"type": "Person", "key": "b", "props": {}}}]})).unwrap();
     let newest = match store.apply(omnigraph_worker::store::WriteTo::main(), &author, |base| omnigraph_worker::change::plan(&base.schema.graph, base, ops)).await {
-        Ok((snap, _)) => snap.commit.commit_id.clone(),
+        Ok((snap, _)) => snap.commit.commit_id.to_string(),
         Err(_) => panic!("the change failed"),
     };
     store.create_branch("later", "main", &author).await.unwrap();
@@ -189,14 +189,14 @@ async fn a_graph_written_before_request_ids_opens_reads_and_takes_new_commits() 
 
     // Reopened, the old rows are still null and the new one has its id.
     let store = Arc::new(Store::open("g", &uri).await.unwrap());
-    assert_eq!(store.head("later").unwrap().commit.commit_id, newest);
+    assert_eq!(*store.head("later").unwrap().commit.commit_id.to_string(), *newest);
     assert_eq!(&*store.head("main").unwrap().schema.source, v2.as_str());
     assert_eq!(&*store.schema_at("main", &old[0].commit_id).unwrap().source, SCHEMA, "old commits read _schema.pg");
     let addr = common::serve(store).await;
     let ids = request_ids(addr, "main").await;
     assert_eq!(ids.len(), n + 2);
     assert_eq!((&ids[&newest], &ids[&applied]), (&json!("r-1"), &json!("r-1")));
-    assert!(old.iter().all(|c| ids[&c.commit_id] == Value::Null), "{ids:?}");
+    assert!(old.iter().all(|c| ids[&*c.commit_id] == Value::Null), "{ids:?}");
     let (s, one) = call(addr, "GET", &format!("/commits/{}", old[0].commit_id), "").await;
     assert_eq!((s, &one["request_id"]), (200, &Value::Null), "{one}");
 }

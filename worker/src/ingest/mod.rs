@@ -166,10 +166,10 @@ pub async fn run(store: Arc<Store>, to: WriteTo<'_>, author: &Author, body: Body
     if parsed.lines == 0 {
         // Nothing to write: no commit; the answer names the head as it is.
         session.abort().await;
-        return Ok(Summary { commit_id: base.commit.commit_id.clone(), lines: 0, nodes: 0, edges: 0 });
+        return Ok(Summary { commit_id: base.commit.commit_id.to_string(), lines: 0, nodes: 0, edges: 0 });
     }
     let snap = session.commit(parsed.data, author).await?;
-    Ok(Summary { commit_id: snap.commit.commit_id.clone(), lines: parsed.lines, nodes: parsed.nodes, edges: parsed.edges })
+    Ok(Summary { commit_id: snap.commit.commit_id.to_string(), lines: parsed.lines, nodes: parsed.nodes, edges: parsed.edges })
 }
 
 /// How many distinct nodes and edges the ingest wrote. A row touched by

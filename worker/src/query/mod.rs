@@ -236,8 +236,8 @@ pub fn evaluate(
         })
         .collect();
     let next = offset.saturating_add(limit);
-    let next_cursor = (next < total).then(|| Cursor { commit_id: snap.commit.commit_id.clone(), offset: next }.encode());
-    Ok(ReadResponse { commit_id: snap.commit.commit_id.clone(), row_count: page.len(), rows: page, next_cursor })
+    let next_cursor = (next < total).then(|| Cursor { commit_id: snap.commit.commit_id.to_string(), offset: next }.encode());
+    Ok(ReadResponse { commit_id: snap.commit.commit_id.to_string(), row_count: page.len(), rows: page, next_cursor })
 }
 
 /// Nulls sort last ascending (first descending); numbers numerically; strings

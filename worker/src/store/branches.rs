@@ -184,12 +184,12 @@ pub fn replay(log: &CommitLog, refs: &[RefEvent]) -> Result<Replayed, StoreError
         if take_commit {
             let Some(c) = commits.next() else { break };
             next_seq = next_seq.max(c.seq + 1);
-            let live = heads.contains_key(&c.branch) || (c.branch == BranchName::MAIN && c.parents.is_empty());
+            let live = heads.contains_key(&*c.branch) || (&*c.branch == BranchName::MAIN && c.parents.is_empty());
             if !live {
                 tracing::warn!(commit = %c.commit_id, branch = %c.branch, "a commit on a branch that does not exist; ignored");
                 continue;
             }
-            heads.insert(c.branch.clone(), c.commit_id.clone());
+            heads.insert(c.branch.to_string(), c.commit_id.to_string());
             lineages.record(c);
         } else {
             let Some(e) = events.next() else { break };
@@ -222,7 +222,7 @@ mod tests {
     fn rec(seq: i64, id: &str, branch: &str, parents: &[&str]) -> CommitRecord {
         CommitRecord {
             commit_id: id.into(),
-            parents: parents.iter().map(|p| p.to_string()).collect(),
+            parents: parents.iter().map(|p| Arc::from(*p)).collect(),
             branch: branch.into(),
             actor_id: "t".into(),
             seq,

@@ -157,12 +157,12 @@ fn versions_only<S: Serializer>(tables: &TablePins, s: S) -> Result<S::Ok, S::Er
 /// One graph commit, exactly as `/commits` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CommitRecord {
-    pub commit_id: String,
+    pub commit_id: Arc<str>,
     /// The commit it was made on; a merge commit has two, the target's head first.
-    pub parents: Vec<String>,
+    pub parents: Vec<Arc<str>>,
     /// The branch it was written on (a fast-forward can later make it another branch's head too).
-    pub branch: String,
-    pub actor_id: String,
+    pub branch: Arc<str>,
+    pub actor_id: Arc<str>,
     /// The `x-request-id` of the request that wrote it; `None` for a request
     /// without one (a direct call) and for commits written before it was kept.
     pub request_id: Option<String>,
@@ -197,7 +197,8 @@ pub struct CommitRecord {
 #[derive(Debug, Clone, Default)]
 pub struct CommitLog {
     records: imbl::Vector<Arc<CommitRecord>>,
-    by_id: imbl::HashMap<String, usize>,
+    /// Keyed by the record's own id (one shared allocation).
+    by_id: imbl::HashMap<Arc<str>, usize>,
 }
 
 impl CommitLog {
@@ -209,7 +210,14 @@ impl CommitLog {
         log
     }
 
-    pub fn push(&mut self, r: CommitRecord) {
+    /// Adds a record; its parents' ids become the parents' own (shared)
+    /// allocations, so a long history costs one copy of each id.
+    pub fn push(&mut self, mut r: CommitRecord) {
+        for p in &mut r.parents {
+            if let Some(parent) = self.by_id.get(&**p).and_then(|&i| self.records.get(i)) {
+                *p = parent.commit_id.clone();
+            }
+        }
         self.by_id.insert(r.commit_id.clone(), self.records.len());
         self.records.push_back(Arc::new(r));
     }
@@ -226,7 +234,7 @@ impl CommitLog {
     /// How many commits came after the newest one `actor_id` made (all of
     /// them when it made none).
     pub fn commits_since(&self, actor_id: &str) -> usize {
-        self.records().rev().position(|r| r.actor_id == actor_id).unwrap_or(self.records.len())
+        self.records().rev().position(|r| &*r.actor_id == actor_id).unwrap_or(self.records.len())
     }
 
     pub fn len(&self) -> usize {
@@ -250,7 +258,7 @@ impl CommitLog {
             }
             for p in &c.parents {
                 if let Some(pc) = self.get(p) {
-                    if pc.seq >= target.seq && seen.insert(pc.commit_id.as_str()) {
+                    if pc.seq >= target.seq && seen.insert(&*pc.commit_id) {
                         stack.push(pc);
                     }
                 }
@@ -263,12 +271,12 @@ impl CommitLog {
     pub fn ancestors(&self, head: &str) -> HashSet<&str> {
         let mut seen: HashSet<&str> = HashSet::new();
         let Some(h) = self.get(head) else { return seen };
-        seen.insert(h.commit_id.as_str());
+        seen.insert(&*h.commit_id);
         let mut stack = vec![h];
         while let Some(c) = stack.pop() {
             for p in &c.parents {
                 if let Some(pc) = self.get(p) {
-                    if seen.insert(pc.commit_id.as_str()) {
+                    if seen.insert(&*pc.commit_id) {
                         stack.push(pc);
                     }
                 }
@@ -322,10 +330,10 @@ pub async fn migrate(ds: &mut Dataset) -> Result<(), StoreError> {
 fn to_batch(c: &CommitRecord) -> Result<RecordBatch, StoreError> {
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(vec![c.seq])),
-        Arc::new(StringArray::from(vec![c.commit_id.as_str()])),
+        Arc::new(StringArray::from(vec![&*c.commit_id])),
         Arc::new(StringArray::from(vec![json(&c.parents)])),
-        Arc::new(StringArray::from(vec![c.branch.as_str()])),
-        Arc::new(StringArray::from(vec![c.actor_id.as_str()])),
+        Arc::new(StringArray::from(vec![&*c.branch])),
+        Arc::new(StringArray::from(vec![&*c.actor_id])),
         Arc::new(StringArray::from(vec![c.created_at.as_str()])),
         Arc::new(StringArray::from(vec![json(&c.tables.iter().map(|(k, p)| (k, StoredPin::from(p))).collect::<BTreeMap<_, _>>())])),
         Arc::new(StringArray::from(vec![c.request_id.as_deref()])),
@@ -370,10 +378,11 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
             let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("_commits row {i}: {what}: {e}"));
             out.push(CommitRecord {
                 seq: seq.value(i),
-                commit_id: id.value(i).to_string(),
+                commit_id: Arc::from(id.value(i)),
                 parents: serde_json::from_str(parents.value(i)).map_err(|e| corrupt("parents", e))?,
-                branch: branch.value(i).to_string(),
-                actor_id: actor.value(i).to_string(),
+                branch: super::state::intern(branch.value(i)),
+                // Few actors write many commits: one shared copy of each id.
+                actor_id: super::state::intern(actor.value(i)),
                 request_id: log_rows::optional(request_id, i),
                 // Every commit after a schema change names it: one shared copy.
                 schema_id: log_rows::optional(schema_id, i).as_deref().map(super::state::intern),
@@ -398,7 +407,7 @@ mod tests {
     fn rec(seq: i64, id: &str, branch: &str, parents: &[&str]) -> CommitRecord {
         CommitRecord {
             commit_id: id.into(),
-            parents: parents.iter().map(|p| p.to_string()).collect(),
+            parents: parents.iter().map(|p| Arc::from(*p)).collect(),
             branch: branch.into(),
             actor_id: "local".into(),
             seq,
@@ -431,7 +440,7 @@ mod tests {
         assert!(l.reaches("d4", "m3").is_none(), "main's commit after the fork is not on dev");
         assert!(l.reaches("m3", "nope").is_none());
         assert!(l.reaches("ghost", "m0").is_none());
-        let ids = |v: Vec<CommitRecord>| v.into_iter().map(|c| c.commit_id).collect::<Vec<_>>();
+        let ids = |v: Vec<CommitRecord>| v.into_iter().map(|c| c.commit_id.to_string()).collect::<Vec<_>>();
         assert_eq!(ids(l.history("m3")), ["m3", "m1", "m0"]);
         assert_eq!(ids(l.history("d4")), ["d4", "d2", "m1", "m0"]);
     }
@@ -439,14 +448,14 @@ mod tests {
     #[test]
     fn a_merge_brings_the_other_branch_into_history_and_moves_the_base() {
         let mut l = log();
-        assert_eq!(l.merge_base("m3", "d4").map(|c| c.commit_id.as_str()), Some("m1"));
-        assert_eq!(l.merge_base("m1", "d4").map(|c| c.commit_id.as_str()), Some("m1"));
+        assert_eq!(l.merge_base("m3", "d4").map(|c| &*c.commit_id), Some("m1"));
+        assert_eq!(l.merge_base("m1", "d4").map(|c| &*c.commit_id), Some("m1"));
         l.push(rec(5, "m5", "main", &["m3", "d4"]));
         assert!(l.reaches("m5", "d2").is_some());
         assert_eq!(l.history("m5").len(), 6);
         assert!(l.reaches("d4", "m5").is_none());
         l.push(rec(6, "d6", "dev", &["d4"]));
-        assert_eq!(l.merge_base("m5", "d6").map(|c| c.commit_id.as_str()), Some("d4"), "the last merge is the new base");
+        assert_eq!(l.merge_base("m5", "d6").map(|c| &*c.commit_id), Some("d4"), "the last merge is the new base");
     }
 
     #[test]
@@ -455,7 +464,7 @@ mod tests {
         assert_eq!(l.commits_since("maintenance"), 0);
         for (i, actor) in ["a", "a", "maintenance", "a", "maintenance", "a", "a", "a"].iter().enumerate() {
             let mut r = rec(i as i64, &format!("c{i}"), "main", &[]);
-            r.actor_id = actor.to_string();
+            r.actor_id = Arc::from(*actor);
             l.push(r);
         }
         assert_eq!(l.commits_since("maintenance"), 3);

@@ -64,7 +64,7 @@ impl Lineages {
     pub fn record(&mut self, c: &CommitRecord) {
         for pin in c.tables.values() {
             if let Some(l) = pin.lineage.as_ref().filter(|l| !self.retired.contains(*l)) {
-                self.owners.entry(l.clone()).or_insert_with(|| c.branch.clone());
+                self.owners.entry(l.clone()).or_insert_with(|| c.branch.to_string());
             }
         }
     }

@@ -148,7 +148,7 @@ pub fn retained(log: &CommitLog, heads: &[&str], retention: Retention, now: Date
         history.sort_by_key(|c| std::cmp::Reverse(c.seq));
         for (i, c) in history.into_iter().enumerate() {
             if i < newest || young(c) {
-                keep.insert(c.commit_id.clone());
+                keep.insert(c.commit_id.to_string());
             }
         }
     }
@@ -156,7 +156,7 @@ pub fn retained(log: &CommitLog, heads: &[&str], retention: Retention, now: Date
     for (i, a) in distinct.iter().enumerate() {
         for b in &distinct[i + 1..] {
             if let Some(base) = log.merge_base(a, b) {
-                keep.insert(base.commit_id.clone());
+                keep.insert(base.commit_id.to_string());
             }
         }
     }
@@ -326,7 +326,7 @@ impl Store {
     fn kept(&self, retention: Retention, now: DateTime<Utc>) -> Kept {
         let heads = self.heads.load();
         let log = self.log.load();
-        let head_ids: Vec<&str> = heads.values().map(|s| s.commit.commit_id.as_str()).collect();
+        let head_ids: Vec<&str> = heads.values().map(|s| &*s.commit.commit_id).collect();
         let commits = retained(&log, &head_ids, retention, now);
         let mut kept = Kept::default();
         for c in commits.iter().filter_map(|id| log.get(id)) {
@@ -341,7 +341,7 @@ impl Store {
                 if in_use {
                     kept.snapshot(s);
                 }
-                in_use || commits.contains(&s.commit.commit_id)
+                in_use || commits.contains(&*s.commit.commit_id)
             });
         }
         kept
@@ -403,7 +403,7 @@ impl Store {
     pub(super) async fn load_error(&self, record: &CommitRecord, e: StoreError) -> StoreError {
         for (table, pin) in &record.tables {
             if !self.has_version(table, pin).await {
-                return StoreError::Expired { commit: record.commit_id.clone() };
+                return StoreError::Expired { commit: record.commit_id.to_string() };
             }
         }
         e
@@ -424,7 +424,7 @@ mod tests {
     fn rec(seq: i64, id: &str, parents: &[&str], created_at: &str) -> CommitRecord {
         CommitRecord {
             commit_id: id.into(),
-            parents: parents.iter().map(|p| p.to_string()).collect(),
+            parents: parents.iter().map(|p| Arc::from(*p)).collect(),
             branch: "main".into(),
             actor_id: "t".into(),
             created_at: created_at.into(),

@@ -172,10 +172,10 @@ impl Store {
         }
         // The commit log goes last: a graph without `_commits` is not a graph yet.
         let first = CommitRecord {
-            commit_id: ulid::Ulid::new().to_string(),
+            commit_id: Arc::from(ulid::Ulid::new().to_string()),
             parents: Vec::new(),
-            branch: BranchName::MAIN.to_string(),
-            actor_id: actor.to_string(),
+            branch: Arc::from(BranchName::MAIN),
+            actor_id: Arc::from(actor),
             request_id: None,
             created_at: now_rfc3339(),
             tables: commits::TablePins::from(&versions),
@@ -224,7 +224,7 @@ impl Store {
         let mut loaded: Vec<Arc<Snapshot>> = Vec::new();
         let mut heads = Heads::new();
         for (name, commit_id) in &replayed.heads {
-            let snap = match loaded.iter().find(|s| s.commit.commit_id == *commit_id) {
+            let snap = match loaded.iter().find(|s| *s.commit.commit_id == **commit_id) {
                 Some(s) => s.clone(),
                 None => {
                     let record = log.get(commit_id).cloned().ok_or_else(|| StoreError::Corrupt(format!("head {commit_id} of {name} is not in the log")))?;
@@ -259,7 +259,7 @@ impl Store {
 
     /// Every branch and its head commit id, sorted by name.
     pub fn branches(&self) -> Vec<(String, String)> {
-        self.heads.load().iter().map(|(name, s)| (name.clone(), s.commit.commit_id.clone())).collect()
+        self.heads.load().iter().map(|(name, s)| (name.clone(), s.commit.commit_id.to_string())).collect()
     }
 
     /// `branch`'s history, newest first.
@@ -316,7 +316,7 @@ impl Store {
 
     fn cached(&self, commit_id: &str) -> Option<Arc<Snapshot>> {
         let cache = self.history.lock().ok()?;
-        cache.iter().find(|s| s.commit.commit_id == commit_id).cloned()
+        cache.iter().find(|s| &*s.commit.commit_id == commit_id).cloned()
     }
 
     /// Publishes `snap` as `branch`'s head (writer lock held).

@@ -90,7 +90,7 @@ impl Store {
         let snap = self.txn_finish(&mut w, txn, data, parents, author).await?;
         let steps: Vec<String> = diff.steps.iter().map(|s| format!("{:?} {}", s.kind, s.target())).collect();
         tracing::info!(commit = %snap.commit.commit_id, branch = to.branch, actor = %author.actor_id, steps = %steps.join(", "), "schema applied");
-        Ok(SchemaApplied { commit_id: Some(snap.commit.commit_id.clone()), steps: diff.steps })
+        Ok(SchemaApplied { commit_id: Some(snap.commit.commit_id.to_string()), steps: diff.steps })
     }
 
     /// Carries out `steps` on the tables of `txn`: one Lance version per

@@ -260,9 +260,11 @@ impl From<Map<String, Value>> for Props {
 }
 
 /// One shared string per name: rows repeat a handful of property names
-/// millions of times, and commits the same table names and lineages. Only
-/// names a schema declares (a change or a table row is checked against its
-/// type first) and lineage names reach here, so the set stays small.
+/// millions of times, and commits the same table names, lineages, branch
+/// names, actor ids and schema ids. Only names a schema declares (a change
+/// or a table row is checked against its type first), lineage and branch
+/// names, and the ids of actors and schemas that committed reach here: the
+/// set grows with what the commit log names, never faster than the log.
 pub(crate) fn intern(name: &str) -> Arc<str> {
     static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> = std::sync::OnceLock::new();
     let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());

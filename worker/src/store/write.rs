@@ -220,11 +220,11 @@ impl Store {
     pub(super) fn expected_head(&self, to: WriteTo<'_>) -> Result<Arc<Snapshot>, StoreError> {
         let head = self.head(to.branch)?;
         if let Some(expected) = to.if_commit {
-            if head.commit.commit_id != expected {
+            if *head.commit.commit_id != *expected {
                 return Err(StoreError::PreconditionFailed {
                     branch: to.branch.to_string(),
                     expected: expected.to_string(),
-                    head: head.commit.commit_id.clone(),
+                    head: head.commit.commit_id.to_string(),
                 });
             }
         }
@@ -259,7 +259,7 @@ impl Store {
     /// Writes `plan` on `branch` on top of `base` (its head), appends the
     /// commit row with `parents`, and publishes the new head. On failure the
     /// extended lineages are restored and the head keeps its content.
-    pub(super) async fn commit(&self, w: &mut Writer, branch: &str, base: &Arc<Snapshot>, plan: Plan, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
+    pub(super) async fn commit(&self, w: &mut Writer, branch: &str, base: &Arc<Snapshot>, plan: Plan, parents: Vec<Arc<str>>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
         let mut txn = Txn::new(branch, base);
         for job in self.table_jobs(&plan, &base.schema.graph)? {
             if let Err(e) = self.txn_write(w, &mut txn, job).await {
@@ -319,17 +319,17 @@ impl Store {
     /// Appends the commit row (the publish point) and publishes the new
     /// head; on failure, rolls `txn` back. A schema apply's commit carries
     /// the new schema's text and is its id.
-    pub(super) async fn txn_finish(&self, w: &mut Writer, mut txn: Txn, mut data: GraphData, parents: Vec<String>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
-        let commit_id = ulid::Ulid::new().to_string();
+    pub(super) async fn txn_finish(&self, w: &mut Writer, mut txn: Txn, mut data: GraphData, parents: Vec<Arc<str>>, author: &Author) -> Result<Arc<Snapshot>, StoreError> {
+        let commit_id: Arc<str> = Arc::from(ulid::Ulid::new().to_string());
         let (schema, introduced) = match txn.new_schema.take() {
-            Some((source, graph)) => (Arc::new(SchemaVersion { id: Some(Arc::from(commit_id.as_str())), source: source.clone(), graph }), Some(source)),
+            Some((source, graph)) => (Arc::new(SchemaVersion { id: Some(commit_id.clone()), source: source.clone(), graph }), Some(source)),
             None => (txn.base.schema.clone(), None),
         };
         let record = CommitRecord {
             commit_id,
             parents,
-            branch: txn.branch.clone(),
-            actor_id: author.actor_id.clone(),
+            branch: super::state::intern(&txn.branch),
+            actor_id: super::state::intern(&author.actor_id),
             request_id: author.request_id.clone(),
             created_at: now_rfc3339(),
             tables: commits::TablePins::from(&txn.pins),

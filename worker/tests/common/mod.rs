@@ -19,7 +19,7 @@ pub const SCHEMA: &str = "node Person { name: String @key age: I64? city: String
 pub async fn apply(store: &Store, branch: &str, ops: Value) -> String {
     let ops = change::parse_body(&json!({ "ops": ops })).unwrap();
     match store.apply(WriteTo::branch(branch), &Author::new("test"), |base| change::plan(&base.schema.graph, base, ops)).await {
-        Ok((snap, _)) => snap.commit.commit_id.clone(),
+        Ok((snap, _)) => snap.commit.commit_id.to_string(),
         Err(ApplyError::Plan(e)) => panic!("plan: {e}"),
         Err(ApplyError::Store(e)) => panic!("store: {e}"),
     }
