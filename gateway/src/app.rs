@@ -239,6 +239,17 @@ impl AppState {
         Ok(v)
     }
 
+    /// A graph's policy sets: the server's policies and its own, sliced.
+    /// A graph with no policies of its own shares the server's compiled sets
+    /// instead of a copy: a gateway declaring thousands of graphs compiles
+    /// and holds them once (docs/benchmarks.md, "Lazy graphs").
+    fn graph_sets(&self, own: &[Policy]) -> Result<Arc<ActionSets>, crate::authz::PolicyError> {
+        if own.is_empty() {
+            return Ok(self.server_sets.load_full());
+        }
+        Ok(Arc::new(self.engine.slice(self.server_policies.load().iter().chain(own))?))
+    }
+
     /// Builds a registry entry for a graph section (its policies already parsed).
     pub fn graph_entry(&self, id: &str, g: &GraphSection, own: &[Policy]) -> Result<GraphEntry, StartupError> {
         let gid = GraphId::parse(id).map_err(|e| StartupError::Graph(id.into(), e.to_string()))?;
@@ -247,7 +258,7 @@ impl AppState {
             .iter()
             .map(|b| BranchName::parse(b).map_err(|e| StartupError::Graph(id.into(), e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
-        let sets = self.engine.slice(self.server_policies.load().iter().chain(own))?;
+        let sets = self.graph_sets(own)?;
         let socket = socket_path(&crate::config::normalize(&self.runtime_dir), id).map_err(|e| StartupError::Graph(id.into(), e))?;
         let canonical_uri = crate::config::canonical_uri(&self.config.dir, &g.uri);
         // A local graph is opened at the folder its rules were checked
@@ -283,14 +294,15 @@ impl AppState {
     /// [`AppState::reload_policies`] with the reload lock already held.
     fn reload_locked(&self) -> Result<serde_json::Value, crate::authz::PolicyError> {
         let server = self.engine.parse_path(&self.config.resolve(&self.config.config.server.policy.file))?;
-        let server_sets = self.engine.slice(&server)?;
+        let server_sets = Arc::new(self.engine.slice(&server)?);
         let mut graph_sets = Vec::new();
         for entry in self.registry.list() {
             let own = match &entry.policy_file {
                 Some(p) => self.engine.parse_path(p)?,
                 None => Vec::new(),
             };
-            let sets = self.engine.slice(server.iter().chain(&own))?;
+            // A graph without policies of its own decides with the server's sets (shared).
+            let sets = if own.is_empty() { server_sets.clone() } else { Arc::new(self.engine.slice(server.iter().chain(&own))?) };
             graph_sets.push((entry, own.len(), sets));
         }
         // The shadow set is checked with the new live policies before anything is swapped in.
@@ -298,11 +310,11 @@ impl AppState {
         let mut counts = serde_json::Map::new();
         for (entry, n, sets) in graph_sets {
             counts.insert(entry.id.to_string(), serde_json::json!(n));
-            entry.policies.store(Arc::new(sets));
+            entry.policies.store(sets);
         }
         let n = server.len();
         self.server_policies.store(Arc::new(server));
-        self.server_sets.store(Arc::new(server_sets));
+        self.server_sets.store(server_sets);
         self.shadow.store(shadow.map(Arc::new));
         tracing::info!(server_policies = n, graphs = counts.len(), "policies reloaded");
         Ok(serde_json::json!({"status": "reloaded", "server_policies": n, "graph_policies": counts}))
@@ -313,8 +325,8 @@ impl AppState {
     /// ran while the graph was being created is not lost on it. Blocking.
     pub fn publish(&self, entry: Arc<GraphEntry>, own: &[Policy]) {
         let _no_reload = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        match self.engine.slice(self.server_policies.load().iter().chain(own)) {
-            Ok(sets) => entry.policies.store(Arc::new(sets)),
+        match self.graph_sets(own) {
+            Ok(sets) => entry.policies.store(sets),
             // Only a reload that now clashes with this graph's policies (a
             // duplicate @id) gets here; the next reload reports it, as it
             // would for any graph.

@@ -132,7 +132,7 @@ impl GraphEntry {
         policy_file: Option<PathBuf>,
         schema_file: Option<PathBuf>,
         socket: PathBuf,
-        policies: ActionSets,
+        policies: Arc<ActionSets>,
     ) -> GraphEntry {
         GraphEntry {
             id,
@@ -144,7 +144,7 @@ impl GraphEntry {
             policy_file,
             schema_file,
             socket,
-            policies: ArcSwap::from_pointee(policies),
+            policies: ArcSwap::from(policies),
             state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0 }),
             removed: std::sync::atomic::AtomicBool::new(false),
             adoption: std::sync::Mutex::new(()),
@@ -440,7 +440,7 @@ mod tests {
 
     fn entry(name: &str) -> Arc<GraphEntry> {
         let sets = ActionSets::unsliced(std::iter::empty()).unwrap();
-        let e = GraphEntry::new(id(name), "u".into(), "/u".into(), "/u".into(), None, vec![], None, None, "/s".into(), sets);
+        let e = GraphEntry::new(id(name), "u".into(), "/u".into(), "/u".into(), None, vec![], None, None, "/s".into(), Arc::new(sets));
         Arc::new(e.lazy())
     }
 

@@ -65,7 +65,8 @@ fn a_lazy_graph_starts_on_its_first_allowed_request_and_stops_when_idle() {
     assert!(eventually(Duration::from_secs(30), || status_of(&gw, "alpha") == "idle"), "alpha never went idle");
     assert!(eventually(Duration::from_secs(10), || gw.worker_pid("alpha").is_none()), "the idle worker still runs");
     assert!(!std::path::Path::new(&format!("/proc/{first_pid}")).exists() || processes_matching("--graph-id alpha ").is_empty());
-    assert!(metric(&gw, "omnigraph_worker_idle_stops_total") >= 1.0);
+    // Counted once the supervisor has seen the worker exit.
+    assert!(eventually(Duration::from_secs(10), || metric(&gw, "omnigraph_worker_idle_stops_total") >= 1.0));
     assert_eq!(metric(&gw, "omnigraph_worker_restarts_total"), 0.0, "an idle stop is not a crash");
 
     // The next request starts it again, with the acknowledged write.
