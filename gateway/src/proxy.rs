@@ -236,8 +236,8 @@ impl Gateway {
         match route {
             Route::Proxy(p) => {
                 let limits = &self.state.config.config.limits;
-                upstream::wake_if_lazy(entry.as_ref(), std::time::Duration::from_millis(self.state.config.config.server.start_wait_ms)).await;
-                match upstream::select(&p, entry.as_ref(), content_length(session), limits) {
+                let wait = std::time::Duration::from_millis(self.state.config.config.server.start_wait_ms);
+                match upstream::select_waking(&p, entry.as_ref(), content_length(session), limits, wait).await {
                     Ok(up) => {
                         ctx.upstream = Some(up);
                         Ok(false)

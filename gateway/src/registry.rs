@@ -81,6 +81,11 @@ pub struct GraphEntry {
     pub lazy: bool,
     /// Requests that want this idle graph's worker (one stored permit wakes its supervisor).
     demand: tokio::sync::Notify,
+    /// Set by a request that found the graph idle, cleared when the graph
+    /// goes idle: a `demand` permit left over from a burst of requests (or
+    /// from a request that saw an idle stop being called off) wakes the
+    /// supervisor, which starts a worker only when this is set.
+    wanted: std::sync::atomic::AtomicBool,
     /// Every state change, for requests waiting for a lazy start.
     changed: tokio::sync::Notify,
     /// Requests proxied to the worker right now (see [`GraphEntry::enter`]).
@@ -111,6 +116,9 @@ impl Drop for InUse {
         self.entry.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// The longest a request waits for a lazy start, whatever `server.start_wait_ms` says.
+pub const MAX_START_WAIT: Duration = Duration::from_secs(600);
 
 /// How waiting for a lazy graph's worker ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -150,6 +158,7 @@ impl GraphEntry {
             adoption: std::sync::Mutex::new(()),
             lazy: false,
             demand: tokio::sync::Notify::new(),
+            wanted: std::sync::atomic::AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(now_ms()),
@@ -194,6 +203,8 @@ impl GraphEntry {
         if self.is_removed() || self.status() != Status::Up || self.in_flight() > 0 {
             return false;
         }
+        // Only requests that find the graph idle from here on count as demand.
+        self.wanted.store(false, Ordering::SeqCst);
         self.set_state(|s| s.status = Status::Idle);
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.in_flight() > 0 {
@@ -208,14 +219,17 @@ impl GraphEntry {
     /// failed is not waited for: its supervisor's backoff decides when it
     /// comes back, and the caller answers 503 with `Retry-After` as for any graph.
     pub async fn wake(&self, wait: Duration) -> Wake {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_START_WAIT);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             match self.status() {
                 Status::Up => return Wake::Up,
-                Status::Idle => self.demand.notify_one(),
+                Status::Idle => {
+                    self.wanted.store(true, Ordering::SeqCst);
+                    self.demand.notify_one();
+                }
                 Status::Starting => {}
                 Status::Down | Status::Failed | Status::Stopping => return Wake::Unavailable,
             }
@@ -225,9 +239,36 @@ impl GraphEntry {
         }
     }
 
-    /// Waits until a request asks for this idle graph (or it is removed).
+    /// Waits until a request asks for this idle graph (or it is removed);
+    /// a permit no request stands behind is skipped.
     pub async fn demanded(&self) {
-        self.demand.notified().await
+        loop {
+            self.demand.notified().await;
+            if self.is_removed() || self.wanted.swap(false, Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Records the pid of a worker that is starting, so that a `DELETE`
+    /// arriving before it is ready stops it (and a purge never races it);
+    /// `false` when the graph was removed meanwhile: the caller stops it.
+    pub fn starting(&self, pid: i32) -> bool {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_removed() {
+            return false;
+        }
+        self.set_state(|s| s.pid = Some(pid));
+        true
+    }
+
+    /// A supervisor's state change, unless the graph is being removed (its
+    /// `stopping` status and the pid a `DELETE` stops are left alone).
+    pub fn set_state_unless_removed(&self, f: impl FnOnce(&mut WorkerState)) {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_removed() {
+            self.set_state(f);
+        }
     }
 
     /// Marks the graph removed and returns the pid of its worker, if one is
@@ -245,8 +286,13 @@ impl GraphEntry {
     pub fn unmark_removed(&self) {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
         self.removed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.wanted.store(false, Ordering::SeqCst);
         let status = if self.lazy { Status::Idle } else { Status::Starting };
-        self.set_state(|s| s.status = status);
+        self.set_state(|s| {
+            s.status = status;
+            s.pid = None;
+            s.key = None;
+        });
     }
 
     pub fn is_removed(&self) -> bool {
@@ -399,7 +445,8 @@ impl Registry {
 
     /// Ready when every graph is up or has definitively failed.
     pub fn ready(&self) -> bool {
-        self.graphs.iter().all(|e| matches!(e.status(), Status::Up | Status::Failed | Status::Idle))
+        // A lazy graph never holds readiness back: its starts follow requests, not boot.
+        self.graphs.iter().all(|e| e.lazy || matches!(e.status(), Status::Up | Status::Failed))
     }
 }
 
@@ -490,6 +537,45 @@ mod tests {
         });
         assert_eq!(e.wake(Duration::from_secs(10)).await, Wake::Unavailable);
         assert_eq!(e.status(), Status::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_permit_no_request_stands_behind_starts_nothing() {
+        let e = entry("g");
+        let sup = e.clone();
+        let supervisor = tokio::spawn(async move { sup.demanded().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A burst: the first request wakes the waiting supervisor, the second stores a permit.
+        let _ = tokio::join!(e.wake(Duration::from_millis(100)), e.wake(Duration::from_millis(100)));
+        tokio::time::timeout(Duration::from_secs(10), supervisor).await.expect("the first request wakes the supervisor").unwrap();
+        // The second request's permit is still stored; the graph goes up and idle again.
+        assert!(e.adopt(1));
+        assert!(e.try_idle());
+        let spurious = tokio::time::timeout(Duration::from_millis(200), e.demanded()).await;
+        assert!(spurious.is_err(), "a left-over permit woke the supervisor with no request waiting");
+        // A real request still does.
+        let r = e.clone();
+        tokio::spawn(async move { r.wake(Duration::from_secs(10)).await });
+        tokio::time::timeout(Duration::from_secs(10), e.demanded()).await.expect("a request wakes it");
+    }
+
+    #[test]
+    fn a_worker_starting_for_a_removed_graph_is_refused_and_a_starting_pid_is_what_delete_stops() {
+        let e = entry("g");
+        assert!(e.starting(11));
+        assert_eq!(e.mark_removed(), Some(11), "DELETE learns the pid of a worker that is not ready yet");
+        assert!(!e.starting(12), "no worker starts for a removed graph");
+        e.set_state_unless_removed(|s| s.status = Status::Failed);
+        assert_eq!(e.status(), Status::Stopping, "a supervisor does not overwrite a removal");
+    }
+
+    #[test]
+    fn lazy_graphs_never_hold_readiness_back() {
+        let r = Registry::default();
+        let e = entry("g");
+        e.set_state(|s| s.status = Status::Starting);
+        r.insert(e);
+        assert!(r.ready());
     }
 
     #[tokio::test]

@@ -261,7 +261,7 @@ impl Supervisor {
                 if self.is_shutting_down() || entry.is_removed() {
                     return;
                 }
-                entry.set_state(|s| s.status = Status::Starting);
+                entry.set_state_unless_removed(|s| s.status = Status::Starting);
                 self.metrics.lazy_starts.inc();
             }
             let started = Instant::now();
@@ -269,6 +269,9 @@ impl Supervisor {
                 Some(running) => Ok(running),
                 None => {
                     let _permit = self.start_permits.acquire().await;
+                    if self.is_shutting_down() || entry.is_removed() {
+                        return;
+                    }
                     self.start(&entry).await
                 }
             };
@@ -285,7 +288,7 @@ impl Supervisor {
                     let how = match self.run(&entry, running).await {
                         End::Exited(how) => how,
                         End::Idled => {
-                            entry.set_state(|s| {
+                            entry.set_state_unless_removed(|s| {
                                 s.status = Status::Idle;
                                 s.pid = None;
                                 s.key = None;
@@ -309,7 +312,7 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::error!(graph = %entry.id, error = %e, retry_in = ?backoff, "worker failed to start");
-                    entry.set_state(|s| {
+                    entry.set_state_unless_removed(|s| {
                         s.status = Status::Failed;
                         s.pid = None;
                         s.error = Some(e);
@@ -319,9 +322,7 @@ impl Supervisor {
                         // next one tries again, not a backoff loop on its own.
                         tokio::time::sleep(backoff).await;
                         backoff = Backoff::next(backoff, self.backoff_max);
-                        if !entry.is_removed() {
-                            entry.set_state(|s| s.status = Status::Idle);
-                        }
+                        entry.set_state_unless_removed(|s| s.status = Status::Idle);
                         continue;
                     }
                 }
@@ -379,15 +380,25 @@ impl Supervisor {
             .name(format!("worker-{graph}"))
             .spawn(move || run_child(cmd, graph, spawned_tx, ready_tx, exit_tx))
             .map_err(|e| format!("cannot start a supervisor thread: {e}"))?;
+        // The pid is known as soon as the process exists: recorded at once,
+        // so a DELETE during the start stops this worker before it purges.
+        let Ok(spawned) = spawned_rx.await else {
+            return Err(match ready_rx.await {
+                Ok(Err(e)) => e,
+                _ => "the worker thread ended before the worker was ready".into(),
+            });
+        };
+        if !entry.starting(spawned) {
+            let _ = tokio::task::spawn_blocking(move || stop_group_blocking(spawned)).await;
+            return Err("the graph was removed while its worker started; the worker was stopped".into());
+        }
         let pid = match tokio::time::timeout(self.ready_timeout, ready_rx).await {
             Ok(Ok(Ok(pid))) => pid,
             Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(_)) => return Err("the worker thread ended before the worker was ready".into()),
             Err(_) => {
                 // Never retry while the slow one still runs: two workers would share the graph.
-                if let Ok(pid) = spawned_rx.await {
-                    let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
-                }
+                let _ = tokio::task::spawn_blocking(move || stop_group_blocking(spawned)).await;
                 return Err(format!("the worker was not ready within {:?}; it was stopped", self.ready_timeout));
             }
         };

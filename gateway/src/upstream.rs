@@ -15,7 +15,7 @@ use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 
 use crate::config::Limits;
-use crate::registry::{GraphEntry, InUse, Status};
+use crate::registry::{GraphEntry, InUse, Status, Wake, MAX_START_WAIT};
 use crate::route::ProxyRoute;
 
 /// How long a client should wait before retrying a graph whose worker is down.
@@ -68,12 +68,7 @@ pub fn select(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, content_lengt
     let Some(e) = entry else {
         return Err(Refusal { code: ErrorCode::NotFound, message: format!("graph {:?} does not exist", route.graph.as_str()), retry_after: false });
     };
-    let in_use = e.enter();
-    let ws = e.state.load();
-    let (Some(in_use), Status::Up, Some(key)) = (in_use, ws.status, ws.key.clone()) else {
-        let message = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
-        return Err(Refusal { code: ErrorCode::WorkerUnavailable, message, retry_after: true });
-    };
+    // Before the worker's state: a request refused for its size never waits for, or starts, a worker.
     if let Some(n) = content_length {
         let (max, name) = body_limit(limits, route);
         if n > max {
@@ -81,15 +76,35 @@ pub fn select(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, content_lengt
             return Err(Refusal { code: ErrorCode::PayloadTooLarge, message, retry_after: false });
         }
     }
+    let in_use = e.enter();
+    let ws = e.state.load();
+    let (Some(in_use), Status::Up, Some(key)) = (in_use, ws.status, ws.key.clone()) else {
+        let message = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
+        return Err(Refusal { code: ErrorCode::WorkerUnavailable, message, retry_after: true });
+    };
     Ok(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use) })
 }
 
-/// A lazy graph that is idle (or starting) is started, and the request
-/// waits for it, at most `wait` (`server.start_wait_ms`); any other graph is
-/// taken as it is. [`select`] then answers 503 if the worker is still not up.
-pub async fn wake_if_lazy(entry: Option<&Arc<GraphEntry>>, wait: Duration) {
-    if let Some(e) = entry.filter(|e| e.lazy && matches!(e.status(), Status::Idle | Status::Starting)) {
-        e.wake(wait).await;
+/// [`select`], but a lazy graph that is idle (or starting) is started and
+/// the request waits for it, at most `wait` (`server.start_wait_ms`), then
+/// gets 503 as for any graph whose worker is not up. A request that finds
+/// the graph going idle just as it arrives waits for the next worker
+/// instead of failing.
+pub async fn select_waking(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, content_length: Option<u64>, limits: &Limits, wait: Duration) -> Result<Upstream, Refusal> {
+    let deadline = Instant::now() + wait.min(MAX_START_WAIT);
+    loop {
+        let chosen = select(route, entry, content_length, limits);
+        let waiting = |r: &Refusal| r.code == ErrorCode::WorkerUnavailable;
+        let Some(e) = entry.filter(|e| e.lazy && matches!(e.status(), Status::Idle | Status::Starting)) else { return chosen };
+        match chosen {
+            Err(r) if waiting(&r) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || e.wake(left).await == Wake::Unavailable {
+                    return select(route, entry, content_length, limits);
+                }
+            }
+            other => return other,
+        }
     }
 }
 

@@ -153,6 +153,28 @@ fn a_graph_created_at_run_time_follows_the_default_start_and_stops_when_idle() {
 }
 
 #[test]
+fn a_purge_during_a_lazy_start_stops_the_starting_worker_first() {
+    let env = ConfigDir::admin("  default_start: lazy\n", "", &["purged"]);
+    let gw = env.start();
+    let folder = env.path().join("data/purged");
+    // An allowed request starts the worker (and the graph's creation from its schema)...
+    let url = gw.url("/graphs/purged/read");
+    let reader = std::thread::spawn(move || post_with(&url, &json!({"match": {"type": "Person"}}), &[ROOT]).status);
+    assert!(eventually(Duration::from_secs(30), || status_of(&gw, "purged") == "starting" || gw.worker_pid("purged").is_some()));
+    // ... and a purge arrives before it is ready.
+    let d = call("DELETE", &gw.url("/graphs/purged?purge=true"), None, &[ROOT]);
+    assert_eq!(d.status, 200, "{:?}", d.body);
+    assert_eq!(d.body["purged"], true);
+    let waited = reader.join().expect("reader");
+    assert!(waited == 503 || waited == 404 || waited == 200, "the waiting request got {waited}");
+    // Nothing is left running, and nothing writes the folder back.
+    assert!(eventually(Duration::from_secs(15), || gw.worker_pid("purged").is_none()), "the starting worker outlived the DELETE");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!folder.exists(), "the purged folder came back: {:?}", std::fs::read_dir(&folder).map(|d| d.count()));
+    assert_eq!(get(&gw.url("/healthz")).status, 200);
+}
+
+#[test]
 fn graphs_with_start_eager_run_at_boot_beside_lazy_ones() {
     let graphs = "  eager:\n    uri: data/eager\n    schema: { file: s.pg }\n    start: eager\n  lazy:\n    uri: data/lazy\n    schema: { file: s.pg }\n";
     let env = ConfigDir::with("  default_start: lazy\n  idle_stop_s: 1\n", "", &[ROOT_TOKEN], graphs);
