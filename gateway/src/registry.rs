@@ -168,7 +168,7 @@ impl GraphEntry {
     /// A lazy graph: idle until its first allowed request (`start: lazy`).
     pub fn lazy(mut self) -> GraphEntry {
         self.lazy = true;
-        self.state = ArcSwap::from_pointee(WorkerState { status: Status::Idle, key: None, pid: None, error: None, restarts: 0 });
+        self.set_state(|s| s.status = Status::Idle);
         self
     }
 
@@ -195,12 +195,14 @@ impl GraphEntry {
         Duration::from_millis(now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
     }
 
-    /// Marks an up, unused graph idle, so that new requests wait for a new
-    /// worker instead of reaching this one; `false` (and the graph stays up)
-    /// when a request is in flight or the graph is no longer up.
-    pub fn try_idle(&self) -> bool {
+    /// Marks an up graph idle when it has had no request in flight for
+    /// `idle`, so that new requests wait for a new worker instead of reaching
+    /// this one; `false` (and the graph stays up) otherwise. How long it has
+    /// been unused is read after the in-flight count, so a request that
+    /// ended a moment ago counts as use.
+    pub fn try_idle(&self, idle: Duration) -> bool {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
-        if self.is_removed() || self.status() != Status::Up || self.in_flight() > 0 {
+        if self.is_removed() || self.status() != Status::Up || self.in_flight() > 0 || self.idle_for() < idle {
             return false;
         }
         // Only requests that find the graph idle from here on count as demand.
@@ -254,21 +256,19 @@ impl GraphEntry {
     /// arriving before it is ready stops it (and a purge never races it);
     /// `false` when the graph was removed meanwhile: the caller stops it.
     pub fn starting(&self, pid: i32) -> bool {
+        self.set_state_unless_removed(|s| s.pid = Some(pid))
+    }
+
+    /// A supervisor's state change, unless the graph is being removed (its
+    /// `stopping` status and the pid a `DELETE` stops are left alone);
+    /// whether it was made.
+    pub fn set_state_unless_removed(&self, f: impl FnOnce(&mut WorkerState)) -> bool {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_removed() {
             return false;
         }
-        self.set_state(|s| s.pid = Some(pid));
+        self.set_state(f);
         true
-    }
-
-    /// A supervisor's state change, unless the graph is being removed (its
-    /// `stopping` status and the pid a `DELETE` stops are left alone).
-    pub fn set_state_unless_removed(&self, f: impl FnOnce(&mut WorkerState)) {
-        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.is_removed() {
-            self.set_state(f);
-        }
     }
 
     /// Marks the graph removed and returns the pid of its worker, if one is
@@ -499,14 +499,16 @@ mod tests {
         assert_eq!(e.in_flight(), 0, "a refused request is not counted");
         assert!(e.adopt(42));
         let req = e.enter().expect("up");
-        assert!(!e.try_idle(), "a request is in flight");
+        assert!(!e.try_idle(Duration::ZERO), "a request is in flight");
         assert_eq!(e.status(), Status::Up);
         drop(req);
         assert_eq!(e.in_flight(), 0);
-        assert!(e.try_idle());
+        assert!(!e.try_idle(Duration::from_secs(60)), "a request ended a moment ago");
+        assert_eq!(e.status(), Status::Up);
+        assert!(e.try_idle(Duration::ZERO));
         assert_eq!(e.status(), Status::Idle);
         assert!(e.enter().is_none());
-        assert!(!e.try_idle(), "already idle");
+        assert!(!e.try_idle(Duration::ZERO), "already idle");
     }
 
     #[tokio::test]
@@ -550,7 +552,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), supervisor).await.expect("the first request wakes the supervisor").unwrap();
         // The second request's permit is still stored; the graph goes up and idle again.
         assert!(e.adopt(1));
-        assert!(e.try_idle());
+        assert!(e.try_idle(Duration::ZERO));
         let spurious = tokio::time::timeout(Duration::from_millis(200), e.demanded()).await;
         assert!(spurious.is_err(), "a left-over permit woke the supervisor with no request waiting");
         // A real request still does.

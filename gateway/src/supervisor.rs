@@ -229,7 +229,7 @@ impl Supervisor {
             tokio::select! {
                 how = &mut exited => return End::Exited(how.unwrap_or_else(|_| "unknown".into())),
                 _ = tokio::time::sleep(every) => {
-                    if entry.idle_for() < idle || !entry.try_idle() {
+                    if !entry.try_idle(idle) {
                         continue;
                     }
                     tracing::info!(graph = %entry.id, pid = running.pid, idle_s = idle.as_secs_f64(), "no requests: stopping the idle worker");
@@ -317,18 +317,15 @@ impl Supervisor {
                         s.pid = None;
                         s.error = Some(e);
                     });
-                    if entry.lazy {
-                        // Requests waiting for it have their answer (503); the
-                        // next one tries again, not a backoff loop on its own.
-                        tokio::time::sleep(backoff).await;
-                        backoff = Backoff::next(backoff, self.backoff_max);
-                        entry.set_state_unless_removed(|s| s.status = Status::Idle);
-                        continue;
-                    }
                 }
             }
             tokio::time::sleep(backoff).await;
             backoff = Backoff::next(backoff, self.backoff_max);
+            if entry.lazy && entry.status() == Status::Failed {
+                // Requests that waited have their answer (503); the next one
+                // tries again, rather than a retry loop of the graph's own.
+                entry.set_state_unless_removed(|s| s.status = Status::Idle);
+            }
         }
     }
 

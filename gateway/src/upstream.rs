@@ -94,10 +94,9 @@ pub async fn select_waking(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, 
     let deadline = Instant::now() + wait.min(MAX_START_WAIT);
     loop {
         let chosen = select(route, entry, content_length, limits);
-        let waiting = |r: &Refusal| r.code == ErrorCode::WorkerUnavailable;
         let Some(e) = entry.filter(|e| e.lazy && matches!(e.status(), Status::Idle | Status::Starting)) else { return chosen };
         match chosen {
-            Err(r) if waiting(&r) => {
+            Err(r) if r.code == ErrorCode::WorkerUnavailable => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() || e.wake(left).await == Wake::Unavailable {
                     return select(route, entry, content_length, limits);

@@ -132,8 +132,8 @@ pub async fn append(ds: &mut Dataset, loc: &Location, e: &RefEvent) -> Result<()
 /// Reads every ref event, ordered by `seq`.
 pub async fn read_all(ds: &Dataset) -> Result<Vec<RefEvent>, StoreError> {
     let mut out = Vec::new();
-    for b in log_rows::scan(ds, "_branches").await? {
-        let c = log_rows::Columns { batch: &b, table: "_branches" };
+    log_rows::each_batch(ds, "_branches", |b| {
+        let c = log_rows::Columns { batch: b, table: "_branches" };
         let seq = c.seq()?;
         let (branch, op, head, from, actor, created) = (c.string("branch")?, c.string("op")?, c.string("head")?, c.string("from")?, c.string("actor_id")?, c.string("created_at")?);
         let request_id = c.opt_string("request_id")?;
@@ -150,7 +150,9 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<RefEvent>, StoreError> {
                 created_at: created.value(i).to_string(),
             });
         }
-    }
+        Ok(())
+    })
+    .await?;
     out.sort_by_key(|e| e.seq);
     Ok(out)
 }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use lance::dataset::{Dataset, WriteMode};
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::location::{Location, COMMITS_TABLE};
@@ -364,12 +363,9 @@ pub async fn append(ds: &mut Dataset, loc: &Location, c: &CommitRecord) -> Resul
 
 /// Reads the whole log, ordered by `seq`.
 pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
-    let mut out = Vec::with_capacity(ds.count_rows(None).await.unwrap_or(0));
-    // One batch at a time: the Arrow copy of the log is never whole in memory
-    // beside the records built from it.
-    let mut batches = log_rows::stream(ds, "_commits").await?;
-    while let Some(b) = batches.try_next().await.map_err(|e| StoreError::lance("scan _commits", e))? {
-        let c = log_rows::Columns { batch: &b, table: "_commits" };
+    let mut out = Vec::new();
+    log_rows::each_batch(ds, "_commits", |b| {
+        let c = log_rows::Columns { batch: b, table: "_commits" };
         let seq = c.seq()?;
         let (id, parents, branch, actor, created, tables) =
             (c.string("commit_id")?, c.string("parents")?, c.string("branch")?, c.string("actor_id")?, c.string("created_at")?, c.string("tables")?);
@@ -395,7 +391,9 @@ pub async fn read_all(ds: &Dataset) -> Result<Vec<CommitRecord>, StoreError> {
                     .collect::<TablePins>(),
             });
         }
-    }
+        Ok(())
+    })
+    .await?;
     out.sort_by_key(|c| c.seq);
     Ok(out)
 }

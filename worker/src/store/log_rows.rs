@@ -26,16 +26,16 @@ pub async fn append(ds: &mut Dataset, loc: &Location, row: RecordBatch, schema: 
     ds.append(reader, Some(loc.log_write_params(WriteMode::Append))).await.map_err(|e| StoreError::lance(what, e))
 }
 
-/// Every batch of the log `table` (say `_commits`).
-pub async fn scan(ds: &Dataset, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
+/// Calls `f` on each batch of the log `table` (say `_commits`), one at a
+/// time: a reader keeps what it parses, and the Arrow copy of a long log is
+/// never whole in memory beside it.
+pub async fn each_batch(ds: &Dataset, table: &str, mut f: impl FnMut(&RecordBatch) -> Result<(), StoreError>) -> Result<(), StoreError> {
     let what = format!("scan {table}");
-    stream(ds, table).await?.try_collect().await.map_err(|e| StoreError::lance(&what, e))
-}
-
-/// The log `table`'s rows as a stream of batches, for a reader that keeps
-/// what it parses and not the batches.
-pub async fn stream(ds: &Dataset, table: &str) -> Result<lance::dataset::scanner::DatasetRecordBatchStream, StoreError> {
-    ds.scan().try_into_stream().await.map_err(|e| StoreError::lance(format!("scan {table}"), e))
+    let mut batches = ds.scan().try_into_stream().await.map_err(|e| StoreError::lance(&what, e))?;
+    while let Some(b) = batches.try_next().await.map_err(|e| StoreError::lance(&what, e))? {
+        f(&b)?;
+    }
+    Ok(())
 }
 
 /// Adds each of `fields` (nullable) that the log `table` lacks, as a column
