@@ -8,7 +8,12 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := target/debug
 
-.PHONY: deps build run run-worker test bench clean-data
+.PHONY: deps test-deps build run run-worker test bench clean-data
+
+# The S3-compatible server the object-storage tests start on loopback:
+# moto in server mode (PyPI), in a private virtualenv under .tools/.
+MOTO := .tools/moto/bin/moto_server
+MOTO_VERSION := 5.2.1
 
 deps:
 	@missing=""; \
@@ -21,6 +26,16 @@ deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+test-deps: deps
+	@if [ ! -x $(MOTO) ]; then \
+		python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || { \
+			echo "installing: python3 python3-venv"; \
+			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3 python3-venv; }; \
+		echo "installing: moto[server]==$(MOTO_VERSION) into .tools/moto"; \
+		rm -rf .tools/moto && python3 -m venv .tools/moto && \
+		.tools/moto/bin/pip install -q --disable-pip-version-check 'moto[server]==$(MOTO_VERSION)'; \
+	fi
+
 build: deps
 	$(CARGO) build --workspace --bins
 
@@ -31,7 +46,7 @@ run-worker: build
 	scripts/run-worker.sh
 
 # The end-to-end tests drive the real binaries under target/debug, so build them first.
-test: deps
+test: test-deps
 	$(CARGO) build --workspace --bins
 	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \

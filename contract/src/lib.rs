@@ -10,6 +10,7 @@ pub mod error;
 pub mod headers;
 pub mod ids;
 pub mod limits;
+pub mod object_uri;
 pub mod paths;
 pub mod schema;
 

@@ -148,6 +148,8 @@ impl AppState {
             &config.path,
         )
         .map_err(|e| StartupError::Other(e.to_string()))?;
+        let object_store = config.config.server.object_store.clone().unwrap_or_default();
+        let fences = fences.with_object_roots(object_store.check().map_err(StartupError::Other)?);
         let limits = config.config.limits.clone();
         if config.config.graphs.len() > limits.max_graphs {
             return Err(StartupError::Other(format!("the config declares {} graphs, more than limits.max_graphs ({})", config.config.graphs.len(), limits.max_graphs)));
@@ -160,7 +162,8 @@ impl AppState {
             &limits,
             metrics.clone(),
         )
-        .with_idle_stop(std::time::Duration::from_secs(config.config.server.idle_stop_s)));
+        .with_idle_stop(std::time::Duration::from_secs(config.config.server.idle_stop_s))
+        .with_env(object_store.worker_env()));
         let state = AppState {
             config_store: Arc::new(ConfigStore::new(&config.path, &config.bytes)),
             engine,
@@ -266,7 +269,11 @@ impl AppState {
         // that could point elsewhere.
         let resolved_uri = match crate::config::local_path(&g.uri) {
             Some(_) => canonical_uri.clone(),
-            None => crate::config::resolve_uri(&self.config.dir, &g.uri),
+            None => {
+                // One strict spelling of an object-store URI, or the gateway does not start.
+                omnigraph_contract::object_uri::ObjectUri::parse(&g.uri).map_err(|e| StartupError::Graph(id.into(), e.to_string()))?;
+                canonical_uri.clone()
+            }
         };
         Ok(GraphEntry::new(
             gid,

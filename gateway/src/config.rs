@@ -244,6 +244,63 @@ pub struct ServerSection {
     /// before it gets 503 with `Retry-After`.
     #[serde(default = "default_start_wait_ms", skip_serializing_if = "is_default_start_wait")]
     pub start_wait_ms: u64,
+    /// `server.object_store`: how workers reach S3-compatible storage for
+    /// `s3://` graph URIs, and where `POST /graphs` may put graphs there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreSection>,
+}
+
+/// `server.object_store`. Credentials never go in this file: workers take
+/// them from the gateway's environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or the usual AWS chain).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreSection {
+    /// The S3 endpoint (`https://...`; AWS's own when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allows an `http://` endpoint (a loopback test server).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_http: bool,
+    /// The `s3://bucket/prefix` URIs under which `POST /graphs` may create
+    /// graphs (and `DELETE ?purge=true` may delete them): the object-store
+    /// counterpart of `server.data_root`. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<String>,
+}
+
+impl ObjectStoreSection {
+    /// The environment every worker gets, in Lance's `AWS_*` names.
+    pub fn worker_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(e) = &self.endpoint {
+            env.push(("AWS_ENDPOINT", e.clone()));
+        }
+        if let Some(r) = &self.region {
+            env.push(("AWS_REGION", r.clone()));
+        }
+        if self.allow_http {
+            env.push(("AWS_ALLOW_HTTP", "true".to_string()));
+        }
+        env
+    }
+
+    /// Checks the section when the gateway starts: a usable endpoint and
+    /// roots that parse.
+    pub fn check(&self) -> Result<Vec<omnigraph_contract::object_uri::ObjectUri>, String> {
+        if let Some(e) = &self.endpoint {
+            let url = url::Url::parse(e).map_err(|err| format!("server.object_store.endpoint {e:?}: {err}"))?;
+            match url.scheme() {
+                "https" => {}
+                "http" if self.allow_http => {}
+                "http" => return Err(format!("server.object_store.endpoint {e:?} is plain http; set allow_http: true to allow it (loopback tests only)")),
+                other => return Err(format!("server.object_store.endpoint {e:?}: scheme {other:?} is not http or https")),
+            }
+        }
+        self.roots.iter().map(|r| omnigraph_contract::object_uri::ObjectUri::parse(r).map_err(|e| format!("server.object_store.roots: {e}"))).collect()
+    }
 }
 
 /// When a graph's worker starts (`graphs.<id>.start`, `server.default_start`).
@@ -517,7 +574,11 @@ pub fn resolve_uri(dir: &Path, uri: &str) -> String {
 /// minus a trailing slash.
 pub fn canonical_uri(dir: &Path, uri: &str) -> String {
     let Some(local) = local_path(uri) else {
-        return uri.trim_end_matches('/').to_string();
+        return match omnigraph_contract::object_uri::ObjectUri::parse(uri) {
+            Ok(u) => u.to_string(),
+            // Refused at start (`AppState::graph_entry`); a key that never collides wrongly meanwhile.
+            Err(_) => uri.trim_end_matches('/').to_string(),
+        };
     };
     // Never fold `..` as text first: after a symlink it climbs from where
     // the link points, not from the link.

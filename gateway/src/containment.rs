@@ -15,6 +15,7 @@
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
+use omnigraph_contract::object_uri::ObjectUri;
 use std::path::{Component, Path, PathBuf};
 
 /// The largest policy file `POST /graphs` reads.
@@ -83,6 +84,8 @@ pub struct Fences {
     pub runtime_dir: PathBuf,
     pub policy_dir: PathBuf,
     pub config_file: PathBuf,
+    /// `server.object_store.roots`: where run-time graphs may live on object storage.
+    pub object_roots: Vec<ObjectUri>,
 }
 
 impl Fences {
@@ -93,7 +96,27 @@ impl Fences {
             runtime_dir: resolve_physical(runtime_dir)?,
             policy_dir: resolve_physical(policy_dir)?,
             config_file: resolve_physical(config_file)?,
+            object_roots: Vec::new(),
         })
+    }
+
+    /// Where run-time graphs may live on object storage (`server.object_store.roots`).
+    pub fn with_object_roots(mut self, roots: Vec<ObjectUri>) -> Fences {
+        self.object_roots = roots;
+        self
+    }
+
+    /// Checks an object-store graph URI: strictly spelled, and strictly
+    /// inside one of `server.object_store.roots` (400 otherwise), the
+    /// counterpart of [`Fences::check_graph_dir`]. Returns the parsed URI.
+    pub fn check_object_uri(&self, uri: &str) -> Result<ObjectUri, ContainmentError> {
+        let parsed = ObjectUri::parse(uri).map_err(|e| ContainmentError::Unusable(e.to_string()))?;
+        if !self.object_roots.iter().any(|root| parsed.is_within(root) && parsed != *root) {
+            return Err(ContainmentError::Outside(format!(
+                "the URI {uri:?} is not inside server.object_store.roots; graphs on object storage live under a prefix of their own there"
+            )));
+        }
+        Ok(parsed)
     }
 
     /// Checks a resolved local graph folder against the fixed fences: inside

@@ -21,6 +21,7 @@ pub mod hashed_cache;
 pub mod header_clock;
 pub mod lifecycle;
 pub mod metrics;
+pub mod object_storage;
 pub mod policy_test;
 pub mod proxy;
 pub mod registry;

@@ -21,7 +21,9 @@ use crate::config::{canonical_uri, uris_overlap, FileRef, GraphSection};
 use crate::containment::{read_policy_file, resolve_physical, ContainmentError};
 use crate::config_store::{write_atomically, RewriteError};
 use crate::registry::{GraphEntry, ReserveError};
-use crate::supervisor::{stop_group_blocking, uri_is_empty};
+use crate::object_storage;
+use crate::supervisor::{stop_group_blocking, uri_is_empty, Supervisor};
+use omnigraph_contract::object_uri::ObjectUri;
 
 /// `POST /graphs` bodies above this get 413 (DESIGN.md section 2).
 pub const CREATE_BODY_LIMIT: usize = 1024 * 1024;
@@ -128,6 +130,9 @@ struct Undo {
     emptied_dir: Option<PathBuf>,
     files: Vec<PathBuf>,
     worker_pid: Option<i32>,
+    /// An object-store prefix that was empty when this create began: all
+    /// of it is ours to delete.
+    objects: Option<(Arc<Supervisor>, String)>,
 }
 
 impl Undo {
@@ -147,6 +152,13 @@ impl Undo {
             // Non-recursive on purpose: never remove what someone else put there.
             let _ = std::fs::remove_dir(p);
         }
+        if let Some((sup, uri)) = &self.objects {
+            // `run` is on a blocking thread; the purge is one short-lived child process.
+            let purged = tokio::runtime::Handle::try_current().map(|h| h.block_on(object_storage::purge(sup, uri)));
+            if !matches!(purged, Ok(Ok(_))) {
+                tracing::warn!(uri = %uri, "could not delete the objects this failed create wrote; purge the prefix by hand");
+            }
+        }
         if let Some(d) = &self.emptied_dir {
             if let Ok(entries) = std::fs::read_dir(d) {
                 for e in entries.flatten() {
@@ -156,6 +168,14 @@ impl Undo {
             }
         }
     }
+}
+
+fn not_empty(uri: &str) -> LifecycleError {
+    LifecycleError::Conflict(format!("the URI {uri:?} is not empty; a new graph needs an empty location"))
+}
+
+fn storage_failed(e: object_storage::StorageError) -> LifecycleError {
+    LifecycleError::Internal(format!("object storage: {e}"))
 }
 
 fn bad(m: impl Into<String>) -> LifecycleError {
@@ -193,9 +213,17 @@ struct Validated {
     own: Vec<cedar_policy::Policy>,
     /// The policy source to write into the policy folder, with its path.
     policy_write: Option<(PathBuf, String)>,
-    /// The URI resolved as the kernel would (see `containment`).
-    data_dir: PathBuf,
+    storage: Storage,
     canonical: String,
+}
+
+/// Where a new graph's data goes, checked against the fences.
+#[derive(Clone)]
+enum Storage {
+    /// A local folder, resolved as the kernel would (see `containment`).
+    Local(PathBuf),
+    /// A prefix under one of `server.object_store.roots`.
+    Object(ObjectUri),
 }
 
 /// Everything `POST /graphs` checks before it touches anything: the body's
@@ -209,12 +237,15 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
     if req.uri.trim().is_empty() {
         return Err(bad("uri is empty"));
     }
-    let Some(local) = crate::config::local_path(&req.uri) else {
-        return Err(bad(format!("uri {:?}: only local paths are supported by this build", req.uri)));
+    let storage = match crate::config::local_path(&req.uri) {
+        Some(local) => {
+            let cfg_dir = &state.config.dir;
+            let data_dir = resolve_physical(&crate::config::resolve_in(cfg_dir, local)).map_err(|e| bad(format!("the URI {:?} cannot be used: {e}", req.uri)))?;
+            state.fences.check_graph_dir(&data_dir, &req.uri)?;
+            Storage::Local(data_dir)
+        }
+        None => Storage::Object(state.fences.check_object_uri(&req.uri)?),
     };
-    let cfg_dir = &state.config.dir;
-    let data_dir = resolve_physical(&crate::config::resolve_in(cfg_dir, local)).map_err(|e| bad(format!("the URI {:?} cannot be used: {e}", req.uri)))?;
-    state.fences.check_graph_dir(&data_dir, &req.uri)?;
     let policy_dir = Path::new(&state.config.config.server.policy_dir);
     let label = format!("{id}.cedar");
     let (own, policy_ref, policy_write) = match &req.policy {
@@ -237,12 +268,14 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
     for b in &req.protected_branches {
         BranchName::parse(b).map_err(|e| bad(e.to_string()))?;
     }
-    // The YAML gets the folder that was checked, in a spelling that resolves
-    // to it again on the next start (not, say, `/proc/<pid>/cwd/...`).
-    let uri = crate::config::stored_uri(&state.config.dir, &data_dir);
+    let (uri, canonical) = match &storage {
+        // The YAML gets the folder that was checked, in a spelling that resolves
+        // to it again on the next start (not, say, `/proc/<pid>/cwd/...`).
+        Storage::Local(dir) => (crate::config::stored_uri(&state.config.dir, dir), crate::containment::uri_key(dir)),
+        Storage::Object(u) => (u.to_string(), u.to_string()),
+    };
     let section = GraphSection { start: None, uri, tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
-    let canonical = crate::containment::uri_key(&data_dir);
-    Ok(Validated { id, req, section, own, policy_write, data_dir, canonical })
+    Ok(Validated { id, req, section, own, policy_write, storage, canonical })
 }
 
 /// Runs blocking work off the proxy thread.
@@ -285,7 +318,7 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
     let _in_flight = create_turn(state).await?;
     let st = state.clone();
     let v = blocking(move || validate(&st, body)).await?;
-    let Validated { id, req, section, own, policy_write, data_dir, canonical } = v;
+    let Validated { id, req, section, own, policy_write, storage, canonical } = v;
     let _reservation = state.registry.reserve(&id, &canonical, state.config.config.limits.max_graphs).map_err(|e| match e {
         ReserveError::Id => LifecycleError::Conflict(format!("graph {:?} already exists", id.as_str())),
         // Which graph is not said: the caller may not be allowed to know it exists.
@@ -302,8 +335,8 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
             crate::app::StartupError::Policy(p) => bad(format!("invalid policy: {}", p.without_source())),
             other => bad(other.to_string()),
         })?;
-        if !uri_is_empty(&entry.resolved_uri) {
-            return Err(LifecycleError::Conflict(format!("the URI {:?} is not empty; a new graph needs an empty location", sec.uri)));
+        if crate::config::local_path(&entry.resolved_uri).is_some() && !uri_is_empty(&entry.resolved_uri) {
+            return Err(not_empty(&sec.uri));
         }
         if let Some((p, _)) = &write {
             if p.exists() {
@@ -322,12 +355,24 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
 
     let undo = Arc::new(std::sync::Mutex::new(Undo::default()));
     let result = async {
+        if let Storage::Object(u) = &storage {
+            // Checked under the URI claim, so no create on this gateway races it;
+            // from here a failure purges the prefix, which held nothing before.
+            if !object_storage::is_empty(&state.supervisor, &u.to_string()).await.map_err(storage_failed)? {
+                return Err(not_empty(&req.uri));
+            }
+            if let Ok(mut undo) = undo.lock() {
+                undo.objects = Some((state.supervisor.clone(), u.to_string()));
+            }
+        }
         // Storage: make the folder ourselves first, so an unwritable URI is a clear 400.
-        let (u, dir, uri, schema_src, runtime) = (undo.clone(), data_dir.clone(), req.uri.clone(), req.schema.source.clone(), state.runtime_dir.clone());
+        let (u, st, uri, schema_src, runtime) = (undo.clone(), storage.clone(), req.uri.clone(), req.schema.source.clone(), state.runtime_dir.clone());
         let gid = id.clone();
         let schema_file = blocking(move || {
             let mut undo = u.lock().map_err(|_| LifecycleError::Internal("undo lock".into()))?;
-            make_graph_dir(&dir, &uri, &mut undo)?;
+            if let Storage::Local(dir) = &st {
+                make_graph_dir(dir, &uri, &mut undo)?;
+            }
             let schema_file = runtime.join(format!("{gid}.create.pg"));
             write_atomically(&schema_file, schema_src.as_bytes()).map_err(|e| LifecycleError::Internal(format!("schema temp file: {e}")))?;
             undo.files.push(schema_file.clone());
@@ -480,7 +525,10 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
         let (st, e) = (state.clone(), entry.clone());
         Some(blocking(move || {
             let claim = claim_uri(&st.config.dir, &e.canonical_uri)?;
-            purge_target(&st, &e)?;
+            match crate::config::local_path(&e.uri) {
+                Some(_) => drop(purge_target(&st, &e)?),
+                None => drop(purge_object_target(&st, &e)?),
+            }
             Ok(claim)
         })
         .await?)
@@ -515,7 +563,14 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
     }
     state.registry.remove(id);
     let mut purged = false;
-    if purge {
+    if purge && crate::config::local_path(&entry.uri).is_none() {
+        let target = purge_object_target(state, &entry)?;
+        let deleted = object_storage::purge(&state.supervisor, &target.to_string()).await.map_err(|err| {
+            LifecycleError::Internal(format!("the graph was removed from the config, but purging {} failed: {err}", entry.uri))
+        })?;
+        tracing::info!(graph = %id, uri = %target, deleted, "purged the graph's objects");
+        purged = true;
+    } else if purge {
         let (st, e) = (state.clone(), entry.clone());
         purged = blocking(move || {
             let dir = purge_target(&st, &e)?;
@@ -558,6 +613,19 @@ fn purge_target(state: &AppState, entry: &GraphEntry) -> Result<PathBuf, Lifecyc
         return Err(LifecycleError::Conflict(format!("the graph's folder overlaps the storage of graph {:?}; not purging", other.id.as_str())));
     }
     Ok(dir)
+}
+
+/// The prefix a purge may delete on object storage, checked as a create's
+/// URI is: inside `server.object_store.roots` (a graph declared in the file
+/// elsewhere can be deleted, never purged through the API), and holding no
+/// other graph.
+fn purge_object_target(state: &AppState, entry: &GraphEntry) -> Result<ObjectUri, LifecycleError> {
+    let target = state.fences.check_object_uri(&entry.canonical_uri).map_err(|e| bad(format!("not purging: {e}")))?;
+    let others = state.registry.list();
+    if let Some(other) = others.iter().find(|o| o.id != entry.id && uris_overlap(&o.canonical_uri, &entry.canonical_uri)) {
+        return Err(LifecycleError::Conflict(format!("the graph's prefix overlaps the storage of graph {:?}; not purging", other.id.as_str())));
+    }
+    Ok(target)
 }
 
 /// Create attempts that a crash interrupted: journaled, but not in the config.

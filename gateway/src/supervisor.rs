@@ -39,6 +39,9 @@ pub struct Supervisor {
     pub worker_bin: PathBuf,
     /// `limits:` as worker flags, passed to every worker.
     worker_args: Vec<String>,
+    /// Set in every worker's environment (`server.object_store`), beside
+    /// what the gateway's own environment passes on (credentials).
+    worker_env: Vec<(&'static str, String)>,
     /// `limits.worker_memory_bytes` and `limits.worker_nofile`, set in each worker.
     rlimits: WorkerRlimits,
     shutting_down: AtomicBool,
@@ -200,6 +203,7 @@ impl Supervisor {
         Supervisor {
             worker_bin,
             worker_args: limits.worker().to_args(),
+            worker_env: Vec::new(),
             rlimits: WorkerRlimits::from_limits(limits),
             shutting_down: AtomicBool::new(false),
             start_permits: Semaphore::new(start_concurrency.max(1)),
@@ -208,6 +212,22 @@ impl Supervisor {
             backoff_max: backoff_max.max(BACKOFF_START),
             idle_stop: None,
         }
+    }
+
+    /// Sets `env` in every worker's environment (and every `storage` command's).
+    pub fn with_env(mut self, env: Vec<(&'static str, String)>) -> Supervisor {
+        self.worker_env = env;
+        self
+    }
+
+    /// A `omnigraph-worker storage ...` command for `uri`, with the workers'
+    /// environment: how the gateway looks at and purges object storage
+    /// without linking an object-store client (DESIGN.md section 7).
+    pub fn storage_command(&self, op: &str, uri: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.worker_bin);
+        cmd.args(["storage", op, "--uri", uri]).envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
     }
 
     /// Stops lazy graphs' workers after `idle` without requests (`server.idle_stop_s`; zero: never).
@@ -332,7 +352,12 @@ impl Supervisor {
     /// Starts the worker once (initialising an empty URI from the entry's
     /// schema) and waits until it is ready.
     pub async fn start(&self, entry: &GraphEntry) -> Result<Running, String> {
-        let init_schema = if uri_is_empty(&entry.resolved_uri) {
+        let on_object_store = crate::config::local_path(&entry.resolved_uri).is_none();
+        let init_schema = if on_object_store {
+            // The gateway cannot look at object storage: the worker creates
+            // the graph only if the prefix is empty, and opens it otherwise.
+            entry.schema_file.clone()
+        } else if uri_is_empty(&entry.resolved_uri) {
             match &entry.schema_file {
                 Some(s) => {
                     tracing::info!(graph = %entry.id, uri = %entry.uri, schema = %s.display(), "the graph's URI is empty: initialising it from its schema");
@@ -347,8 +372,9 @@ impl Supervisor {
         let mut cmd = Command::new(&self.worker_bin);
         cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri, "--socket"]).arg(&entry.socket).args(&self.worker_args);
         if let Some(s) = &init_schema {
-            cmd.arg("--init").arg("--schema").arg(s);
+            cmd.arg(if on_object_store { "--init-if-empty" } else { "--init" }).arg("--schema").arg(s);
         }
+        cmd.envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
         cmd.env(WORKER_KEY_ENV, &key).env(LOG_BARE_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let parent = std::process::id() as i32;
         let rlimits = self.rlimits.plan(hard_limit);

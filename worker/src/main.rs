@@ -19,14 +19,35 @@ struct Cli {
 enum Command {
     /// Serve one graph over HTTP (loopback TCP by default, or a Unix socket).
     Serve(ServeArgs),
+    /// Look at or remove a graph's objects on object storage (the gateway
+    /// runs these, so it never links an object-store client itself).
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Prints `{"uri": ..., "empty": true|false}`: whether anything lies under the URI.
+    Empty {
+        #[arg(long)]
+        uri: String,
+    },
+    /// Deletes every object under an `s3://bucket/prefix` URI (whole path
+    /// segments only) and prints `{"uri": ..., "deleted": N}`.
+    Purge {
+        #[arg(long)]
+        uri: String,
+    },
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("init_mode").args(["init", "init_if_empty"])))]
 struct ServeArgs {
     /// The graph's id, as the gateway knows it.
     #[arg(long)]
     graph_id: String,
-    /// Where the graph lives: a local path.
+    /// Where the graph lives: a local path or `s3://bucket/prefix`
+    /// (endpoint, region and credentials from the `AWS_*` environment).
     #[arg(long)]
     uri: String,
     /// TCP address to listen on.
@@ -38,8 +59,11 @@ struct ServeArgs {
     /// Create the graph from --schema; refuses a URI that is not empty.
     #[arg(long, requires = "schema")]
     init: bool,
-    /// The `.pg` schema file for --init.
-    #[arg(long, requires = "init")]
+    /// Create the graph from --schema when the URI is empty; open it otherwise.
+    #[arg(long, requires = "schema")]
+    init_if_empty: bool,
+    /// The `.pg` schema file for --init or --init-if-empty.
+    #[arg(long, requires = "init_mode")]
     schema: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
@@ -130,7 +154,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
     }
-    let Command::Serve(a) = Cli::parse().command;
+    let a = match Cli::parse().command {
+        Command::Serve(a) => a,
+        Command::Storage(op) => return storage(op),
+    };
     omnigraph_worker::contract::GraphId::parse(&a.graph_id)?;
     let init_schema = match &a.schema {
         Some(p) => {
@@ -145,8 +172,26 @@ fn main() -> anyhow::Result<()> {
         None => Bind::Tcp(a.listen),
     };
     let limits = a.limits.limits()?;
-    let opts = Options { graph_id: a.graph_id, uri: a.uri, bind, init_schema, limits };
+    let opts = Options { graph_id: a.graph_id, uri: a.uri, bind, init_schema, init_if_empty: a.init_if_empty, limits };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve::run(opts, worker_key))?;
+    Ok(())
+}
+
+/// Runs one `storage` command and prints its answer as one JSON line.
+fn storage(op: StorageCommand) -> anyhow::Result<()> {
+    use omnigraph_worker::store::Store;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let out = match op {
+        StorageCommand::Empty { uri } => {
+            let empty = rt.block_on(Store::location_is_empty(&uri))?;
+            serde_json::json!({"uri": uri, "empty": empty})
+        }
+        StorageCommand::Purge { uri } => {
+            let deleted = rt.block_on(Store::purge_objects(&uri))?;
+            serde_json::json!({"uri": uri, "deleted": deleted})
+        }
+    };
+    println!("{out}");
     Ok(())
 }

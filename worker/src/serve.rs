@@ -38,6 +38,10 @@ pub struct Options {
     pub bind: Bind,
     /// `Some(schema source)` creates the graph (the URI must be empty).
     pub init_schema: Option<String>,
+    /// With `init_schema`: create only when the URI is empty, open otherwise
+    /// (how the gateway starts a graph on object storage, where it cannot
+    /// look at the location itself).
+    pub init_if_empty: bool,
     /// The per-request limits (the gateway passes its `limits:` block).
     pub limits: Limits,
 }
@@ -83,7 +87,12 @@ pub async fn run(opts: Options, worker_key: Option<Arc<[u8]>>) -> Result<(), Ser
     if let Bind::Unix(p) = &opts.bind {
         check_socket_path(p)?;
     }
-    let store = match &opts.init_schema {
+    let init = match &opts.init_schema {
+        Some(_) if opts.init_if_empty => Store::location_is_empty(&opts.uri).await?,
+        Some(_) => true,
+        None => false,
+    };
+    let store = match opts.init_schema.as_deref().filter(|_| init) {
         Some(src) => {
             let s = Store::init(&opts.graph_id, &opts.uri, src, crate::contract::headers::LOCAL_ACTOR).await?;
             tracing::info!(graph = %opts.graph_id, uri = %opts.uri, "initialised a new graph");

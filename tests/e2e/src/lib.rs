@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod raw_client;
+pub mod s3;
 pub mod soak;
 
 pub fn bin(name: &str) -> PathBuf {

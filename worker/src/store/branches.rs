@@ -114,13 +114,13 @@ fn to_batch(e: &RefEvent) -> Result<RecordBatch, StoreError> {
 pub async fn open_or_create(loc: &Location) -> Result<Dataset, StoreError> {
     match loc.open(REFS_TABLE, None).await {
         Ok(ds) => Ok(ds),
-        Err(_) if !loc.has_versions(REFS_TABLE) => {
+        Err(e) if loc.has_versions(REFS_TABLE).await? => Err(e),
+        Err(_) => {
             let reader = RecordBatchIterator::new(Vec::<Result<RecordBatch, arrow_schema::ArrowError>>::new(), schema());
             Dataset::write(reader, loc.table_uri(REFS_TABLE).as_str(), Some(loc.log_write_params(WriteMode::Create)))
                 .await
                 .map_err(|e| StoreError::lance("create _branches", e))
         }
-        Err(e) => Err(e),
     }
 }
 

@@ -25,9 +25,11 @@ use lance::io::{ObjectStoreParams, ObjectStoreRegistry, WrappingObjectStore};
 use lance::session::Session;
 use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore as OsObjectStore;
 
 use super::StoreError;
+use crate::contract::object_uri::ObjectUri;
 use crate::contract::paths::normalize_lexically;
 
 /// The file that holds the graph's `.pg` schema source, next to the datasets.
@@ -81,7 +83,15 @@ impl Location {
         }
         match crate::contract::paths::local_path(uri) {
             Some(p) => Self::local(uri, Path::new(p)),
-            None => Ok(Location { display: uri.to_string(), local: None, root: uri.trim_end_matches('/').to_string(), session: bounded_session(), log_session: log_session() }),
+            None => {
+                // One strict spelling (see `object_uri`): the objects a graph
+                // owns, and a purge deletes, are never in doubt.
+                let parsed = ObjectUri::parse(uri).map_err(|e| StoreError::BadUri(e.to_string()))?;
+                if !cfg!(feature = "s3") {
+                    return Err(StoreError::BadUri(format!("{uri}: this worker was built without the `s3` feature")));
+                }
+                Ok(Location { display: uri.to_string(), local: None, root: parsed.to_string(), session: bounded_session(), log_session: log_session() })
+            }
         }
     }
 
@@ -167,25 +177,113 @@ impl Location {
         self.store_params()
     }
 
-    /// True when `table`'s dataset holds at least one committed version: a
-    /// failure to open it is then a real error, never a reason to create it
-    /// again. Always false for an object-store URI (not supported yet).
-    pub fn has_versions(&self, table: &str) -> bool {
-        self.local.as_ref().is_some_and(|d| std::fs::read_dir(d.join(format!("{table}.lance")).join("_versions")).is_ok_and(|mut it| it.next().is_some()))
+    /// The graph's root on its object store, for what Lance does not own
+    /// (`_schema.pg`, listing, purge). Local paths have their own code.
+    async fn object_root(&self) -> Result<(Arc<lance::io::ObjectStore>, ObjectPath), StoreError> {
+        lance::io::ObjectStore::from_uri_and_params(self.session.store_registry(), &self.root, &self.store_params())
+            .await
+            .map_err(|e| StoreError::lance(format!("open the object store of {}", self.display), e))
     }
 
-    /// True when the location holds nothing: a missing or empty directory.
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
+    /// True when `table`'s dataset holds at least one committed version: a
+    /// failure to open it is then a real error, never a reason to create it
+    /// again.
+    pub async fn has_versions(&self, table: &str) -> Result<bool, StoreError> {
+        if let Some(d) = &self.local {
+            return Ok(std::fs::read_dir(d.join(format!("{table}.lance")).join("_versions")).is_ok_and(|mut it| it.next().is_some()));
+        }
+        let (store, root) = self.object_root().await?;
+        self.any_object(&store, root.clone().join(format!("{table}.lance")).join("_versions")).await
+    }
+
+    /// True when the location holds nothing: a missing or empty directory,
+    /// or a prefix with no object under it.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
         match &self.local {
             Some(p) => match std::fs::read_dir(p) {
                 Ok(mut it) => Ok(it.next().is_none()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
                 Err(e) => Err(StoreError::Io(format!("{}: {e}", p.display()))),
             },
-            None => Err(StoreError::BadUri(format!(
-                "{}: only local paths are supported by this build (object-store URIs need the matching cargo feature)",
-                self.display
-            ))),
+            None => {
+                let (store, root) = self.object_root().await?;
+                Ok(!self.any_object(&store, root).await?)
+            }
+        }
+    }
+
+    /// True when at least one object lies under `prefix` (a whole path
+    /// segment: `b/a` never matches `b/ab/...`).
+    async fn any_object(&self, store: &lance::io::ObjectStore, prefix: ObjectPath) -> Result<bool, StoreError> {
+        use futures::StreamExt;
+        match store.list(Some(prefix)).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(StoreError::lance(format!("list {}", self.display), e)),
+        }
+    }
+
+    /// True when a graph lives here (its commit log has a version).
+    pub async fn holds_graph(&self) -> Result<bool, StoreError> {
+        match &self.local {
+            Some(dir) => Ok(dir.join(format!("{COMMITS_TABLE}.lance")).exists()),
+            None => self.has_versions(COMMITS_TABLE).await,
+        }
+    }
+
+    /// Reads the graph's `.pg` schema source (`_schema.pg`).
+    pub async fn read_schema(&self) -> Result<String, StoreError> {
+        let corrupt = |e: String| StoreError::Corrupt(format!("read {SCHEMA_FILE}: {e}"));
+        if let Some(dir) = &self.local {
+            return std::fs::read_to_string(dir.join(SCHEMA_FILE)).map_err(|e| corrupt(e.to_string()));
+        }
+        let (store, root) = self.object_root().await?;
+        let bytes = store.read_one_all(&root.clone().join(SCHEMA_FILE)).await.map_err(|e| corrupt(e.to_string()))?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Creates the graph's root and writes its `.pg` schema source: atomically
+    /// and durably on a local path; one PUT (atomic on S3) otherwise.
+    pub async fn write_schema(&self, source: &str) -> Result<(), StoreError> {
+        if let Some(dir) = &self.local {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
+            return omnigraph_durable::write_atomically(&dir.join(SCHEMA_FILE), source.as_bytes()).map_err(|e| StoreError::Io(format!("write schema: {e}")));
+        }
+        let (store, root) = self.object_root().await?;
+        store.put(&root.clone().join(SCHEMA_FILE), source.as_bytes()).await.map_err(|e| StoreError::lance("write schema", e))?;
+        Ok(())
+    }
+
+    /// Deletes every object of the graph: exactly the objects under its
+    /// prefix (`s3://b/a` removes `b/a/...`, never `b/ab/...`). Object
+    /// stores only; a local folder is removed by the gateway, which checks
+    /// it against its fences first. Returns how many objects were deleted.
+    pub async fn purge_objects(&self) -> Result<u64, StoreError> {
+        use futures::StreamExt;
+        if self.local.is_some() {
+            return Err(StoreError::BadUri(format!("{}: purge of a local path is the gateway's job", self.display)));
+        }
+        let (store, root) = self.object_root().await?;
+        let mut deleted = 0u64;
+        // Listing and deleting alternate a page at a time, so a graph of any
+        // size costs bounded memory.
+        loop {
+            let page: Vec<ObjectPath> = store
+                .list(Some(root.clone()))
+                .take(1000)
+                .map(|m| m.map(|m| m.location))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::lance(format!("list {}", self.display), e))?;
+            if page.is_empty() {
+                return Ok(deleted);
+            }
+            for path in &page {
+                store.delete(path).await.map_err(|e| StoreError::lance(format!("delete {path}"), e))?;
+                deleted += 1;
+            }
         }
     }
 }

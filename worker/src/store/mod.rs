@@ -42,7 +42,7 @@ use schemas::{SchemaVersion, Schemas};
 use branches::{RefEvent, RefOp};
 pub use commits::{CommitLog, CommitRecord, TablePin};
 use lineage::Lineages;
-use location::{Location, COMMITS_TABLE, SCHEMA_FILE};
+use location::{Location, COMMITS_TABLE};
 use state::GraphData;
 pub use author::Author;
 pub use branch_ops::{MergeOutcome, MergeResult};
@@ -151,12 +151,10 @@ impl Store {
     pub async fn init(graph_id: &str, uri: &str, schema_source: &str, actor: &str) -> Result<Store, StoreError> {
         let schema = GraphSchema::parse(schema_source).map_err(StoreError::Schema)?;
         let loc = Location::parse(uri)?;
-        if !loc.is_empty()? {
+        if !loc.is_empty().await? {
             return Err(StoreError::NotEmpty(loc.display.clone()));
         }
-        let dir = loc.local.clone().ok_or_else(|| StoreError::BadUri(loc.display.clone()))?;
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
-        omnigraph_durable::write_atomically(&dir.join(SCHEMA_FILE), schema_source.as_bytes()).map_err(|e| StoreError::Io(format!("write schema: {e}")))?;
+        loc.write_schema(schema_source).await?;
         let mut versions = BTreeMap::new();
         let creates = schema
             .nodes
@@ -188,23 +186,30 @@ impl Store {
         Self::open(graph_id, uri).await
     }
 
+    /// True when nothing lies at `uri` yet (a missing or empty folder, or no
+    /// object under the prefix).
+    pub async fn location_is_empty(uri: &str) -> Result<bool, StoreError> {
+        Location::parse(uri)?.is_empty().await
+    }
+
+    /// Deletes every object of the graph at the object-store `uri`; returns
+    /// how many. The graph's worker must be stopped first.
+    pub async fn purge_objects(uri: &str) -> Result<u64, StoreError> {
+        Location::parse(uri)?.purge_objects().await
+    }
+
     /// Opens an existing graph: replays the commit and ref logs into the
     /// live branches, loads each head, and repairs tables a crashed change
     /// left ahead of the head that owns them.
     pub async fn open(graph_id: &str, uri: &str) -> Result<Store, StoreError> {
         let loc = Location::parse(uri)?;
-        if let Some(dir) = &loc.local {
-            if !dir.join(format!("{COMMITS_TABLE}.lance")).exists() {
-                return Err(StoreError::NotAGraph(format!(
-                    "{} is not an omnigraph graph (it has no {COMMITS_TABLE}.lance); create one with --init --schema FILE",
-                    loc.display
-                )));
-            }
+        if !loc.holds_graph().await? {
+            return Err(StoreError::NotAGraph(format!(
+                "{} is not an omnigraph graph (it has no {COMMITS_TABLE}.lance); create one with --init --schema FILE",
+                loc.display
+            )));
         }
-        let schema_source: String = match &loc.local {
-            Some(dir) => std::fs::read_to_string(dir.join(SCHEMA_FILE)).map_err(|e| StoreError::Corrupt(format!("read {SCHEMA_FILE}: {e}")))?,
-            None => return Err(StoreError::BadUri(format!("{}: only local paths are supported by this build", loc.display))),
-        };
+        let schema_source = loc.read_schema().await?;
         let genesis = GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?;
         let mut schemas = Schemas::new(SchemaVersion { id: None, source: Arc::from(schema_source), graph: Arc::new(genesis) });
         let mut commits_ds = loc.open(COMMITS_TABLE, None).await?;

@@ -155,13 +155,13 @@ impl Store {
                     .map_err(|e| StoreError::lance(format!("start {name} over on {lineage}"), e))?;
                 Ok((TablePin { lineage: Some(lineage), version: ds.version().version }, ds))
             }
-            Err(_) if !self.loc.has_versions(name) => {
+            Err(e) if self.loc.has_versions(name).await? => Err(e),
+            Err(_) => {
                 let ds = Dataset::write(empty(), self.loc.table_uri(name).as_str(), Some(self.loc.write_params(WriteMode::Create)))
                     .await
                     .map_err(|e| StoreError::lance(format!("create {name}"), e))?;
                 Ok((TablePin::main(ds.version().version), ds))
             }
-            Err(e) => Err(e),
         }
     }
 }
