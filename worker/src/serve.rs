@@ -108,6 +108,15 @@ pub async fn run(opts: Options, worker_key: Option<Arc<[u8]>>) -> Result<(), Ser
     tracing::info!(limits = ?opts.limits, "limits");
     let store = Arc::new(store);
     crate::maintenance::spawn(store.clone(), opts.limits);
+    let stop = {
+        let store = store.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = store.fenced() => tracing::warn!("another worker took this graph over: draining and stopping"),
+            }
+        }
+    };
     let app = router(AppState { store, worker_key, limits: opts.limits });
     match opts.bind {
         Bind::Tcp(addr) => {
@@ -117,7 +126,7 @@ pub async fn run(opts: Options, worker_key: Option<Arc<[u8]>>) -> Result<(), Ser
                 tracing::warn!(%local, "listening on a non-loopback address: the worker has no authentication of its own");
             }
             announce(&format!("http://{local}"));
-            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(ServeError::Serve)
+            axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(ServeError::Serve)
         }
         Bind::Unix(path) => {
             match std::fs::remove_file(&path) {
@@ -131,7 +140,7 @@ pub async fn run(opts: Options, worker_key: Option<Arc<[u8]>>) -> Result<(), Ser
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| ServeError::Bind(path.display().to_string(), e))?;
             }
             announce(&format!("unix:{}", path.display()));
-            let result = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(ServeError::Serve);
+            let result = axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(ServeError::Serve);
             let _ = std::fs::remove_file(&path);
             result
         }

@@ -207,3 +207,73 @@ fn a_gateway_refuses_a_bad_object_store_config_at_start() {
         assert!(err.contains("object_store") || err.contains("s3://"), "{what}: {err}");
     }
 }
+
+/// `omnigraph-worker serve` on `uri` on loopback TCP, with the S3 server's environment.
+fn s3_worker(s3: &S3Server, uri: &str, init: Option<&Path>) -> Worker {
+    let mut cmd = std::process::Command::new(bin("omnigraph-worker"));
+    cmd.args(["serve", "--graph-id", "solo", "--uri", uri, "--listen", "127.0.0.1:0"]);
+    if let Some(schema) = init {
+        cmd.arg("--init").arg("--schema").arg(schema);
+    }
+    cmd.env_remove("OMNIGRAPH_WORKER_KEY").envs(s3.env()).envs([("AWS_ENDPOINT", s3.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1")]);
+    let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(120));
+    let base = line.rsplit(' ').next().expect("address").trim().to_string();
+    Worker { proc, base }
+}
+
+fn worker_upsert(w: &Worker, key: &str) -> Resp {
+    post(&w.url("/change"), &json!({"ops": [{"upsert": {"type": "Person", "key": key, "props": {"age": 1}}}]}))
+}
+
+fn worker_keys(w: &Worker) -> Vec<String> {
+    let r = post(&w.url("/read"), &json!({"match": {"type": "Person"}, "limit": 10000}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut keys: Vec<String> = r.body["rows"].as_array().expect("rows").iter().map(|row| row["key"].as_str().unwrap_or("").to_string()).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_second_worker_on_the_same_s3_graph_takes_it_over_and_the_first_stops_writing() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let uri = format!("s3://{BUCKET}/solo");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    let mut first = s3_worker(&s3, &uri, Some(&schema));
+    for k in ["a", "b", "c"] {
+        assert_eq!(worker_upsert(&first, k).status, 200);
+    }
+    // A second worker on the same graph (another host, a developer's shell):
+    // it claims the next writer epoch with a create-if-absent PUT.
+    let second = s3_worker(&s3, &uri, None);
+    let claims = s3.keys(BUCKET, "solo/_writers/");
+    assert_eq!(claims, vec!["solo/_writers/00000000000000000001", "solo/_writers/00000000000000000002"]);
+    // The first worker refuses its next write, writes nothing, and shuts down.
+    let r = worker_upsert(&first, "lost");
+    assert_eq!((r.status, code(&r)), (503, "worker_unavailable"), "{:?}", r.body);
+    assert!(first.proc.wait_for(Duration::from_secs(30)).is_some(), "the replaced worker kept running");
+    // The second has every write the first acknowledged, and writes on.
+    assert_eq!(worker_keys(&second), vec!["a", "b", "c"]);
+    assert_eq!(worker_upsert(&second, "d").status, 200);
+    assert_eq!(worker_keys(&second), vec!["a", "b", "c", "d"]);
+}
+
+#[test]
+fn workers_racing_to_open_one_s3_graph_get_distinct_epochs() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let uri = format!("s3://{BUCKET}/race");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    drop(s3_worker(&s3, &uri, Some(&schema)));
+    let (s3r, u) = (&s3, uri.as_str());
+    let workers: Vec<Worker> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4).map(|_| s.spawn(move || s3_worker(s3r, u, None))).collect();
+        hs.into_iter().map(|h| h.join().expect("worker")).collect()
+    });
+    let claims = s3.keys(BUCKET, "race/_writers/");
+    assert_eq!(claims.len(), 5, "one claim per worker start, none overwritten: {claims:?}");
+    // Exactly one of the four may write: the newest claim.
+    let ok: Vec<u16> = workers.iter().enumerate().map(|(i, w)| worker_upsert(w, &format!("k{i}")).status).collect();
+    assert_eq!(ok.iter().filter(|s| **s == 200).count(), 1, "{ok:?}");
+    assert_eq!(ok.iter().filter(|s| **s == 503).count(), 3, "{ok:?}");
+}

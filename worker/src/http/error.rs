@@ -107,7 +107,7 @@ impl From<StoreError> for ApiError {
             StoreError::BranchExists(_) => ErrorCode::Conflict,
             StoreError::BadBranch(_) | StoreError::MainIsPermanent => ErrorCode::BadRequest,
             StoreError::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
-            StoreError::Poisoned => ErrorCode::WorkerUnavailable,
+            StoreError::Poisoned | StoreError::Fenced(_) => ErrorCode::WorkerUnavailable,
             _ => ErrorCode::Internal,
         };
         ApiError::new(code, e.to_string())

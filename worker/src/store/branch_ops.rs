@@ -112,6 +112,9 @@ impl Store {
         if w.poisoned && !dry_run {
             return Err(StoreError::Poisoned);
         }
+        if !dry_run {
+            self.loc.check_writer().await?;
+        }
         let (src, tgt) = (self.head(source)?, self.head(target)?);
         let (src_id, tgt_id) = (src.commit.commit_id.clone(), tgt.commit.commit_id.clone());
         let log = self.log.load_full();

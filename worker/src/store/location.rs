@@ -28,6 +28,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore as OsObjectStore;
 
+use super::writer_fence::WriterFence;
 use super::StoreError;
 use crate::contract::object_uri::ObjectUri;
 use crate::contract::paths::normalize_lexically;
@@ -63,6 +64,9 @@ pub struct Location {
     /// again; in the graph's session it held about 15 MiB of a 20,000-commit
     /// worker's 33 MiB of heap for its whole life (docs/reliability.md).
     log_session: Arc<Session>,
+    /// This worker's writer claim on object storage, shared by every clone
+    /// (`writer_fence`); empty on a local path.
+    writer: Arc<std::sync::OnceLock<WriterFence>>,
 }
 
 fn bounded_session() -> Arc<Session> {
@@ -90,7 +94,7 @@ impl Location {
                 if !cfg!(feature = "s3") {
                     return Err(StoreError::BadUri(format!("{uri}: this worker was built without the `s3` feature")));
                 }
-                Ok(Location { display: uri.to_string(), local: None, root: parsed.to_string(), session: bounded_session(), log_session: log_session() })
+                Ok(Location { display: uri.to_string(), local: None, root: parsed.to_string(), session: bounded_session(), log_session: log_session(), writer: Arc::default() })
             }
         }
     }
@@ -103,7 +107,7 @@ impl Location {
         };
         let abs = normalize_lexically(&abs);
         let root = abs.to_str().ok_or_else(|| StoreError::BadUri(format!("{display}: path is not UTF-8")))?.to_string();
-        Ok(Location { display: display.to_string(), local: Some(abs), root, session: bounded_session(), log_session: log_session() })
+        Ok(Location { display: display.to_string(), local: Some(abs), root, session: bounded_session(), log_session: log_session(), writer: Arc::default() })
     }
 
     /// The URI Lance opens `table` at: the graph's root and the table's
@@ -183,6 +187,32 @@ impl Location {
         lance::io::ObjectStore::from_uri_and_params(self.session.store_registry(), &self.root, &self.store_params())
             .await
             .map_err(|e| StoreError::lance(format!("open the object store of {}", self.display), e))
+    }
+
+    /// Claims the graph's writer epoch on object storage (`writer_fence`);
+    /// nothing on a local path.
+    pub async fn claim_writer(&self, who: &str) -> Result<(), StoreError> {
+        if self.local.is_some() || self.writer.get().is_some() {
+            return Ok(());
+        }
+        let (store, root) = self.object_root().await?;
+        let fence = WriterFence::claim(store, &root, who).await?;
+        let _ = self.writer.set(fence);
+        Ok(())
+    }
+
+    /// Refuses a write once a newer worker claimed the graph. Every write
+    /// checks under the writer lock, and every log row right before it is
+    /// appended.
+    pub async fn check_writer(&self) -> Result<(), StoreError> {
+        match self.writer.get() {
+            Some(f) => f.check().await,
+            None => Ok(()),
+        }
+    }
+
+    pub fn fence(&self) -> Option<&WriterFence> {
+        self.writer.get()
     }
 
     /// True when `table`'s dataset holds at least one committed version: a

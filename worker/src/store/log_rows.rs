@@ -21,6 +21,8 @@ use super::StoreError;
 /// Lance writes them (the logs go through the object-store path, see
 /// [`Location::table_uri`]), so the row is durable when this returns.
 pub async fn append(ds: &mut Dataset, loc: &Location, row: RecordBatch, schema: SchemaRef, what: &str) -> Result<(), StoreError> {
+    // The last check before the publish point (object storage only).
+    loc.check_writer().await?;
     loc.sync_tables().await?;
     let reader = RecordBatchIterator::new(vec![Ok(row)], schema);
     ds.append(reader, Some(loc.log_write_params(WriteMode::Append))).await.map_err(|e| StoreError::lance(what, e))

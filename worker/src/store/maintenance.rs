@@ -232,6 +232,7 @@ impl Store {
             if w.poisoned {
                 return Err(StoreError::Poisoned);
             }
+            self.loc.check_writer().await?;
             let branches: Vec<String> = self.heads.load().keys().cloned().collect();
             for branch in &branches {
                 report.compacted_fragments += self.compact_branch(&mut w, branch, author).await?;

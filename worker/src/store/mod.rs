@@ -28,6 +28,7 @@ pub mod state;
 pub mod tables;
 pub mod value;
 mod write;
+pub mod writer_fence;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -89,6 +90,9 @@ pub enum StoreError {
     PreconditionFailed { branch: String, expected: String, head: String },
     #[error("writes are stopped: a failed change could not be rolled back; restart the worker to repair the tables")]
     Poisoned,
+    /// A newer worker claimed the graph on object storage (`writer_fence`).
+    #[error("writes are stopped: a newer worker (after writer epoch {0}) took over this graph; this worker is shutting down")]
+    Fenced(u64),
 }
 
 impl StoreError {
@@ -198,6 +202,15 @@ impl Store {
         Location::parse(uri)?.purge_objects().await
     }
 
+    /// Resolves when a newer worker has taken this graph over on object
+    /// storage (never for a local graph): the server then shuts down.
+    pub async fn fenced(&self) {
+        match self.loc.fence() {
+            Some(f) => f.on_fenced.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Opens an existing graph: replays the commit and ref logs into the
     /// live branches, loads each head, and repairs tables a crashed change
     /// left ahead of the head that owns them.
@@ -209,6 +222,9 @@ impl Store {
                 loc.display
             )));
         }
+        // On object storage: become the graph's one writer before reading
+        // anything a previous writer may still be appending to.
+        loc.claim_writer(graph_id).await?;
         let schema_source = loc.read_schema().await?;
         let genesis = GraphSchema::parse(&schema_source).map_err(StoreError::Schema)?;
         let mut schemas = Schemas::new(SchemaVersion { id: None, source: Arc::from(schema_source), graph: Arc::new(genesis) });

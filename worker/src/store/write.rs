@@ -241,6 +241,7 @@ impl Store {
     ) -> Result<(Arc<Snapshot>, R), ApplyError<E>> {
         let mut w = self.writer.lock().await;
         let base = self.writable_head(&w, to)?;
+        self.loc.check_writer().await?;
         let (plan, extra) = plan(&base).map_err(ApplyError::Plan)?;
         let parents = vec![base.commit.commit_id.clone()];
         let snap = self.commit(&mut w, to.branch, &base, plan, parents, author).await?;
@@ -252,6 +253,7 @@ impl Store {
     pub async fn begin(&self, to: WriteTo<'_>) -> Result<WriteSession<'_>, StoreError> {
         let w = self.writer.lock().await;
         let base = self.writable_head(&w, to)?;
+        self.loc.check_writer().await?;
         let txn = Txn::new(to.branch, &base);
         Ok(WriteSession { store: self, w, txn: Some(txn) })
     }
