@@ -54,7 +54,7 @@ test: test-deps
 
 # Release builds only (a debug Pingora is ~10x slower). Results: docs/benchmarks.md.
 # One plain build: the gateway never links Lance, so nothing is built twice.
-bench: deps
+bench: test-deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p omnigraph-benches --bench gateway_auth
 	$(CARGO) bench -p omnigraph-benches --bench gateway_latency
@@ -64,6 +64,7 @@ bench: deps
 	$(CARGO) bench -p omnigraph-benches --bench ingest_export
 	$(CARGO) bench -p omnigraph-benches --bench maintenance
 	$(CARGO) bench -p omnigraph-benches --bench lazy_graphs
+	$(CARGO) bench -p omnigraph-benches --bench object_store
 	$(CARGO) bench -p omnigraph-benches --bench soak
 
 clean-data:

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, try_call, Proc};
+use crate::{bin_in, free_port, try_call, Proc, Worker};
 
 /// Dummy credentials: moto accepts any, and they prove the workers take
 /// credentials from the environment the gateway passes on.
@@ -87,6 +87,21 @@ impl S3Server {
     /// The environment a gateway (and so its workers) needs for this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string())]
+    }
+
+    /// `omnigraph-worker serve` (from `target/<profile>`) on `uri` on
+    /// loopback TCP, with this server's endpoint and credentials; `init`
+    /// creates the graph from that schema file.
+    pub fn worker(&self, profile: &str, graph_id: &str, uri: &str, init: Option<&Path>) -> Worker {
+        let mut cmd = Command::new(bin_in(profile, "omnigraph-worker"));
+        cmd.args(["serve", "--graph-id", graph_id, "--uri", uri, "--listen", "127.0.0.1:0"]);
+        if let Some(schema) = init {
+            cmd.arg("--init").arg("--schema").arg(schema);
+        }
+        cmd.env_remove("OMNIGRAPH_WORKER_KEY").envs(self.env()).envs([("AWS_ENDPOINT", self.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", REGION)]);
+        let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(120));
+        let base = line.rsplit(' ').next().expect("address").trim().to_string();
+        Worker { proc, base }
     }
 
     /// The `server.object_store` block for this server, lines indented for `server:`.

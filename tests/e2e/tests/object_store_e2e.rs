@@ -208,17 +208,8 @@ fn a_gateway_refuses_a_bad_object_store_config_at_start() {
     }
 }
 
-/// `omnigraph-worker serve` on `uri` on loopback TCP, with the S3 server's environment.
 fn s3_worker(s3: &S3Server, uri: &str, init: Option<&Path>) -> Worker {
-    let mut cmd = std::process::Command::new(bin("omnigraph-worker"));
-    cmd.args(["serve", "--graph-id", "solo", "--uri", uri, "--listen", "127.0.0.1:0"]);
-    if let Some(schema) = init {
-        cmd.arg("--init").arg("--schema").arg(schema);
-    }
-    cmd.env_remove("OMNIGRAPH_WORKER_KEY").envs(s3.env()).envs([("AWS_ENDPOINT", s3.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1")]);
-    let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(120));
-    let base = line.rsplit(' ').next().expect("address").trim().to_string();
-    Worker { proc, base }
+    s3.worker("debug", "solo", uri, init)
 }
 
 fn worker_upsert(w: &Worker, key: &str) -> Resp {
