@@ -163,7 +163,8 @@ impl AppState {
             metrics.clone(),
         )
         .with_idle_stop(std::time::Duration::from_secs(config.config.server.idle_stop_s))
-        .with_env(object_store.worker_env()));
+        .with_env(object_store.worker_env())
+        .with_lazy_bound(limits.max_lazy_workers));
         let state = AppState {
             config_store: Arc::new(ConfigStore::new(&config.path, &config.bytes)),
             engine,

@@ -38,6 +38,10 @@ pub struct Config {
 pub struct Limits {
     /// Graphs one gateway serves, counting creates in flight.
     pub max_graphs: usize,
+    /// Workers of lazy graphs running at once (0: no bound). Starting one
+    /// more first stops the least recently used lazy worker that has no
+    /// request in flight; with none to stop, the start waits for room.
+    pub max_lazy_workers: usize,
     /// `POST /graphs` requests being worked on at once; more wait their turn.
     pub max_creates_in_flight: usize,
     /// `POST /graphs` requests that may wait for a turn; more get 429.
@@ -130,6 +134,7 @@ impl Default for Limits {
         let w = WorkerLimits::DEFAULT;
         Limits {
             max_graphs: 1000,
+            max_lazy_workers: 0,
             max_creates_in_flight: 4,
             max_creates_queued: 64,
             max_body_bytes: w.max_body_bytes,

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub worker_restarts: IntCounterVec,
     pub lazy_starts: IntCounter,
     pub idle_stops: IntCounter,
+    pub lazy_evictions: IntCounter,
     /// Errors inside authorization (each one was a deny).
     pub authz_errors: IntCounter,
     pub authn_failures: IntCounter,
@@ -74,7 +75,12 @@ impl Metrics {
         registry.register(Box::new(lazy_starts.clone()))?;
         let idle_stops = IntCounter::new("omnigraph_worker_idle_stops_total", "Workers of lazy graphs stopped after server.idle_stop_s without requests")?;
         registry.register(Box::new(idle_stops.clone()))?;
-        Ok(Metrics { registry, lazy_starts, idle_stops, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled, throttle_waiting, shadow_differences, tls_reloads })
+        let lazy_evictions = IntCounter::new(
+            "omnigraph_worker_lazy_evictions_total",
+            "Workers of lazy graphs stopped to make room for another under limits.max_lazy_workers",
+        )?;
+        registry.register(Box::new(lazy_evictions.clone()))?;
+        Ok(Metrics { registry, lazy_starts, idle_stops, lazy_evictions, requests, decision_seconds, upstream_seconds, worker_restarts, authz_errors, authn_failures, in_flight, decision_log_dropped, decision_log_failures, header_timeouts, throttled, throttle_waiting, shadow_differences, tls_reloads })
     }
 
     pub fn render(&self) -> Vec<u8> {

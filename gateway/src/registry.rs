@@ -92,6 +92,9 @@ pub struct GraphEntry {
     in_flight: AtomicUsize,
     /// When the last proxied request ended, ms since [`epoch`].
     last_used_ms: AtomicU64,
+    /// Asks this lazy graph's supervisor to stop its worker now if no
+    /// request is in flight (`limits.max_lazy_workers` makes room).
+    pub evict: tokio::sync::Notify,
 }
 
 /// The origin of `last_used_ms`: the first time anyone asked.
@@ -162,6 +165,7 @@ impl GraphEntry {
             changed: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(now_ms()),
+            evict: tokio::sync::Notify::new(),
         }
     }
 

@@ -54,7 +54,35 @@ pub struct Supervisor {
     backoff_max: Duration,
     /// `server.idle_stop_s`: a lazy graph's worker unused this long is stopped.
     idle_stop: Option<Duration>,
+    /// `limits.max_lazy_workers`: room for lazy graphs' workers, and who holds it.
+    lazy_room: Option<LazyRoom>,
 }
+
+/// The bound on lazy graphs' running workers: one permit per running
+/// worker, and the graphs holding them (where a start looks for one to stop).
+struct LazyRoom {
+    permits: Arc<Semaphore>,
+    holders: Arc<std::sync::Mutex<Vec<Arc<GraphEntry>>>>,
+}
+
+/// A lazy graph's place among `limits.max_lazy_workers`, held while its
+/// worker runs (across restarts after a crash) and given back when the
+/// worker is stopped as idle or the graph goes away.
+struct LazySlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    holders: Arc<std::sync::Mutex<Vec<Arc<GraphEntry>>>>,
+    entry: Arc<GraphEntry>,
+}
+
+impl Drop for LazySlot {
+    fn drop(&mut self) {
+        let mut h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        h.retain(|e| !Arc::ptr_eq(e, &self.entry));
+    }
+}
+
+/// How often a start waiting for room asks another lazy worker to stop.
+const ROOM_RETRY: Duration = Duration::from_millis(100);
 
 /// How a worker's life ended.
 enum End {
@@ -211,6 +239,7 @@ impl Supervisor {
             ready_timeout,
             backoff_max: backoff_max.max(BACKOFF_START),
             idle_stop: None,
+            lazy_room: None,
         }
     }
 
@@ -230,6 +259,43 @@ impl Supervisor {
         cmd
     }
 
+    /// Runs at most `n` lazy graphs' workers at once (`limits.max_lazy_workers`; zero: no bound).
+    pub fn with_lazy_bound(mut self, n: usize) -> Supervisor {
+        self.lazy_room = (n > 0).then(|| LazyRoom { permits: Arc::new(Semaphore::new(n)), holders: Arc::default() });
+        self
+    }
+
+    /// Takes a place for `entry`'s worker among `limits.max_lazy_workers`:
+    /// at once when there is room, else by asking the least recently used
+    /// lazy worker with no request in flight to stop, again every
+    /// [`ROOM_RETRY`] until one does or a place frees. `None` when lazy
+    /// workers are not bounded, or the wait ended by shutdown or removal.
+    async fn lazy_slot(&self, entry: &Arc<GraphEntry>) -> Option<LazySlot> {
+        let room = self.lazy_room.as_ref()?;
+        loop {
+            if self.is_shutting_down() || entry.is_removed() {
+                return None;
+            }
+            let permit = match room.permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let victim = {
+                        let h = room.holders.lock().unwrap_or_else(|p| p.into_inner());
+                        h.iter().filter(|e| e.status() == Status::Up && e.in_flight() == 0).max_by_key(|e| e.idle_for()).cloned()
+                    };
+                    if let Some(v) = victim {
+                        v.evict.notify_one();
+                    }
+                    tokio::time::timeout(ROOM_RETRY, room.permits.clone().acquire_owned()).await.ok().and_then(Result::ok)
+                }
+            };
+            if let Some(p) = permit {
+                room.holders.lock().unwrap_or_else(|p| p.into_inner()).push(entry.clone());
+                return Some(LazySlot { _permit: p, holders: room.holders.clone(), entry: entry.clone() });
+            }
+        }
+    }
+
     /// Stops lazy graphs' workers after `idle` without requests (`server.idle_stop_s`; zero: never).
     pub fn with_idle_stop(mut self, idle: Duration) -> Supervisor {
         self.idle_stop = (!idle.is_zero()).then_some(idle);
@@ -240,26 +306,36 @@ impl Supervisor {
     /// it has had no request for `server.idle_stop_s`.
     async fn run(&self, entry: &GraphEntry, running: Running) -> End {
         let mut exited = running.exited;
-        let Some(idle) = self.idle_stop.filter(|_| entry.lazy) else {
+        if !entry.lazy {
             return End::Exited(exited.await.unwrap_or_else(|_| "unknown".into()));
-        };
+        }
         // Checked a few times per idle period, at most once a second.
-        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let every = self.idle_stop.map(|idle| (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
         loop {
-            tokio::select! {
+            let evicted = tokio::select! {
                 how = &mut exited => return End::Exited(how.unwrap_or_else(|_| "unknown".into())),
-                _ = tokio::time::sleep(every) => {
-                    if !entry.try_idle(idle) {
-                        continue;
-                    }
-                    tracing::info!(graph = %entry.id, pid = running.pid, idle_s = idle.as_secs_f64(), "no requests: stopping the idle worker");
-                    let pid = running.pid;
-                    let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
-                    let _ = exited.await;
-                    self.metrics.idle_stops.inc();
-                    return End::Idled;
-                }
+                _ = entry.evict.notified() => true,
+                _ = async { match every {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                } } => false,
+            };
+            // An eviction stops a worker with no request in flight, however recently used.
+            let idle = if evicted { Duration::ZERO } else { self.idle_stop.unwrap_or(Duration::MAX) };
+            if !entry.try_idle(idle) {
+                continue;
             }
+            if evicted {
+                tracing::info!(graph = %entry.id, pid = running.pid, "limits.max_lazy_workers reached: stopping this lazy worker to make room");
+                self.metrics.lazy_evictions.inc();
+            } else {
+                tracing::info!(graph = %entry.id, pid = running.pid, idle_s = idle.as_secs_f64(), "no requests: stopping the idle worker");
+                self.metrics.idle_stops.inc();
+            }
+            let pid = running.pid;
+            let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+            let _ = exited.await;
+            return End::Idled;
         }
     }
 
@@ -271,6 +347,11 @@ impl Supervisor {
     /// `first` adopts a worker that is already running (`POST /graphs`).
     pub async fn supervise(self: Arc<Self>, entry: Arc<GraphEntry>, mut first: Option<Running>) {
         let mut backoff = BACKOFF_START;
+        // This graph's place among `limits.max_lazy_workers` while its worker runs.
+        let mut slot: Option<LazySlot> = None;
+        if entry.lazy && first.is_some() {
+            slot = self.lazy_slot(&entry).await;
+        }
         loop {
             if self.is_shutting_down() || entry.is_removed() {
                 return;
@@ -282,6 +363,12 @@ impl Supervisor {
                     return;
                 }
                 entry.set_state_unless_removed(|s| s.status = Status::Starting);
+                if slot.is_none() {
+                    slot = self.lazy_slot(&entry).await;
+                    if self.is_shutting_down() || entry.is_removed() {
+                        return;
+                    }
+                }
                 self.metrics.lazy_starts.inc();
             }
             let started = Instant::now();
@@ -313,6 +400,7 @@ impl Supervisor {
                                 s.pid = None;
                                 s.key = None;
                             });
+                            slot = None;
                             backoff = BACKOFF_START;
                             continue;
                         }
@@ -345,6 +433,7 @@ impl Supervisor {
                 // Requests that waited have their answer (503); the next one
                 // tries again, rather than a retry loop of the graph's own.
                 entry.set_state_unless_removed(|s| s.status = Status::Idle);
+                slot = None;
             }
         }
     }

@@ -236,3 +236,56 @@ fn two_thousand_lazy_graphs_run_only_the_workers_that_were_used() {
 fn soak_rss(pid: i32) -> u64 {
     omnigraph_e2e::soak::rss_kib(pid)
 }
+
+fn running(gw: &Gateway, graphs: &[&str]) -> Vec<String> {
+    graphs.iter().filter(|g| gw.worker_pid(g).is_some()).map(|g| g.to_string()).collect()
+}
+
+#[test]
+fn max_lazy_workers_stops_the_least_recently_used_worker_to_make_room() {
+    // No idle stop at all: only the bound stops workers.
+    let env = ConfigDir::admin("  default_start: lazy\n  start_wait_ms: 4000\n", "limits:\n  max_lazy_workers: 2\n", &["g0", "g1", "g2", "g3"]);
+    let gw = env.start();
+    let all = ["g0", "g1", "g2", "g3"];
+    let upsert = |g: &str, key: &str| {
+        let r = post_with(&gw.url(&format!("/graphs/{g}/change")), &json!({"ops": [{"upsert": {"type": "Person", "key": key, "props": {"age": 1}}}]}), &[ROOT]);
+        assert_eq!(r.status, 200, "{g}: {:?}", r.body);
+    };
+    upsert("g0", "a0");
+    upsert("g1", "a1");
+    assert_eq!(running(&gw, &all), vec!["g0", "g1"]);
+    // g1 was used last: g0 is the one stopped to make room for g2.
+    read_key(&gw, "g1", "a1");
+    upsert("g2", "a2");
+    assert!(eventually(Duration::from_secs(30), || running(&gw, &all) == vec!["g1", "g2"]), "{:?}", running(&gw, &all));
+    assert_eq!(status_of(&gw, "g0"), "idle");
+    assert_eq!(metric(&gw, "omnigraph_worker_lazy_evictions_total"), 1.0);
+    // g0 comes back on its next request with its acknowledged write; g1 makes room.
+    let r = read_key(&gw, "g0", "a0");
+    assert_eq!((r.status, r.body["row_count"].as_u64()), (200, Some(1)), "{:?}", r.body);
+    assert!(eventually(Duration::from_secs(30), || running(&gw, &all) == vec!["g0", "g2"]), "{:?}", running(&gw, &all));
+    assert_eq!(metric(&gw, "omnigraph_worker_restarts_total"), 0.0);
+}
+
+#[test]
+fn max_lazy_workers_never_stops_a_worker_with_a_request_in_flight() {
+    let env = ConfigDir::admin("  default_start: lazy\n  start_wait_ms: 1500\n", "limits:\n  max_lazy_workers: 1\n", &["alpha", "beta"]);
+    let gw = env.start();
+    let addr = gw.addr();
+    // alpha is busy for 5 s: beta finds no room, waits start_wait_ms, then 503.
+    let ingest = std::thread::spawn(move || slow_ingest(&addr, "alpha", 5));
+    assert!(eventually(Duration::from_secs(30), || gw.worker_pid("alpha").is_some()));
+    let pid = gw.worker_pid("alpha");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = read_key(&gw, "beta", "x");
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(ingest.join().expect("ingest thread"), 200, "the ingest in flight was cut off");
+    assert_eq!(gw.worker_pid("alpha"), pid);
+    // Once alpha is free, beta gets its place (alpha is stopped for it).
+    let ok = eventually(Duration::from_secs(30), || read_key(&gw, "beta", "x").status == 200);
+    assert!(ok, "beta never got room");
+    assert!(eventually(Duration::from_secs(30), || gw.worker_pid("alpha").is_none()));
+    let r = read_key(&gw, "alpha", "slow4");
+    assert_eq!(r.body["rows"][0]["props"]["age"], 4, "{:?}", r.body);
+}
