@@ -95,6 +95,11 @@ pub struct GraphEntry {
     /// Asks this lazy graph's supervisor to stop its worker now if no
     /// request is in flight (`limits.max_lazy_workers` makes room).
     pub evict: tokio::sync::Notify,
+    /// Which supervisor task owns this entry: bumped when a failed `DELETE`
+    /// hands the graph to a new one, so the old task (which may still be
+    /// waiting for the stopped worker's exit) ends instead of restarting it
+    /// beside the new task's worker.
+    supervision: AtomicU64,
 }
 
 /// The origin of `last_used_ms`: the first time anyone asked.
@@ -166,6 +171,7 @@ impl GraphEntry {
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(now_ms()),
             evict: tokio::sync::Notify::new(),
+            supervision: AtomicU64::new(0),
         }
     }
 
@@ -267,8 +273,14 @@ impl GraphEntry {
     /// `stopping` status and the pid a `DELETE` stops are left alone);
     /// whether it was made.
     pub fn set_state_unless_removed(&self, f: impl FnOnce(&mut WorkerState)) -> bool {
+        self.set_state_for(self.supervision(), f)
+    }
+
+    /// [`GraphEntry::set_state_unless_removed`] by the supervisor task of
+    /// `generation`: nothing once a newer task owns the entry.
+    pub fn set_state_for(&self, generation: u64, f: impl FnOnce(&mut WorkerState)) -> bool {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
-        if self.is_removed() {
+        if self.superseded(generation) {
             return false;
         }
         self.set_state(f);
@@ -289,6 +301,9 @@ impl GraphEntry {
     /// Undoes [`GraphEntry::mark_removed`] when the removal could not be completed.
     pub fn unmark_removed(&self) {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        // The supervisor task from before the removal is done with this
+        // entry; the caller starts a new one (`Supervisor::supervise`).
+        self.supervision.fetch_add(1, Ordering::SeqCst);
         self.removed.store(false, std::sync::atomic::Ordering::SeqCst);
         self.wanted.store(false, Ordering::SeqCst);
         let status = if self.lazy { Status::Idle } else { Status::Starting };
@@ -303,11 +318,28 @@ impl GraphEntry {
         self.removed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The current supervision generation (see `supervision`).
+    pub fn supervision(&self) -> u64 {
+        self.supervision.load(Ordering::SeqCst)
+    }
+
+    /// True when the supervisor task of `generation` must end: the graph was
+    /// removed, or handed to a newer task.
+    pub fn superseded(&self, generation: u64) -> bool {
+        self.is_removed() || self.supervision() != generation
+    }
+
     /// Records a started worker as this graph's, unless the graph was removed
     /// meanwhile: then `false`, and the caller stops the worker.
     pub fn adopt(&self, pid: i32) -> bool {
+        self.adopt_for(self.supervision(), pid)
+    }
+
+    /// [`GraphEntry::adopt`] by the supervisor task of `generation`: also
+    /// `false` once a newer task owns the entry.
+    pub fn adopt_for(&self, generation: u64, pid: i32) -> bool {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
-        if self.is_removed() {
+        if self.superseded(generation) {
             return false;
         }
         self.last_used_ms.store(now_ms(), Ordering::Relaxed);
@@ -493,6 +525,26 @@ mod tests {
         let sets = ActionSets::unsliced(std::iter::empty()).unwrap();
         let e = GraphEntry::new(id(name), "u".into(), "/u".into(), "/u".into(), None, vec![], None, None, "/s".into(), Arc::new(sets));
         Arc::new(e.lazy())
+    }
+
+    #[test]
+    fn after_a_failed_removal_only_the_new_supervision_may_adopt_or_change_state() {
+        let e = entry("g");
+        let old = e.supervision();
+        assert!(!e.superseded(old));
+        e.mark_removed();
+        assert!(e.superseded(old) && !e.adopt_for(old, 1));
+        e.unmark_removed();
+        let new = e.supervision();
+        assert_ne!(old, new);
+        // The task from before the removal may still see its stopped worker
+        // exit: it must neither restart (superseded) nor write the state.
+        assert!(e.superseded(old));
+        assert!(!e.adopt_for(old, 7));
+        assert!(!e.set_state_for(old, |s| s.status = Status::Down));
+        assert_eq!(e.status(), Status::Idle);
+        assert!(e.adopt_for(new, 8));
+        assert_eq!((e.status(), e.state.load().pid), (Status::Up, Some(8)));
     }
 
     #[test]

@@ -270,10 +270,10 @@ impl Supervisor {
     /// lazy worker with no request in flight to stop, again every
     /// [`ROOM_RETRY`] until one does or a place frees. `None` when lazy
     /// workers are not bounded, or the wait ended by shutdown or removal.
-    async fn lazy_slot(&self, entry: &Arc<GraphEntry>) -> Option<LazySlot> {
+    async fn lazy_slot(&self, entry: &Arc<GraphEntry>, generation: u64) -> Option<LazySlot> {
         let room = self.lazy_room.as_ref()?;
         loop {
-            if self.is_shutting_down() || entry.is_removed() {
+            if self.is_shutting_down() || entry.superseded(generation) {
                 return None;
             }
             let permit = match room.permits.clone().try_acquire_owned() {
@@ -345,27 +345,36 @@ impl Supervisor {
 
     /// Supervises `entry` until shutdown or until the entry is stopped.
     /// `first` adopts a worker that is already running (`POST /graphs`).
-    pub async fn supervise(self: Arc<Self>, entry: Arc<GraphEntry>, mut first: Option<Running>) {
+    /// The task takes the entry's supervision generation now, when it is
+    /// created: a failed `DELETE` bumps it before it creates the next task,
+    /// so exactly one task ever starts workers for a graph.
+    pub fn supervise(self: Arc<Self>, entry: Arc<GraphEntry>, first: Option<Running>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let generation = entry.supervision();
+        self.supervise_as(entry, first, generation)
+    }
+
+    async fn supervise_as(self: Arc<Self>, entry: Arc<GraphEntry>, mut first: Option<Running>, generation: u64) {
+        let gone = |entry: &GraphEntry| self.is_shutting_down() || entry.superseded(generation);
         let mut backoff = BACKOFF_START;
         // This graph's place among `limits.max_lazy_workers` while its worker runs.
         let mut slot: Option<LazySlot> = None;
         if entry.lazy && first.is_some() {
-            slot = self.lazy_slot(&entry).await;
+            slot = self.lazy_slot(&entry, generation).await;
         }
         loop {
-            if self.is_shutting_down() || entry.is_removed() {
+            if gone(&entry) {
                 return;
             }
             if first.is_none() && entry.status() == Status::Idle {
                 // A lazy graph starts on demand (a request Cedar allowed).
                 entry.demanded().await;
-                if self.is_shutting_down() || entry.is_removed() {
+                if gone(&entry) {
                     return;
                 }
-                entry.set_state_unless_removed(|s| s.status = Status::Starting);
+                entry.set_state_for(generation, |s| s.status = Status::Starting);
                 if slot.is_none() {
-                    slot = self.lazy_slot(&entry).await;
-                    if self.is_shutting_down() || entry.is_removed() {
+                    slot = self.lazy_slot(&entry, generation).await;
+                    if gone(&entry) {
                         return;
                     }
                 }
@@ -376,7 +385,7 @@ impl Supervisor {
                 Some(running) => Ok(running),
                 None => {
                     let _permit = self.start_permits.acquire().await;
-                    if self.is_shutting_down() || entry.is_removed() {
+                    if gone(&entry) {
                         return;
                     }
                     self.start(&entry).await
@@ -384,7 +393,7 @@ impl Supervisor {
             };
             match result {
                 Ok(running) => {
-                    if !entry.adopt(running.pid) {
+                    if !entry.adopt_for(generation, running.pid) {
                         // Removed while this worker was starting: it must not outlive the graph.
                         tracing::info!(graph = %entry.id, pid = running.pid, "graph removed while its worker started; stopping the worker");
                         let pid = running.pid;
@@ -395,7 +404,7 @@ impl Supervisor {
                     let how = match self.run(&entry, running).await {
                         End::Exited(how) => how,
                         End::Idled => {
-                            entry.set_state_unless_removed(|s| {
+                            entry.set_state_for(generation, |s| {
                                 s.status = Status::Idle;
                                 s.pid = None;
                                 s.key = None;
@@ -405,12 +414,12 @@ impl Supervisor {
                             continue;
                         }
                     };
-                    if self.is_shutting_down() || entry.is_removed() {
+                    if gone(&entry) {
                         return;
                     }
                     tracing::warn!(graph = %entry.id, exit = %how, "worker exited; restarting with backoff");
                     self.metrics.worker_restarts.with_label_values(&[entry.id.as_str()]).inc();
-                    entry.set_state(|s| {
+                    entry.set_state_for(generation, |s| {
                         s.status = Status::Down;
                         s.pid = None;
                         s.restarts += 1;
@@ -420,7 +429,7 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::error!(graph = %entry.id, error = %e, retry_in = ?backoff, "worker failed to start");
-                    entry.set_state_unless_removed(|s| {
+                    entry.set_state_for(generation, |s| {
                         s.status = Status::Failed;
                         s.pid = None;
                         s.error = Some(e);
@@ -432,7 +441,7 @@ impl Supervisor {
             if entry.lazy && entry.status() == Status::Failed {
                 // Requests that waited have their answer (503); the next one
                 // tries again, rather than a retry loop of the graph's own.
-                entry.set_state_unless_removed(|s| s.status = Status::Idle);
+                entry.set_state_for(generation, |s| s.status = Status::Idle);
                 slot = None;
             }
         }

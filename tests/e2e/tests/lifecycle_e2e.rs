@@ -226,7 +226,12 @@ fn a_hand_edit_is_config_drift_and_is_kept() {
     let r = call("DELETE", &gw.url("/graphs/first"), None, &[ADMIN]);
     assert_eq!((r.status, r.body["code"].as_str()), (503, Some("config_drift")));
     assert_eq!(listed(&gw).len(), 2, "a refused delete keeps the graph serving");
-    assert_eq!(post_with(&gw.url("/graphs/first/read"), &json!({"match": {"type": "Person"}}), &[ADMIN]).status, 200);
+    assert!(eventually(Duration::from_secs(60), || post_with(&gw.url("/graphs/first/read"), &json!({"match": {"type": "Person"}}), &[ADMIN]).status == 200));
+    // One supervisor: the task from before the refused delete never starts a
+    // second worker beside the new task's (past a few restart backoffs).
+    std::thread::sleep(Duration::from_secs(2));
+    let firsts = children_of(gw.proc.pid()).into_iter().filter(|(_, c)| c.contains("omnigraph-worker") && c.contains("--graph-id first")).count();
+    assert_eq!(firsts, 1, "{:?}", children_of(gw.proc.pid()));
 }
 
 #[test]
