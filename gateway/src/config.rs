@@ -296,7 +296,11 @@ impl ObjectStoreSection {
     /// roots that parse.
     pub fn check(&self) -> Result<Vec<omnigraph_contract::object_uri::ObjectUri>, String> {
         if let Some(e) = &self.endpoint {
-            let url = url::Url::parse(e).map_err(|err| format!("server.object_store.endpoint {e:?}: {err}"))?;
+            let url = url::Url::parse(e).map_err(|err| format!("server.object_store.endpoint is not a URL: {err}"))?;
+            if !url.username().is_empty() || url.password().is_some() {
+                // Not echoed: it holds a secret.
+                return Err("server.object_store.endpoint holds credentials; credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never the config file".into());
+            }
             match url.scheme() {
                 "https" => {}
                 "http" if self.allow_http => {}

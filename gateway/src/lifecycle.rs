@@ -361,9 +361,6 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
             if !object_storage::is_empty(&state.supervisor, &u.to_string()).await.map_err(storage_failed)? {
                 return Err(not_empty(&req.uri));
             }
-            if let Ok(mut undo) = undo.lock() {
-                undo.objects = Some((state.supervisor.clone(), u.to_string()));
-            }
         }
         // Storage: make the folder ourselves first, so an unwritable URI is a clear 400.
         let (u, st, uri, schema_src, runtime) = (undo.clone(), storage.clone(), req.uri.clone(), req.schema.source.clone(), state.runtime_dir.clone());
@@ -380,13 +377,19 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
         })
         .await?;
         entry.schema_file = Some(schema_file);
-        let running = state.supervisor.start(&entry).await.map_err(|e| {
+        let running = state.supervisor.start_new(&entry).await.map_err(|e| {
             // The worker's own words (paths, a backtrace) go to the log, not to the client.
             tracing::error!(graph = %entry.id, error = %e, "the new graph's worker failed to start");
             LifecycleError::Internal("the graph's worker failed to start; the gateway's log says why".into())
         })?;
         if let Ok(mut u) = undo.lock() {
             u.worker_pid = Some(running.pid);
+            if let Storage::Object(obj) = &storage {
+                // The worker created the graph under the prefix (`--init`
+                // refuses one that is not empty): from here a failure deletes
+                // what it wrote. A worker that did not start wrote nothing.
+                u.objects = Some((state.supervisor.clone(), obj.to_string()));
+            }
         }
         let (st, u, sec, gid, canon) = (state.clone(), undo.clone(), section.clone(), id.to_string(), canonical.clone());
         blocking(move || {
@@ -418,7 +421,6 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
     }
     .await;
     let _ = std::fs::remove_file(&journal);
-    drop(claim);
     match result {
         Ok(running) => {
             // The schema temp file was only for --init.
@@ -432,6 +434,7 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
                 state.registry.insert(entry.clone());
             }
             tokio::spawn(state.supervisor.clone().supervise(entry.clone(), Some(running)));
+            drop(claim);
             tracing::info!(graph = %id, uri = %section.uri, "graph created");
             Ok(json!({"graph_id": id.as_str(), "uri": section.uri, "status": "up"}))
         }
@@ -439,6 +442,9 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
             tracing::warn!(graph = %id, error = %e, "graph create failed; undoing what it made");
             let undo = std::mem::take(&mut *undo.lock().unwrap_or_else(|p| p.into_inner()));
             tokio::task::spawn_blocking(move || undo.run()).await.ok();
+            // Held until the undo is over: no create of this URI on this host
+            // (or one sharing the config folder) writes there while it is purged.
+            drop(claim);
             Err(e)
         }
     }

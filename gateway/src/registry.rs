@@ -266,7 +266,12 @@ impl GraphEntry {
     /// arriving before it is ready stops it (and a purge never races it);
     /// `false` when the graph was removed meanwhile: the caller stops it.
     pub fn starting(&self, pid: i32) -> bool {
-        self.set_state_unless_removed(|s| s.pid = Some(pid))
+        self.starting_for(self.supervision(), pid)
+    }
+
+    /// [`GraphEntry::starting`] by the supervisor task of `generation`.
+    pub fn starting_for(&self, generation: u64, pid: i32) -> bool {
+        self.set_state_for(generation, |s| s.pid = Some(pid))
     }
 
     /// A supervisor's state change, unless the graph is being removed (its

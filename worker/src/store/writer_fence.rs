@@ -5,21 +5,22 @@
 //! starts a worker for a graph. On object storage another host (a second
 //! gateway, a developer's `omnigraph-worker serve`) can open the same graph,
 //! and two writers would both append to the commit log. So a worker opening
-//! a graph on object storage claims the next *writer epoch*: it lists
-//! `_writers/`, and creates `_writers/<n+1>` with a create-if-absent PUT
-//! (`If-None-Match: *`, what Lance's own commits rely on), retrying on a lost
-//! race. The newest claim wins. Before every write and before every publish
-//! (a log row), the worker asks whether `_writers/<own+1>` exists (one HEAD);
-//! if it does, a newer worker owns the graph: the write is refused (503),
-//! writes stay stopped, and the worker shuts down.
+//! a graph on object storage claims a *writer epoch*: it lists `_writers/`
+//! and creates `_writers/<epoch>` with a create-if-absent PUT (`If-None-Match:
+//! *`, what Lance's own commits rely on), for an epoch above every claim
+//! there and at least the current time in milliseconds (so epochs keep
+//! rising even after a purge emptied `_writers/`); a lost race retries. The
+//! newest claim wins. Before every write, before every destructive step of
+//! maintenance and before every publish (a log row), the worker lists
+//! `_writers/` after its own claim (one LIST of at most one key): any claim
+//! there means a newer worker owns the graph, and the write is refused (503),
+//! writes stay stopped, and the worker shuts down. Older claims are deleted
+//! by the worker that superseded them, so `_writers/` stays small.
 //!
 //! The window this leaves: a takeover that lands while an old worker's write
-//! is already past its check. Its log row is then appended after the new
-//! worker read the log; the replay's rule that a commit must extend its
-//! branch's head (`branches::replay`) keeps such a row out of every head,
-//! and it was never acknowledged... unless the takeover also raced the
-//! old worker's acknowledgement. docs/scale-out.md states this precisely;
-//! the etcd lease (not built yet) is what removes it.
+//! is already past its check. That write still completes, and its log row
+//! lands after the new worker read the log (docs/scale-out.md says what a
+//! reader then sees). A shared lease (the etcd design) is what removes it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,8 +41,9 @@ const CLAIM_ATTEMPTS: usize = 8;
 pub struct WriterFence {
     store: Arc<ObjectStore>,
     epoch: u64,
-    /// The claim a newer worker would make: its existence fences us.
-    next: ObjectPath,
+    /// `_writers/`, and our claim in it: any claim listed after ours fences us.
+    dir: ObjectPath,
+    own: ObjectPath,
     fenced: AtomicBool,
     /// Woken once when this worker learns it was fenced (the server stops).
     pub on_fenced: tokio::sync::Notify,
@@ -58,18 +60,27 @@ fn claim_name(epoch: u64) -> String {
 }
 
 impl WriterFence {
-    /// Claims the next writer epoch of the graph at `root` on `store`.
+    /// Claims a writer epoch above every claim on the graph at `root`.
     pub async fn claim(store: Arc<ObjectStore>, root: &ObjectPath, who: &str) -> Result<WriterFence, StoreError> {
         let dir = root.clone().join(WRITERS_DIR);
         for _ in 0..CLAIM_ATTEMPTS {
-            let newest = newest_epoch(&store, &dir).await?;
-            let epoch = newest + 1;
+            let claims = claims(&store, &dir).await?;
+            let newest = claims.iter().map(|(n, _)| *n).max().unwrap_or(0);
+            let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            let epoch = newest.saturating_add(1).max(now_ms);
             let body = serde_json::json!({"epoch": epoch, "writer": who, "claimed_at": chrono::Utc::now().to_rfc3339()}).to_string();
-            match store.put_if_absent(&dir.clone().join(claim_name(epoch)), PutPayload::from(body)).await {
+            let own = dir.clone().join(claim_name(epoch));
+            match store.put_if_absent(&own, PutPayload::from(body)).await {
                 Ok(()) => {
                     tracing::info!(epoch, "claimed the graph's writer epoch");
-                    let next = dir.clone().join(claim_name(epoch + 1));
-                    return Ok(WriterFence { store, epoch, next, fenced: AtomicBool::new(false), on_fenced: tokio::sync::Notify::new() });
+                    // The claims this one supersedes fence their workers as
+                    // well as ours does: keep only ours.
+                    for (_, path) in claims.iter().filter(|(n, _)| *n < epoch) {
+                        if let Err(e) = store.delete(path).await {
+                            tracing::debug!(path = %path, error = %e, "could not delete a superseded writer claim");
+                        }
+                    }
+                    return Ok(WriterFence { store, epoch, dir, own, fenced: AtomicBool::new(false), on_fenced: tokio::sync::Notify::new() });
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => continue,
                 Err(e) => return Err(StoreError::Io(format!("claim writer epoch {epoch}: {e}"))),
@@ -86,30 +97,32 @@ impl WriterFence {
     /// once fenced, always fenced).
     pub async fn check(&self) -> Result<(), StoreError> {
         if !self.fenced.load(Ordering::Acquire) {
-            match self.store.exists(&self.next).await {
-                Ok(false) => return Ok(()),
-                Ok(true) => {
+            // Claims sort by epoch (fixed-width names): anything after ours is newer.
+            let newer = self.store.inner.list_with_offset(Some(&self.dir), &self.own).next().await;
+            match newer {
+                None => return Ok(()),
+                Some(Ok(_)) => {
                     self.fenced.store(true, Ordering::Release);
                     tracing::error!(epoch = self.epoch, "a newer worker claimed this graph: this worker stops writing and shuts down");
                     self.on_fenced.notify_one();
                 }
                 // Unknown is not safe to write under.
-                Err(e) => return Err(StoreError::Io(format!("check the writer epoch: {e}"))),
+                Some(Err(e)) => return Err(StoreError::Io(format!("check the writer epoch: {e}"))),
             }
         }
         Err(StoreError::Fenced(self.epoch))
     }
 }
 
-/// The highest claimed epoch under `dir` (0 when none).
-async fn newest_epoch(store: &ObjectStore, dir: &ObjectPath) -> Result<u64, StoreError> {
-    let mut newest = 0;
+/// Every claim under `dir`: its epoch and path.
+async fn claims(store: &ObjectStore, dir: &ObjectPath) -> Result<Vec<(u64, ObjectPath)>, StoreError> {
+    let mut out = Vec::new();
     let mut listing = store.list(Some(dir.clone()));
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|e| StoreError::Io(format!("list {WRITERS_DIR}: {e}")))?;
         if let Some(n) = meta.location.filename().and_then(|f| f.parse::<u64>().ok()) {
-            newest = newest.max(n);
+            out.push((n, meta.location));
         }
     }
-    Ok(newest)
+    Ok(out)
 }
