@@ -304,8 +304,8 @@ impl ObjectStoreSection {
             match url.scheme() {
                 "https" => {}
                 "http" if self.allow_http => {}
-                "http" => return Err(format!("server.object_store.endpoint {e:?} is plain http; set allow_http: true to allow it (loopback tests only)")),
-                other => return Err(format!("server.object_store.endpoint {e:?}: scheme {other:?} is not http or https")),
+                "http" => return Err("server.object_store.endpoint is plain http; set allow_http: true to allow it (loopback tests only)".into()),
+                other => return Err(format!("server.object_store.endpoint: scheme {other:?} is not http or https")),
             }
         }
         self.roots.iter().map(|r| omnigraph_contract::object_uri::ObjectUri::parse(r).map_err(|e| format!("server.object_store.roots: {e}"))).collect()

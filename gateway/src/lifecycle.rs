@@ -377,19 +377,26 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
         })
         .await?;
         entry.schema_file = Some(schema_file);
+        if let (Storage::Object(obj), Ok(mut u)) = (&storage, undo.lock()) {
+            // The worker creates the graph under the prefix, which was empty:
+            // whatever it wrote before a failure (even one before it was
+            // ready) is deleted, unless it found the prefix not empty.
+            u.objects = Some((state.supervisor.clone(), obj.to_string()));
+        }
         let running = state.supervisor.start_new(&entry).await.map_err(|e| {
+            if e.exit_code == Some(omnigraph_contract::headers::EXIT_NOT_EMPTY) {
+                // Something appeared there since the check: not ours, and `--init` wrote nothing.
+                if let Ok(mut u) = undo.lock() {
+                    u.objects = None;
+                }
+                return not_empty(&req.uri);
+            }
             // The worker's own words (paths, a backtrace) go to the log, not to the client.
             tracing::error!(graph = %entry.id, error = %e, "the new graph's worker failed to start");
             LifecycleError::Internal("the graph's worker failed to start; the gateway's log says why".into())
         })?;
         if let Ok(mut u) = undo.lock() {
             u.worker_pid = Some(running.pid);
-            if let Storage::Object(obj) = &storage {
-                // The worker created the graph under the prefix (`--init`
-                // refuses one that is not empty): from here a failure deletes
-                // what it wrote. A worker that did not start wrote nothing.
-                u.objects = Some((state.supervisor.clone(), obj.to_string()));
-            }
         }
         let (st, u, sec, gid, canon) = (state.clone(), undo.clone(), section.clone(), id.to_string(), canonical.clone());
         blocking(move || {

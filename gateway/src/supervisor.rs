@@ -100,6 +100,33 @@ enum End {
     Idled,
 }
 
+/// Why a worker did not become ready: the reason, and the worker's exit
+/// code when it exited by itself (`omnigraph_contract::headers::EXIT_NOT_EMPTY`
+/// says `--init` found the location not empty and wrote nothing).
+#[derive(Debug, Clone)]
+pub struct StartFailure {
+    pub message: String,
+    pub exit_code: Option<i32>,
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for StartFailure {
+    fn from(message: String) -> StartFailure {
+        StartFailure { message, exit_code: None }
+    }
+}
+
+impl From<&str> for StartFailure {
+    fn from(message: &str) -> StartFailure {
+        StartFailure { message: message.to_string(), exit_code: None }
+    }
+}
+
 /// A started worker: its pid (also its process group) and its exit.
 pub struct Running {
     pub pid: i32,
@@ -408,6 +435,11 @@ impl Supervisor {
                 }
                 self.metrics.lazy_starts.inc();
             }
+            if entry.lazy && slot.is_none() && first.is_none() {
+                // A lazy worker restarting after a crash (or adopted without
+                // room) counts again as soon as there is room.
+                slot = self.lazy_slot_now(&entry);
+            }
             let started = Instant::now();
             let result = match first.take() {
                 Some(running) => Ok(running),
@@ -460,7 +492,7 @@ impl Supervisor {
                     entry.set_state_for(generation, |s| {
                         s.status = Status::Failed;
                         s.pid = None;
-                        s.error = Some(e);
+                        s.error = Some(e.message);
                     });
                 }
             }
@@ -477,18 +509,18 @@ impl Supervisor {
 
     /// Starts the worker once (initialising an empty URI from the entry's
     /// schema) and waits until it is ready.
-    pub async fn start(&self, entry: &GraphEntry) -> Result<Running, String> {
+    pub async fn start(&self, entry: &GraphEntry) -> Result<Running, StartFailure> {
         self.start_with(entry, entry.supervision(), false).await
     }
 
     /// [`Supervisor::start`] for a graph `POST /graphs` is creating: on
     /// object storage the worker must create it (`--init`, refusing a prefix
     /// that filled up since the create checked it), never open what is there.
-    pub async fn start_new(&self, entry: &GraphEntry) -> Result<Running, String> {
+    pub async fn start_new(&self, entry: &GraphEntry) -> Result<Running, StartFailure> {
         self.start_with(entry, entry.supervision(), true).await
     }
 
-    async fn start_with(&self, entry: &GraphEntry, generation: u64, new_graph: bool) -> Result<Running, String> {
+    async fn start_with(&self, entry: &GraphEntry, generation: u64, new_graph: bool) -> Result<Running, StartFailure> {
         let on_object_store = crate::config::local_path(&entry.resolved_uri).is_none();
         let init_schema = if on_object_store {
             // The gateway cannot look at object storage: at a restart the
@@ -501,7 +533,7 @@ impl Supervisor {
                     tracing::info!(graph = %entry.id, uri = %entry.uri, schema = %s.display(), "the graph's URI is empty: initialising it from its schema");
                     Some(s.clone())
                 }
-                None => return Err(format!("the graph's URI {} is empty and the graph has no schema to initialise it with", entry.uri)),
+                None => return Err(format!("the graph's URI {} is empty and the graph has no schema to initialise it with", entry.uri).into()),
             }
         } else {
             None
@@ -534,7 +566,7 @@ impl Supervisor {
             });
         }
         let (spawned_tx, spawned_rx) = oneshot::channel::<i32>();
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<i32, String>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<i32, StartFailure>>();
         let (exit_tx, exit_rx) = oneshot::channel::<String>();
         let graph = entry.id.to_string();
         std::thread::Builder::new()
@@ -560,7 +592,7 @@ impl Supervisor {
             Err(_) => {
                 // Never retry while the slow one still runs: two workers would share the graph.
                 let _ = tokio::task::spawn_blocking(move || stop_group_blocking(spawned)).await;
-                return Err(format!("the worker was not ready within {:?}; it was stopped", self.ready_timeout));
+                return Err(format!("the worker was not ready within {:?}; it was stopped", self.ready_timeout).into());
             }
         };
         entry.set_state_for(generation, |s| s.key = Some(Arc::from(key.as_str())));
@@ -631,11 +663,11 @@ fn alive(pid: i32) -> bool {
 
 /// Runs on the worker's own thread: spawn, forward output into our log,
 /// report readiness (the worker's "listening on" line) and exit.
-fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, ready: oneshot::Sender<Result<i32, String>>, exited: oneshot::Sender<String>) {
+fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, ready: oneshot::Sender<Result<i32, StartFailure>>, exited: oneshot::Sender<String>) {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot run {:?}: {e}", cmd.get_program())));
+            let _ = ready.send(Err(format!("cannot run {:?}: {e}", cmd.get_program()).into()));
             return;
         }
     };
@@ -667,12 +699,14 @@ fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, rea
             tracing::info!(target: "omnigraph::worker", graph = %graph, "{line}");
         }
     }
-    let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    let waited = child.wait();
+    let exit_code = waited.as_ref().ok().and_then(std::process::ExitStatus::code);
+    let status = waited.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
     if let Some(r) = ready.take() {
         // Give the stderr thread a moment to collect the reason.
         std::thread::sleep(Duration::from_millis(50));
         let tail = stderr_tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | ")).unwrap_or_default();
-        let _ = r.send(Err(format!("the worker exited before it was ready ({status}): {tail}")));
+        let _ = r.send(Err(StartFailure { message: format!("the worker exited before it was ready ({status}): {tail}"), exit_code }));
     }
     let _ = exited.send(status);
 }

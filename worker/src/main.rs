@@ -174,8 +174,15 @@ fn main() -> anyhow::Result<()> {
     let limits = a.limits.limits()?;
     let opts = Options { graph_id: a.graph_id, uri: a.uri, bind, init_schema, init_if_empty: a.init_if_empty, limits };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve::run(opts, worker_key))?;
-    Ok(())
+    match rt.block_on(serve::run(opts, worker_key)) {
+        Ok(()) => Ok(()),
+        Err(e @ serve::ServeError::Store(omnigraph_worker::store::StoreError::NotEmpty(_))) => {
+            tracing::error!(error = %e, "not initialising");
+            eprintln!("Error: {e}");
+            std::process::exit(omnigraph_worker::contract::headers::EXIT_NOT_EMPTY);
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs one `storage` command and prints its answer as one JSON line.

@@ -296,3 +296,38 @@ fn a_worker_left_running_on_a_purged_and_recreated_s3_graph_is_still_fenced() {
     assert!(stale.proc.wait_for(Duration::from_secs(30)).is_some());
     assert_eq!(worker_keys(&fresh), Vec::<String>::new());
 }
+
+#[test]
+fn a_create_whose_worker_fails_before_it_is_ready_leaves_the_prefix_empty() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let root = format!("s3://{BUCKET}/slow");
+    let env = ConfigDir::with(&s3.server_yaml(&[&root]), "", &[ROOT_TOKEN], "");
+    // Workers must be ready within 300 ms: a new graph's worker has written
+    // part of the graph to S3 by then, and is stopped.
+    let mut vars: Vec<(&str, String)> = s3.env();
+    vars.push(("OMNIGRAPH_WORKER_READY_TIMEOUT_MS", "300".into()));
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gw = env.start_env(&pairs);
+    let r = create(&gw, "gamma", &format!("{root}/gamma"));
+    assert_eq!((r.status, code(&r)), (500, "internal"), "{:?}", r.body);
+    assert!(s3.keys(BUCKET, "slow/").is_empty(), "left behind: {:?}", s3.keys(BUCKET, "slow/"));
+    assert!(!env.yaml().contains("gamma"));
+}
+
+#[test]
+fn init_on_a_prefix_that_is_not_empty_exits_with_the_not_empty_code_and_writes_nothing() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    s3.put(BUCKET, "taken/someone.txt", b"x");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    let out = std::process::Command::new(bin("omnigraph-worker"))
+        .args(["serve", "--graph-id", "t", "--uri", &format!("s3://{BUCKET}/taken"), "--listen", "127.0.0.1:0", "--init", "--schema"])
+        .arg(&schema)
+        .envs(s3.env())
+        .envs([("AWS_ENDPOINT", s3.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1")])
+        .output()
+        .expect("run worker");
+    assert_eq!(out.status.code(), Some(omnigraph_contract::headers::EXIT_NOT_EMPTY), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s3.keys(BUCKET, "taken/"), vec!["taken/someone.txt"]);
+}

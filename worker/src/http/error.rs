@@ -107,7 +107,7 @@ impl From<StoreError> for ApiError {
             StoreError::BranchExists(_) => ErrorCode::Conflict,
             StoreError::BadBranch(_) | StoreError::MainIsPermanent => ErrorCode::BadRequest,
             StoreError::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
-            StoreError::Poisoned | StoreError::Fenced(_) => ErrorCode::WorkerUnavailable,
+            StoreError::Poisoned | StoreError::Fenced(_) | StoreError::ForeignWrite(_) => ErrorCode::WorkerUnavailable,
             _ => ErrorCode::Internal,
         };
         if code == ErrorCode::Internal {
@@ -115,7 +115,7 @@ impl From<StoreError> for ApiError {
             // store, its error bodies (which may quote a request's signed
             // headers): they go to the log, and the client gets their kind.
             tracing::error!(error = %e, "internal error");
-            return ApiError::new(code, "internal storage error; the worker's log says why");
+            return ApiError::new(code, "internal error; the worker's log says why");
         }
         ApiError::new(code, e.to_string())
     }

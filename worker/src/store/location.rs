@@ -215,6 +215,21 @@ impl Location {
         self.writer.get()
     }
 
+    /// After one Lance write on `table` that started at version `before`:
+    /// refuses a result more than one version on, which means another
+    /// process committed to the table in between and Lance rebased this
+    /// write over it (appends and deletes never conflict in Lance), so the
+    /// result would hold rows no commit of this graph wrote. Object storage
+    /// only, where a replaced worker may still be finishing a write; on a
+    /// local path this worker is the table's only writer.
+    pub fn check_own_version(&self, table: &str, before: u64, after: u64) -> Result<(), StoreError> {
+        if self.writer.get().is_some() && after > before + 1 {
+            tracing::error!(table, before, after, "a table moved by more than this write: another writer committed to it meanwhile");
+            return Err(StoreError::ForeignWrite(table.to_string()));
+        }
+        Ok(())
+    }
+
     /// True when `table`'s dataset holds at least one committed version: a
     /// failure to open it is then a real error, never a reason to create it
     /// again.

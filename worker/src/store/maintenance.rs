@@ -238,6 +238,7 @@ impl Store {
                 self.loc.check_writer().await?;
                 report.compacted_fragments += self.compact_branch(&mut w, branch, author).await?;
             }
+            self.loc.check_writer().await?;
             report.compacted_fragments += compact(&mut w.commits, COMMITS_TABLE).await?;
             report.compacted_fragments += compact(&mut w.refs, REFS_TABLE).await?;
             let kept = self.kept(retention, Utc::now());

@@ -93,6 +93,10 @@ pub enum StoreError {
     /// A newer worker claimed the graph on object storage (`writer_fence`).
     #[error("writes are stopped: a newer worker (after writer epoch {0}) took over this graph; this worker is shutting down")]
     Fenced(u64),
+    /// A table moved by more than this change's own write: another process
+    /// committed to it meanwhile (`Location::check_own_version`).
+    #[error("another writer committed to table {0} during this change; nothing was written, retry")]
+    ForeignWrite(String),
 }
 
 impl StoreError {
@@ -394,6 +398,8 @@ async fn repair(loc: &Location, branch: &str, snap: &Snapshot, lineages: &mut Li
         let v = latest.version().version;
         if v > pin.version {
             tracing::warn!(table = name, branch, latest = v, pinned = pin.version, "table is ahead of the head commit (a change crashed before committing); restoring");
+            // A restore is a write: only by the graph's current writer.
+            loc.check_writer().await?;
             let ds = restore(loc, name, pin.lineage.as_deref(), pin.version).await?;
             lineages.set_tip(name, pin.lineage.as_ref(), ds.version().version);
             // The next write must build on the restored version, or Lance sees a conflict.

@@ -380,8 +380,11 @@ impl Store {
         if let Err(e) = self.loc.check_writer().await {
             // A restore is a write on lineages a newer worker may now own (or
             // ownership is unknown): write nothing; the next open repairs.
-            tracing::error!(error = %e, "not rolling back: this worker may no longer own the graph; refusing further writes");
+            tracing::error!(error = %e, "not rolling back: this worker may no longer own the graph; refusing further writes and stopping");
             w.poisoned = true;
+            if let Some(f) = self.loc.fence() {
+                f.give_up();
+            }
             return;
         }
         let mut repaired = Snapshot::clone(&txn.base);
@@ -435,7 +438,9 @@ impl Store {
     ) -> Result<(Arc<Dataset>, Option<RowAddrs>), StoreError> {
         let mut addrs = addrs.filter(|a| a.describe(lineage_of(&ds).as_ref(), ds.version().version));
         if !remove.is_empty() {
+            let before = ds.version().version;
             (ds, addrs) = row_addrs::delete(ds, name, id_column, remove, addrs).await?;
+            self.loc.check_own_version(name, before, ds.version().version)?;
         }
         if let Some(batch) = batch {
             let mut next = Dataset::clone(&ds);
@@ -443,6 +448,7 @@ impl Store {
             next.append(RecordBatchIterator::new(vec![Ok(batch.clone())], schema), Some(self.loc.write_params(WriteMode::Append)))
                 .await
                 .map_err(|e| StoreError::lance(format!("append to {name}"), e))?;
+            self.loc.check_own_version(name, ds.version().version, next.version().version)?;
             addrs = addrs.and_then(|a| row_addrs::appended(a, &ds, &next, &batch, id_column));
             ds = Arc::new(next);
         }

@@ -12,7 +12,7 @@
 //! rising even after a purge emptied `_writers/`); a lost race retries. The
 //! newest claim wins. Before every write, before every destructive step of
 //! maintenance and before every publish (a log row), the worker lists
-//! `_writers/` after its own claim (one LIST of at most one key): any claim
+//! `_writers/` after its own claim (one LIST request past its own claim): any claim
 //! there means a newer worker owns the graph, and the write is refused (503),
 //! writes stay stopped, and the worker shuts down. Older claims are deleted
 //! by the worker that superseded them, so `_writers/` stays small.
@@ -93,15 +93,39 @@ impl WriterFence {
         self.epoch
     }
 
+    /// Stops the server (as a fence would) without claiming to be fenced:
+    /// for a worker that can no longer tell whether it owns the graph, so a
+    /// restart (and the repair at open) takes over instead of a worker that
+    /// refuses every write until someone restarts it.
+    pub fn give_up(&self) {
+        self.on_fenced.notify_one();
+    }
+
     /// Refuses when a newer worker has claimed the graph (and remembers it:
     /// once fenced, always fenced).
     pub async fn check(&self) -> Result<(), StoreError> {
         if !self.fenced.load(Ordering::Acquire) {
-            // Claims sort by epoch (fixed-width names): anything after ours is newer.
-            let newer = self.store.inner.list_with_offset(Some(&self.dir), &self.own).next().await;
+            // Claims sort by epoch (fixed-width names), so a newer one lists
+            // after ours; each listed name is still read as a number, so a
+            // store that ignores the offset, or a stray object, fences nobody.
+            let mut listing = self.store.inner.list_with_offset(Some(&self.dir), &self.own);
+            let mut newer = None;
+            while let Some(item) = listing.next().await {
+                match item {
+                    Ok(meta) if meta.location.filename().and_then(|f| f.parse::<u64>().ok()).is_some_and(|n| n > self.epoch) => {
+                        newer = Some(Ok(()));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        newer = Some(Err(e));
+                        break;
+                    }
+                }
+            }
             match newer {
                 None => return Ok(()),
-                Some(Ok(_)) => {
+                Some(Ok(())) => {
                     self.fenced.store(true, Ordering::Release);
                     tracing::error!(epoch = self.epoch, "a newer worker claimed this graph: this worker stops writing and shuts down");
                     self.on_fenced.notify_one();
