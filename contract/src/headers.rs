@@ -42,4 +42,4 @@ mod tests {
 /// The exit code of `omnigraph-worker serve --init` when the location is not
 /// empty: it wrote nothing there, so whoever started it must not delete
 /// what is there (the gateway's undo of a failed create relies on it).
-pub const EXIT_NOT_EMPTY: i32 = 3;
+pub const EXIT_NOT_EMPTY: i32 = 17;

@@ -384,7 +384,7 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
             u.objects = Some((state.supervisor.clone(), obj.to_string()));
         }
         let running = state.supervisor.start_new(&entry).await.map_err(|e| {
-            if e.exit_code == Some(omnigraph_contract::headers::EXIT_NOT_EMPTY) {
+            if matches!(storage, Storage::Object(_)) && e.exit_code == Some(omnigraph_contract::headers::EXIT_NOT_EMPTY) {
                 // Something appeared there since the check: not ours, and `--init` wrote nothing.
                 if let Ok(mut u) = undo.lock() {
                     u.objects = None;
