@@ -100,7 +100,7 @@ fn main() {
     println!("{rows} rows, {samples} samples of each, interleaved.\n");
     println!("| operation | local p50 ms | local p99 ms | s3 p50 ms | s3 p99 ms | s3 / local p50 |\n|---|---|---|---|---|---|");
     for s in &mut series {
-        let (l50, l99, r50, r99) = (percentile(&mut s.local, 0.5), percentile(&mut s.local, 0.99), percentile(&mut s.s3, 0.5), percentile(&mut s.s3, 0.99));
+        let (l50, l99, r50, r99) = (percentile(&mut s.local, 50.0), percentile(&mut s.local, 99.0), percentile(&mut s.s3, 50.0), percentile(&mut s.s3, 99.0));
         println!("| {} | {} | {} | {} | {} | {:.1}x |", s.name, ms(l50), ms(l99), ms(r50), ms(r99), r50.as_secs_f64() / l50.as_secs_f64());
     }
     println!("| create a graph (`--init`, worker start to ready) | {} | | {} | | {:.1}x |", ms(init_local), ms(init_s3), init_s3.as_secs_f64() / init_local.as_secs_f64());
