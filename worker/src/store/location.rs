@@ -368,3 +368,22 @@ impl WrappingObjectStore for FsyncLocalStore {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_table_that_moved_by_more_than_its_own_write_is_a_foreign_write_on_object_storage() {
+        let local = Location::parse("/tmp/og-location-test").unwrap();
+        // A local graph has one writer: never checked.
+        local.check_own_version("Person", 5, 7).unwrap();
+        let remote = Location::parse("s3://bkt/graphs/g").unwrap();
+        let store = Arc::new(lance::io::ObjectStore::memory());
+        let fence = WriterFence::claim(store, &ObjectPath::from("graphs/g"), "t").await.unwrap();
+        remote.writer.set(fence).unwrap();
+        remote.check_own_version("Person", 5, 6).unwrap();
+        remote.check_own_version("Person", 5, 5).unwrap();
+        assert!(matches!(remote.check_own_version("Person", 5, 7), Err(StoreError::ForeignWrite(t)) if t == "Person"));
+    }
+}

@@ -9,7 +9,8 @@
 //! and creates `_writers/<epoch>` with a create-if-absent PUT (`If-None-Match:
 //! *`, what Lance's own commits rely on), for an epoch above every claim
 //! there and at least the current time in milliseconds (so epochs keep
-//! rising even after a purge emptied `_writers/`); a lost race retries. The
+//! rising even after a purge emptied `_writers/`, as far as the hosts'
+//! clocks agree); a lost race retries. The
 //! newest claim wins. Before every write, before every destructive step of
 //! maintenance and before every publish (a log row), the worker lists
 //! `_writers/` after its own claim (one LIST request past its own claim): any claim
@@ -149,4 +150,43 @@ async fn claims(store: &ObjectStore, dir: &ObjectPath) -> Result<Vec<(u64, Objec
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> ObjectPath {
+        ObjectPath::from("graphs/g")
+    }
+
+    #[tokio::test]
+    async fn a_newer_claim_fences_the_older_worker_for_good_and_strays_fence_nobody() {
+        let store = Arc::new(ObjectStore::memory());
+        let old = WriterFence::claim(store.clone(), &root(), "old").await.unwrap();
+        old.check().await.unwrap();
+        // A stray object in `_writers/` that is not a claim fences nobody.
+        store.put(&root().join(WRITERS_DIR).join("zzz-not-a-claim"), b"x").await.unwrap();
+        old.check().await.unwrap();
+        let new = WriterFence::claim(store.clone(), &root(), "new").await.unwrap();
+        assert!(new.epoch() > old.epoch());
+        assert!(matches!(old.check().await, Err(StoreError::Fenced(e)) if e == old.epoch()));
+        new.check().await.unwrap();
+        // The superseded claim is gone; the old worker stays fenced.
+        assert!(!store.exists(&root().join(WRITERS_DIR).join(claim_name(old.epoch()))).await.unwrap());
+        assert!(old.check().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn epochs_keep_rising_after_the_claims_are_purged() {
+        let store = Arc::new(ObjectStore::memory());
+        let old = WriterFence::claim(store.clone(), &root(), "old").await.unwrap();
+        store.delete(&root().join(WRITERS_DIR).join(claim_name(old.epoch()))).await.unwrap();
+        // With no claim left, only the clock orders epochs: a later claim
+        // (here a few ms; across hosts, clocks that agree) is a newer one.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let new = WriterFence::claim(store.clone(), &root(), "new").await.unwrap();
+        assert!(new.epoch() > old.epoch());
+        assert!(old.check().await.is_err(), "a worker whose claim was purged is still fenced by the next one");
+    }
 }
