@@ -31,6 +31,16 @@ pub enum StartupError {
     Other(String),
 }
 
+/// A graph's policy sets from the server's policies (`server`, compiled as
+/// `server_sets`) and its own: the server's compiled sets themselves, shared,
+/// when it has none, so thousands of graphs hold one copy.
+fn compose_sets(engine: &Engine, server: &[Policy], server_sets: &Arc<ActionSets>, own: &[Policy]) -> Result<Arc<ActionSets>, crate::authz::PolicyError> {
+    if own.is_empty() {
+        return Ok(server_sets.clone());
+    }
+    Ok(Arc::new(engine.slice(server.iter().chain(own))?))
+}
+
 pub struct AppState {
     pub config: Loaded,
     /// The only writer of the config file at run time.
@@ -248,10 +258,7 @@ impl AppState {
     /// instead of a copy: a gateway declaring thousands of graphs compiles
     /// and holds them once (docs/benchmarks.md, "Lazy graphs").
     fn graph_sets(&self, own: &[Policy]) -> Result<Arc<ActionSets>, crate::authz::PolicyError> {
-        if own.is_empty() {
-            return Ok(self.server_sets.load_full());
-        }
-        Ok(Arc::new(self.engine.slice(self.server_policies.load().iter().chain(own))?))
+        compose_sets(&self.engine, &self.server_policies.load(), &self.server_sets.load_full(), own)
     }
 
     /// Builds a registry entry for a graph section (its policies already parsed).
@@ -268,14 +275,11 @@ impl AppState {
         // A local graph is opened at the folder its rules were checked
         // against (links and `..` resolved), never at a lexical spelling
         // that could point elsewhere.
-        let resolved_uri = match crate::config::local_path(&g.uri) {
-            Some(_) => canonical_uri.clone(),
-            None => {
-                // One strict spelling of an object-store URI, or the gateway does not start.
-                omnigraph_contract::object_uri::ObjectUri::parse(&g.uri).map_err(|e| StartupError::Graph(id.into(), e.to_string()))?;
-                canonical_uri.clone()
-            }
-        };
+        if crate::config::local_path(&g.uri).is_none() {
+            // One strict spelling of an object-store URI, or the gateway does not start.
+            omnigraph_contract::object_uri::ObjectUri::parse(&g.uri).map_err(|e| StartupError::Graph(id.into(), e.to_string()))?;
+        }
+        let resolved_uri = canonical_uri.clone();
         Ok(GraphEntry::new(
             gid,
             g.uri.clone(),
@@ -309,8 +313,7 @@ impl AppState {
                 Some(p) => self.engine.parse_path(p)?,
                 None => Vec::new(),
             };
-            // A graph without policies of its own decides with the server's sets (shared).
-            let sets = if own.is_empty() { server_sets.clone() } else { Arc::new(self.engine.slice(server.iter().chain(&own))?) };
+            let sets = compose_sets(&self.engine, &server, &server_sets, &own)?;
             graph_sets.push((entry, own.len(), sets));
         }
         // The shadow set is checked with the new live policies before anything is swapped in.

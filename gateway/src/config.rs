@@ -567,15 +567,6 @@ fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
 
 pub use omnigraph_contract::paths::local_path;
 
-/// A graph URI resolved against the config folder: local paths made absolute
-/// and lexically normalised, object-store URLs unchanged.
-pub fn resolve_uri(dir: &Path, uri: &str) -> String {
-    match local_path(uri) {
-        Some(p) => normalize(&resolve_in(dir, p)).display().to_string(),
-        None => uri.to_string(),
-    }
-}
-
 /// A graph URI as a comparable key: local paths resolved as the kernel
 /// would (symlinks and `..` in order, through the deepest existing ancestor,
 /// see `containment::resolve_physical`), so every spelling of one folder

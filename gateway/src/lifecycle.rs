@@ -621,11 +621,18 @@ fn purge_target(state: &AppState, entry: &GraphEntry) -> Result<PathBuf, Lifecyc
         )));
     }
     state.fences.check_graph_dir(&dir, &entry.uri)?;
+    refuse_overlapping_purge(state, entry, "folder")?;
+    Ok(dir)
+}
+
+/// A purge never removes storage another graph lies in or around (`what`
+/// names the graph's storage in the message: a folder or a prefix).
+fn refuse_overlapping_purge(state: &AppState, entry: &GraphEntry, what: &str) -> Result<(), LifecycleError> {
     let others = state.registry.list();
     if let Some(other) = others.iter().find(|o| o.id != entry.id && uris_overlap(&o.canonical_uri, &entry.canonical_uri)) {
-        return Err(LifecycleError::Conflict(format!("the graph's folder overlaps the storage of graph {:?}; not purging", other.id.as_str())));
+        return Err(LifecycleError::Conflict(format!("the graph's {what} overlaps the storage of graph {:?}; not purging", other.id.as_str())));
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// The prefix a purge may delete on object storage, checked as a create's
@@ -634,10 +641,7 @@ fn purge_target(state: &AppState, entry: &GraphEntry) -> Result<PathBuf, Lifecyc
 /// other graph.
 fn purge_object_target(state: &AppState, entry: &GraphEntry) -> Result<ObjectUri, LifecycleError> {
     let target = state.fences.check_object_uri(&entry.canonical_uri).map_err(|e| bad(format!("not purging: {e}")))?;
-    let others = state.registry.list();
-    if let Some(other) = others.iter().find(|o| o.id != entry.id && uris_overlap(&o.canonical_uri, &entry.canonical_uri)) {
-        return Err(LifecycleError::Conflict(format!("the graph's prefix overlaps the storage of graph {:?}; not purging", other.id.as_str())));
-    }
+    refuse_overlapping_purge(state, entry, "prefix")?;
     Ok(target)
 }
 

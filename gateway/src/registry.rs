@@ -262,27 +262,17 @@ impl GraphEntry {
         }
     }
 
-    /// Records the pid of a worker that is starting, so that a `DELETE`
-    /// arriving before it is ready stops it (and a purge never races it);
-    /// `false` when the graph was removed meanwhile: the caller stops it.
-    pub fn starting(&self, pid: i32) -> bool {
-        self.starting_for(self.supervision(), pid)
-    }
-
-    /// [`GraphEntry::starting`] by the supervisor task of `generation`.
+    /// Records the pid of a worker that is starting, for the supervisor
+    /// task of `generation`, so that a `DELETE` arriving before it is ready
+    /// stops it (and a purge never races it); `false` when the graph was
+    /// removed (or handed to a newer task) meanwhile: the caller stops it.
     pub fn starting_for(&self, generation: u64, pid: i32) -> bool {
         self.set_state_for(generation, |s| s.pid = Some(pid))
     }
 
-    /// A supervisor's state change, unless the graph is being removed (its
-    /// `stopping` status and the pid a `DELETE` stops are left alone);
-    /// whether it was made.
-    pub fn set_state_unless_removed(&self, f: impl FnOnce(&mut WorkerState)) -> bool {
-        self.set_state_for(self.supervision(), f)
-    }
-
-    /// [`GraphEntry::set_state_unless_removed`] by the supervisor task of
-    /// `generation`: nothing once a newer task owns the entry.
+    /// A supervisor's state change by the task of `generation`, unless the
+    /// graph is being removed (its `stopping` status and the pid a `DELETE`
+    /// stops are left alone) or a newer task owns the entry; whether it was made.
     pub fn set_state_for(&self, generation: u64, f: impl FnOnce(&mut WorkerState)) -> bool {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
         if self.superseded(generation) {
@@ -625,10 +615,11 @@ mod tests {
     #[test]
     fn a_worker_starting_for_a_removed_graph_is_refused_and_a_starting_pid_is_what_delete_stops() {
         let e = entry("g");
-        assert!(e.starting(11));
+        let generation = e.supervision();
+        assert!(e.starting_for(generation, 11));
         assert_eq!(e.mark_removed(), Some(11), "DELETE learns the pid of a worker that is not ready yet");
-        assert!(!e.starting(12), "no worker starts for a removed graph");
-        e.set_state_unless_removed(|s| s.status = Status::Failed);
+        assert!(!e.starting_for(generation, 12), "no worker starts for a removed graph");
+        e.set_state_for(generation, |s| s.status = Status::Failed);
         assert_eq!(e.status(), Status::Stopping, "a supervisor does not overwrite a removal");
     }
 

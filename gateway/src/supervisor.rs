@@ -66,10 +66,28 @@ struct LazyRoom {
 }
 
 impl LazyRoom {
-    /// The least recently used running lazy worker with no request in flight.
-    fn victim(&self) -> Option<Arc<GraphEntry>> {
-        let h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        h.iter().filter(|e| e.status() == Status::Up && e.in_flight() == 0).max_by_key(|e| e.idle_for()).cloned()
+    /// A free place for `entry`, or `None` after asking the least recently
+    /// used running lazy worker with no request in flight to stop. Only a
+    /// worker waiting in its run loop now hears it: no permit is left behind
+    /// to stop a worker started later.
+    fn try_take(&self, entry: &Arc<GraphEntry>) -> Option<LazySlot> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Some(self.hold(p, entry));
+        }
+        let victim = {
+            let h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+            h.iter().filter(|e| e.status() == Status::Up && e.in_flight() == 0).max_by_key(|e| e.idle_for()).cloned()
+        };
+        if let Some(v) = victim {
+            v.evict.notify_waiters();
+        }
+        None
+    }
+
+    /// Records `entry` as holding `permit`.
+    fn hold(&self, permit: tokio::sync::OwnedSemaphorePermit, entry: &Arc<GraphEntry>) -> LazySlot {
+        self.holders.lock().unwrap_or_else(|p| p.into_inner()).push(entry.clone());
+        LazySlot { _permit: permit, holders: self.holders.clone(), entry: entry.clone() }
     }
 }
 
@@ -284,12 +302,17 @@ impl Supervisor {
         self
     }
 
+    /// `server.object_store`'s variables, for a worker or a `storage` command.
+    fn worker_env(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.worker_env.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+
     /// A `omnigraph-worker storage ...` command for `uri`, with the workers'
     /// environment: how the gateway looks at and purges object storage
     /// without linking an object-store client (DESIGN.md section 7).
     pub fn storage_command(&self, op: &str, uri: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.worker_bin);
-        cmd.args(["storage", op, "--uri", uri]).envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd.args(["storage", op, "--uri", uri]).envs(self.worker_env());
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         cmd
     }
@@ -311,20 +334,11 @@ impl Supervisor {
             if self.is_shutting_down() || entry.superseded(generation) {
                 return None;
             }
-            let permit = match room.permits.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    if let Some(v) = room.victim() {
-                        // Only a worker waiting in its run loop now hears it: no permit is left
-                        // behind to stop a worker started later.
-                        v.evict.notify_waiters();
-                    }
-                    tokio::time::timeout(ROOM_RETRY, room.permits.clone().acquire_owned()).await.ok().and_then(Result::ok)
-                }
-            };
-            if let Some(p) = permit {
-                room.holders.lock().unwrap_or_else(|p| p.into_inner()).push(entry.clone());
-                return Some(LazySlot { _permit: p, holders: room.holders.clone(), entry: entry.clone() });
+            if let Some(slot) = room.try_take(entry) {
+                return Some(slot);
+            }
+            if let Ok(Ok(p)) = tokio::time::timeout(ROOM_RETRY, room.permits.clone().acquire_owned()).await {
+                return Some(room.hold(p, entry));
             }
         }
     }
@@ -332,19 +346,7 @@ impl Supervisor {
     /// [`Supervisor::lazy_slot`] without waiting: a free place, or `None`
     /// after asking the least recently used idle lazy worker to stop.
     fn lazy_slot_now(&self, entry: &Arc<GraphEntry>) -> Option<LazySlot> {
-        let room = self.lazy_room.as_ref()?;
-        match room.permits.clone().try_acquire_owned() {
-            Ok(p) => {
-                room.holders.lock().unwrap_or_else(|p| p.into_inner()).push(entry.clone());
-                Some(LazySlot { _permit: p, holders: room.holders.clone(), entry: entry.clone() })
-            }
-            Err(_) => {
-                if let Some(v) = room.victim() {
-                    v.evict.notify_waiters();
-                }
-                None
-            }
-        }
+        self.lazy_room.as_ref()?.try_take(entry)
     }
 
     /// Stops lazy graphs' workers after `idle` without requests (`server.idle_stop_s`; zero: never).
@@ -507,19 +509,17 @@ impl Supervisor {
         }
     }
 
-    /// Starts the worker once (initialising an empty URI from the entry's
-    /// schema) and waits until it is ready.
-    pub async fn start(&self, entry: &GraphEntry) -> Result<Running, StartFailure> {
-        self.start_with(entry, entry.supervision(), false).await
-    }
-
-    /// [`Supervisor::start`] for a graph `POST /graphs` is creating: on
-    /// object storage the worker must create it (`--init`, refusing a prefix
-    /// that filled up since the create checked it), never open what is there.
+    /// Starts the worker of a graph `POST /graphs` is creating and waits
+    /// until it is ready: on object storage the worker must create the graph
+    /// (`--init`, refusing a prefix that filled up since the create checked
+    /// it), never open what is there.
     pub async fn start_new(&self, entry: &GraphEntry) -> Result<Running, StartFailure> {
         self.start_with(entry, entry.supervision(), true).await
     }
 
+    /// Starts the worker once (initialising an empty URI from the entry's
+    /// schema) for the supervisor task of `generation`, and waits until it
+    /// is ready.
     async fn start_with(&self, entry: &GraphEntry, generation: u64, new_graph: bool) -> Result<Running, StartFailure> {
         let on_object_store = crate::config::local_path(&entry.resolved_uri).is_none();
         let init_schema = if on_object_store {
@@ -544,7 +544,7 @@ impl Supervisor {
         if let Some(s) = &init_schema {
             cmd.arg(if on_object_store && !new_graph { "--init-if-empty" } else { "--init" }).arg("--schema").arg(s);
         }
-        cmd.envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd.envs(self.worker_env());
         cmd.env(WORKER_KEY_ENV, &key).env(LOG_BARE_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let parent = std::process::id() as i32;
         let rlimits = self.rlimits.plan(hard_limit);

@@ -89,6 +89,14 @@ impl S3Server {
         vec![("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string())]
     }
 
+    /// [`S3Server::env`] plus what `server.object_store` would give a worker:
+    /// for an `omnigraph-worker` run without a gateway.
+    pub fn worker_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        env.extend([("AWS_ENDPOINT", self.endpoint.clone()), ("AWS_ALLOW_HTTP", "true".to_string()), ("AWS_REGION", REGION.to_string())]);
+        env
+    }
+
     /// `omnigraph-worker serve` (from `target/<profile>`) on `uri` on
     /// loopback TCP, with this server's endpoint and credentials; `init`
     /// creates the graph from that schema file.
@@ -98,7 +106,7 @@ impl S3Server {
         if let Some(schema) = init {
             cmd.arg("--init").arg("--schema").arg(schema);
         }
-        cmd.env_remove("OMNIGRAPH_WORKER_KEY").envs(self.env()).envs([("AWS_ENDPOINT", self.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", REGION)]);
+        cmd.env_remove("OMNIGRAPH_WORKER_KEY").envs(self.worker_env());
         let (proc, line) = Proc::spawn(cmd, "listening on http://", Duration::from_secs(120));
         let base = line.rsplit(' ').next().expect("address").trim().to_string();
         Worker { proc, base }

@@ -5,6 +5,7 @@
 //! `server.object_store.roots`, and a purge deletes exactly the graph's
 //! prefix, nothing beside it.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use omnigraph_e2e::s3::S3Server;
@@ -13,6 +14,18 @@ use serde_json::{json, Value};
 
 const ROOT: (&str, &str) = ("authorization", "Bearer tok-root");
 const BUCKET: &str = "og-graphs";
+
+/// An S3 server on loopback with the tests' bucket.
+fn s3_with_bucket() -> S3Server {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    s3
+}
+
+/// The sample graph's `.pg` schema file.
+fn social_schema() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg")
+}
 
 fn start(env: &ConfigDir, s3: &S3Server) -> Gateway {
     let vars = s3.env();
@@ -43,8 +56,7 @@ fn wait_serving(gw: &Gateway, graph: &str) {
 
 #[test]
 fn a_graph_on_s3_keeps_every_acknowledged_write_across_a_worker_kill_and_a_gateway_restart() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     let graphs = format!("  alpha:\n    uri: s3://{BUCKET}/graphs/alpha\n    schema: {{ file: s.pg }}\n");
     let env = ConfigDir::with(&s3.server_yaml(&[&format!("s3://{BUCKET}/graphs")]), "", &[ROOT_TOKEN], &graphs);
     let mut gw = start(&env, &s3);
@@ -89,11 +101,10 @@ fn a_graph_on_s3_keeps_every_acknowledged_write_across_a_worker_kill_and_a_gatew
 }
 
 fn create(gw: &Gateway, id: &str, uri: &str) -> Resp {
-    let schema = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg")).expect("schema");
+    let schema = std::fs::read_to_string(social_schema()).expect("schema");
     post_with(&gw.url("/graphs"), &json!({"graph_id": id, "uri": uri, "schema": {"source": schema}}), &[ROOT])
 }
 
-use std::path::Path;
 
 fn code(r: &Resp) -> &str {
     r.body["error"]["code"].as_str().or_else(|| r.body["code"].as_str()).unwrap_or("")
@@ -101,8 +112,7 @@ fn code(r: &Resp) -> &str {
 
 #[test]
 fn post_graphs_creates_on_s3_only_under_the_roots_and_a_purge_deletes_exactly_the_prefix() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     s3.create_bucket("elsewhere");
     let root = format!("s3://{BUCKET}/tenants");
     let env = ConfigDir::with(&s3.server_yaml(&[&root]), "", &[ROOT_TOKEN], "");
@@ -160,8 +170,7 @@ fn post_graphs_creates_on_s3_only_under_the_roots_and_a_purge_deletes_exactly_th
 
 #[test]
 fn a_failed_create_on_s3_leaves_the_prefix_empty() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     let root = format!("s3://{BUCKET}/t");
     let env = ConfigDir::with(&s3.server_yaml(&[&root]), "", &[ROOT_TOKEN], "");
     let gw = start(&env, &s3);
@@ -179,8 +188,7 @@ fn a_failed_create_on_s3_leaves_the_prefix_empty() {
 
 #[test]
 fn without_credentials_a_create_on_s3_fails_cleanly() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     let root = format!("s3://{BUCKET}/t");
     let env = ConfigDir::with(&s3.server_yaml(&[&root]), "", &[ROOT_TOKEN], "");
     let gw = env.start();
@@ -228,10 +236,9 @@ fn worker_keys(w: &Worker) -> Vec<String> {
 
 #[test]
 fn a_second_worker_on_the_same_s3_graph_takes_it_over_and_the_first_stops_writing() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     let uri = format!("s3://{BUCKET}/solo");
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    let schema = social_schema();
     let mut first = s3_worker(&s3, &uri, Some(&schema));
     for k in ["a", "b", "c"] {
         assert_eq!(worker_upsert(&first, k).status, 200);
@@ -257,10 +264,9 @@ fn a_second_worker_on_the_same_s3_graph_takes_it_over_and_the_first_stops_writin
 
 #[test]
 fn workers_racing_to_open_one_s3_graph_get_distinct_epochs() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     let uri = format!("s3://{BUCKET}/race");
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    let schema = social_schema();
     drop(s3_worker(&s3, &uri, Some(&schema)));
     let (s3r, u) = (&s3, uri.as_str());
     let workers: Vec<Worker> = std::thread::scope(|s| {
@@ -275,17 +281,15 @@ fn workers_racing_to_open_one_s3_graph_get_distinct_epochs() {
 
 #[test]
 fn a_worker_left_running_on_a_purged_and_recreated_s3_graph_is_still_fenced() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     let uri = format!("s3://{BUCKET}/again");
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    let schema = social_schema();
     let mut stale = s3_worker(&s3, &uri, Some(&schema));
     assert_eq!(worker_upsert(&stale, "old").status, 200);
     // The prefix is purged (its writer claims with it) and a new graph made there.
     let out = std::process::Command::new(bin("omnigraph-worker"))
         .args(["storage", "purge", "--uri", &uri])
-        .envs(s3.env())
-        .envs([("AWS_ENDPOINT", s3.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1")])
+        .envs(s3.worker_env())
         .output()
         .expect("purge");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -299,8 +303,7 @@ fn a_worker_left_running_on_a_purged_and_recreated_s3_graph_is_still_fenced() {
 
 #[test]
 fn a_create_whose_worker_fails_before_it_is_ready_leaves_the_prefix_empty() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     let root = format!("s3://{BUCKET}/slow");
     let env = ConfigDir::with(&s3.server_yaml(&[&root]), "", &[ROOT_TOKEN], "");
     // Workers must be ready within 300 ms: a new graph's worker has written
@@ -317,15 +320,13 @@ fn a_create_whose_worker_fails_before_it_is_ready_leaves_the_prefix_empty() {
 
 #[test]
 fn init_on_a_prefix_that_is_not_empty_exits_with_the_not_empty_code_and_writes_nothing() {
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let s3 = s3_with_bucket();
     s3.put(BUCKET, "taken/someone.txt", b"x");
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/social.pg");
+    let schema = social_schema();
     let out = std::process::Command::new(bin("omnigraph-worker"))
         .args(["serve", "--graph-id", "t", "--uri", &format!("s3://{BUCKET}/taken"), "--listen", "127.0.0.1:0", "--init", "--schema"])
         .arg(&schema)
-        .envs(s3.env())
-        .envs([("AWS_ENDPOINT", s3.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_REGION", "us-east-1")])
+        .envs(s3.worker_env())
         .output()
         .expect("run worker");
     assert_eq!(out.status.code(), Some(omnigraph_contract::headers::EXIT_NOT_EMPTY), "{}", String::from_utf8_lossy(&out.stderr));

@@ -304,32 +304,21 @@ impl Location {
     /// stores only; a local folder is removed by the gateway, which checks
     /// it against its fences first. Returns how many objects were deleted.
     pub async fn purge_objects(&self) -> Result<u64, StoreError> {
-        use futures::StreamExt;
+        use futures::{StreamExt, TryStreamExt};
         if self.local.is_some() {
             return Err(StoreError::BadUri(format!("{}: purge of a local path is the gateway's job", self.display)));
         }
         let (store, root) = self.object_root().await?;
-        let mut deleted = 0u64;
-        // Listing and deleting alternate a page at a time, so a graph of any
-        // size costs bounded memory.
-        loop {
-            let page: Vec<ObjectPath> = store
-                .list(Some(root.clone()))
-                .take(1000)
-                .map(|m| m.map(|m| m.location))
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_, _>>()
-                .map_err(|e| StoreError::lance(format!("list {}", self.display), e))?;
-            if page.is_empty() {
-                return Ok(deleted);
-            }
-            for path in &page {
-                store.delete(path).await.map_err(|e| StoreError::lance(format!("delete {path}"), e))?;
-                deleted += 1;
-            }
-        }
+        // As Lance's own `remove_dir_all`, counting: the listing streams into
+        // the store's batched delete (S3 `DeleteObjects`, up to 1,000 keys a
+        // request), so a graph of any size costs bounded memory.
+        let listed = store.inner.list(Some(&root)).map(|m| m.map(|meta| meta.location)).boxed();
+        store
+            .inner
+            .delete_stream(listed)
+            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+            .await
+            .map_err(|e| StoreError::Io(format!("purge {}: {e}", self.display)))
     }
 }
 
