@@ -10,7 +10,8 @@ BIN := target/debug
 
 .PHONY: deps test-deps build run run-worker test bench clean-data
 
-# The S3-compatible server the object-storage tests start on loopback:
+# The servers the tests start on loopback: etcd (Debian's etcd-server) for
+# the shared catalog, and the S3-compatible server for object storage:
 # moto in server mode (PyPI), in a private virtualenv under .tools/.
 MOTO := .tools/moto/bin/moto_server
 MOTO_VERSION := 5.2.1
@@ -27,6 +28,9 @@ deps:
 	fi
 
 test-deps: deps
+	@command -v etcd >/dev/null 2>&1 || { \
+		echo "installing: etcd-server"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq etcd-server; }
 	@if [ ! -x $(MOTO) ]; then \
 		python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || { \
 			echo "installing: python3 python3-venv"; \
@@ -46,9 +50,11 @@ run-worker: build
 	scripts/run-worker.sh
 
 # The end-to-end tests drive the real binaries under target/debug, so build them first.
+# Incremental compilation is off for the test build: CI builds once, and its
+# cache is the bulk of target/ (disk) and a source of stale-state compiler panics.
 test: test-deps
-	$(CARGO) build --workspace --bins
-	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
+	CARGO_INCREMENTAL=0 $(CARGO) build --workspace --bins
+	set -o pipefail; CARGO_INCREMENTAL=0 $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	     END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 

@@ -30,7 +30,8 @@ pub async fn public(st: &AppState, session: &mut Session, route: &Route) -> Resu
         Route::Healthz => respond::json(session, 200, &json!({"status": "ok"})).await?,
         Route::Readyz => {
             // The status only: graphs are listed by GET /graphs, to those allowed.
-            let status = match (st.registry.ready(), crate::audit::healthy()) {
+            let synced = st.catalog_synced.load(std::sync::atomic::Ordering::SeqCst);
+            let status = match (st.registry.ready() && synced, crate::audit::healthy()) {
                 (true, true) => "ready",
                 (false, _) => "starting",
                 (true, false) => "decision_log_failing",

@@ -71,6 +71,11 @@ pub struct AppState {
     pub fairness: crate::fairness::Fairness,
     /// The candidate policy set, when `server.shadow` names one.
     pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
+    /// The config file as the catalog (when `catalog:` names no shared one).
+    yaml_catalog: Arc<crate::catalog::YamlCatalog>,
+    /// False until a shared catalog's first snapshot is applied (`/readyz`
+    /// says `starting` meanwhile); always true with the file.
+    pub catalog_synced: std::sync::atomic::AtomicBool,
 }
 
 /// The worker binary: `OMNIGRAPH_WORKER_BIN`, else `server.worker_bin`, else
@@ -160,6 +165,14 @@ impl AppState {
         .map_err(|e| StartupError::Other(e.to_string()))?;
         let object_store = config.config.server.object_store.clone().unwrap_or_default();
         let fences = fences.with_object_roots(object_store.check().map_err(StartupError::Other)?);
+        if let Some(c) = &config.config.catalog {
+            c.etcd.check().map_err(StartupError::Other)?;
+            if !config.config.graphs.is_empty() {
+                return Err(StartupError::Other(
+                    "with catalog.etcd the graphs live in etcd, shared by every gateway: remove graphs: from the file (create them with POST /graphs)".into(),
+                ));
+            }
+        }
         let limits = config.config.limits.clone();
         if config.config.graphs.len() > limits.max_graphs {
             return Err(StartupError::Other(format!("the config declares {} graphs, more than limits.max_graphs ({})", config.config.graphs.len(), limits.max_graphs)));
@@ -175,8 +188,9 @@ impl AppState {
         .with_idle_stop(std::time::Duration::from_secs(config.config.server.idle_stop_s))
         .with_env(object_store.worker_env())
         .with_lazy_bound(limits.max_lazy_workers));
+        let config_store = Arc::new(ConfigStore::new(&config.path, &config.bytes));
         let state = AppState {
-            config_store: Arc::new(ConfigStore::new(&config.path, &config.bytes)),
+            config_store: config_store.clone(),
             engine,
             server_policies: ArcSwap::from_pointee(server),
             server_sets: ArcSwap::from_pointee(server_sets),
@@ -198,6 +212,8 @@ impl AppState {
                 max_waiting: limits.per_actor_queue,
             }),
             shadow: arc_swap::ArcSwapOption::empty(),
+            yaml_catalog: Arc::new(crate::catalog::YamlCatalog { store: config_store, config_dir: config.dir.clone() }),
+            catalog_synced: std::sync::atomic::AtomicBool::new(config.config.catalog.is_none()),
             config,
         };
         for (id, own) in graph_policies {
@@ -217,6 +233,24 @@ impl AppState {
         let shadow = state.compile_shadow(&state.server_policies.load())?;
         state.shadow.store(shadow.map(Arc::new));
         Ok(state)
+    }
+
+    /// The catalog `POST /graphs` and `DELETE /graphs/{id}` write: the
+    /// shared one when `catalog:` names it (an error until it is connected,
+    /// never the file instead), else the config file.
+    pub fn catalog(&self) -> Result<Arc<dyn crate::catalog::Catalog>, crate::catalog::CatalogError> {
+        if self.config.config.catalog.is_none() {
+            return Ok(self.yaml_catalog.clone());
+        }
+        match self.supervisor.shared() {
+            Some(shared) => Ok(shared.clone()),
+            None => Err(crate::catalog::CatalogError::Unavailable("the shared catalog (etcd) is not connected yet; retry shortly".into())),
+        }
+    }
+
+    /// Whether graphs live in a catalog shared with other gateways.
+    pub fn is_shared(&self) -> bool {
+        self.config.config.catalog.is_some()
     }
 
     /// The shadow set over the live server policies `live_server` and the
@@ -309,9 +343,10 @@ impl AppState {
         let server_sets = Arc::new(self.engine.slice(&server)?);
         let mut graph_sets = Vec::new();
         for entry in self.registry.list() {
-            let own = match &entry.policy_file {
-                Some(p) => self.engine.parse_path(p)?,
-                None => Vec::new(),
+            let own = match (&entry.policy_file, &entry.policy_source) {
+                (Some(p), _) => self.engine.parse_path(p)?,
+                (None, Some(src)) => self.engine.parse_file(&format!("{}.cedar", entry.id), src)?,
+                (None, None) => Vec::new(),
             };
             let sets = compose_sets(&self.engine, &server, &server_sets, &own)?;
             graph_sets.push((entry, own.len(), sets));

@@ -28,6 +28,63 @@ pub struct Config {
     pub auth: AuthSection,
     #[serde(default)]
     pub graphs: BTreeMap<String, GraphSection>,
+    /// `catalog: {etcd: ...}`: graphs live in etcd, shared by every gateway
+    /// naming the same prefix, instead of in `graphs:` (catalog.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogSection>,
+}
+
+/// `catalog:`: where the registry of graphs lives when it is not this file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSection {
+    pub etcd: EtcdSection,
+}
+
+/// `catalog.etcd`: an etcd v3 cluster shared by every gateway of one deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// `http://host:port` client URLs of the etcd members.
+    pub endpoints: Vec<String>,
+    /// The key prefix every gateway of the deployment shares (`/omnigraph/`).
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// Seconds a gateway's lease outlives it: how long the graphs whose
+    /// workers a dead gateway ran stay unreachable before another takes them over.
+    #[serde(default = "default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
+}
+
+fn default_etcd_prefix() -> String {
+    "/omnigraph/".to_string()
+}
+
+fn default_lease_ttl_s() -> u64 {
+    10
+}
+
+impl EtcdSection {
+    /// Checks the section when the gateway starts.
+    pub fn check(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err("catalog.etcd.endpoints is empty".into());
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            // Not echoed: a malformed endpoint may still hold a credential.
+            let url = url::Url::parse(e).map_err(|err| format!("catalog.etcd.endpoints[{i}] is not a URL: {err}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+                return Err("catalog.etcd.endpoints: each must be http(s)://host:port, without credentials".into());
+            }
+        }
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 || self.prefix.contains("//") {
+            return Err(format!("catalog.etcd.prefix {:?} must start and end with '/', like /omnigraph/", self.prefix));
+        }
+        if !(2..=300).contains(&self.lease_ttl_s) {
+            return Err("catalog.etcd.lease_ttl_s must be between 2 and 300".into());
+        }
+        Ok(())
+    }
 }
 
 /// Bounds on what one request may cost (DESIGN.md section 2, `limits:`).
@@ -627,6 +684,30 @@ pub use omnigraph_contract::paths::normalize_lexically as normalize;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_etcd_catalog_section_is_checked() {
+        let ok = EtcdSection { endpoints: vec!["http://127.0.0.1:2379".into()], prefix: "/omnigraph/".into(), lease_ttl_s: 10 };
+        assert_eq!(ok.check(), Ok(()));
+        let with = |f: &dyn Fn(&mut EtcdSection)| {
+            let mut s = ok.clone();
+            f(&mut s);
+            s.check()
+        };
+        assert!(with(&|s| s.endpoints.clear()).is_err());
+        assert!(with(&|s| s.endpoints = vec!["127.0.0.1:2379".into()]).is_err(), "a bare host:port is not a URL");
+        assert!(with(&|s| s.endpoints = vec!["unix:///x".into()]).is_err());
+        let creds = with(&|s| s.endpoints = vec!["http://root:hunter2@127.0.0.1:2379".into()]).unwrap_err();
+        assert!(!creds.contains("hunter2"), "a credential is never echoed: {creds}");
+        for p in ["omnigraph/", "/omnigraph", "/", "/a//b/"] {
+            assert!(with(&|s| s.prefix = p.into()).is_err(), "prefix {p:?}");
+        }
+        assert!(with(&|s| s.lease_ttl_s = 1).is_err());
+        assert!(with(&|s| s.lease_ttl_s = 301).is_err());
+        let cfg: Config = serde_yaml_ng::from_str("server: { bind: 127.0.0.1:1, policy: { file: p.cedar } }\ncatalog: { etcd: { endpoints: [\"http://127.0.0.1:2379\"] } }\n").unwrap();
+        let etcd = cfg.catalog.unwrap().etcd;
+        assert_eq!((etcd.prefix.as_str(), etcd.lease_ttl_s), ("/omnigraph/", 10), "the defaults");
+    }
 
     #[test]
     fn parses_the_design_example() {

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::config::{canonical_uri, uris_overlap, FileRef, GraphSection};
+use crate::catalog::{CatalogEntry, CatalogError, Registration};
+use crate::config::{uris_overlap, FileRef, GraphSection};
 use crate::containment::{read_policy_file, resolve_physical, ContainmentError};
 use crate::config_store::{write_atomically, RewriteError};
 use crate::registry::{GraphEntry, ReserveError};
@@ -40,6 +41,9 @@ pub enum LifecycleError {
     Drift(String),
     #[error("{0}")]
     Busy(String),
+    /// The shared catalog is unreachable (503, retry).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -52,6 +56,7 @@ impl LifecycleError {
             LifecycleError::NotFound(_) => ErrorCode::NotFound,
             LifecycleError::Drift(_) => ErrorCode::ConfigDrift,
             LifecycleError::Busy(_) => ErrorCode::TooManyRequests,
+            LifecycleError::Unavailable(_) => ErrorCode::WorkerUnavailable,
             LifecycleError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -62,6 +67,18 @@ impl From<ContainmentError> for LifecycleError {
         match e {
             ContainmentError::Outside(m) | ContainmentError::Unusable(m) => LifecycleError::BadRequest(m),
             ContainmentError::Overlap(m) => LifecycleError::Conflict(m),
+        }
+    }
+}
+
+impl From<CatalogError> for LifecycleError {
+    fn from(e: CatalogError) -> LifecycleError {
+        match e {
+            CatalogError::Conflict(m) => LifecycleError::Conflict(m),
+            CatalogError::NotFound(m) => LifecycleError::NotFound(m),
+            CatalogError::Drift(m) => LifecycleError::Drift(m),
+            CatalogError::Io(m) => LifecycleError::Internal(m),
+            CatalogError::Unavailable(m) => LifecycleError::Unavailable(m),
         }
     }
 }
@@ -213,6 +230,8 @@ struct Validated {
     own: Vec<cedar_policy::Policy>,
     /// The policy source to write into the policy folder, with its path.
     policy_write: Option<(PathBuf, String)>,
+    /// The policy text a shared catalog stores with the graph (instead of a file).
+    policy_source: Option<String>,
     storage: Storage,
     canonical: String,
 }
@@ -248,12 +267,12 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
     };
     let policy_dir = Path::new(&state.config.config.server.policy_dir);
     let label = format!("{id}.cedar");
-    let (own, policy_ref, policy_write) = match &req.policy {
-        None => (Vec::new(), None, None),
+    let (own, mut policy_ref, mut policy_write, policy_text) = match &req.policy {
+        None => (Vec::new(), None, None, None),
         Some(PolicySource { source: Some(src), file: None }) => {
             let own = state.engine.parse_file(&label, src).map_err(|e| bad(format!("invalid policy: {}", e.rendered)))?;
             let target = state.fences.policy_dir.join(&label);
-            (own, Some(FileRef { file: policy_dir.join(&label).display().to_string() }), Some((target, src.clone())))
+            (own, Some(FileRef { file: policy_dir.join(&label).display().to_string() }), Some((target, src.clone())), Some(src.clone()))
         }
         Some(PolicySource { file: Some(f), source: None }) => {
             let path = state.fences.check_policy_file(&state.config.resolve(f), f)?;
@@ -261,21 +280,32 @@ fn validate(state: &AppState, body: Value) -> Result<Validated, LifecycleError> 
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("policy").to_string();
             // The file is not the client's to read: its text never comes back.
             let own = state.engine.parse_file(&name, &src).map_err(|e| bad(format!("invalid policy: {}", e.without_source())))?;
-            (own, Some(FileRef { file: f.clone() }), None)
+            (own, Some(FileRef { file: f.clone() }), None, Some(src))
         }
         Some(_) => return Err(bad("policy takes exactly one of \"file\" or \"source\"")),
     };
     for b in &req.protected_branches {
         BranchName::parse(b).map_err(|e| bad(e.to_string()))?;
     }
+    // A shared catalog holds the policy text itself, so every gateway
+    // decides the graph from the same policies; no file is written or named.
+    let policy_source = if state.is_shared() {
+        policy_ref = None;
+        policy_write = None;
+        policy_text
+    } else {
+        None
+    };
     let (uri, canonical) = match &storage {
         // The YAML gets the folder that was checked, in a spelling that resolves
         // to it again on the next start (not, say, `/proc/<pid>/cwd/...`).
+        // A shared catalog is read by gateways with other config folders: absolute.
+        Storage::Local(dir) if state.is_shared() => (dir.display().to_string(), crate::containment::uri_key(dir)),
         Storage::Local(dir) => (crate::config::stored_uri(&state.config.dir, dir), crate::containment::uri_key(dir)),
         Storage::Object(u) => (u.to_string(), u.to_string()),
     };
     let section = GraphSection { start: None, uri, tenant: req.tenant.clone(), protected_branches: req.protected_branches.clone(), policy: policy_ref, schema: None };
-    Ok(Validated { id, req, section, own, policy_write, storage, canonical })
+    Ok(Validated { id, req, section, own, policy_write, policy_source, storage, canonical })
 }
 
 /// Runs blocking work off the proxy thread.
@@ -318,13 +348,40 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
     let _in_flight = create_turn(state).await?;
     let st = state.clone();
     let v = blocking(move || validate(&st, body)).await?;
-    let Validated { id, req, section, own, policy_write, storage, canonical } = v;
+    let Validated { id, req, section, own, policy_write, policy_source, storage, canonical } = v;
+    let catalog = state.catalog()?;
     let _reservation = state.registry.reserve(&id, &canonical, state.config.config.limits.max_graphs).map_err(|e| match e {
         ReserveError::Id => LifecycleError::Conflict(format!("graph {:?} already exists", id.as_str())),
         // Which graph is not said: the caller may not be allowed to know it exists.
         ReserveError::Uri(_) => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", req.uri)),
         ReserveError::Full(n) => bad(format!("the gateway already serves limits.max_graphs ({n}) graphs")),
     })?;
+    // Across gateways sharing a catalog: exactly one create of an id wins.
+    catalog.reserve(&id, &canonical).await.map_err(|e| match e {
+        CatalogError::Conflict(m) if m.contains("overlaps") => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", req.uri)),
+        other => other.into(),
+    })?;
+    let result = create_reserved(state, &catalog, id.clone(), req, section, own, policy_write, policy_source, storage, canonical).await;
+    if result.is_err() {
+        catalog.release(&id).await;
+    }
+    result
+}
+
+/// [`create`] once the id and URI are reserved, locally and in the catalog.
+#[allow(clippy::too_many_arguments)]
+async fn create_reserved(
+    state: &Arc<AppState>,
+    catalog: &Arc<dyn crate::catalog::Catalog>,
+    id: GraphId,
+    req: CreateRequest,
+    section: GraphSection,
+    own: Vec<cedar_policy::Policy>,
+    policy_write: Option<(PathBuf, String)>,
+    policy_source: Option<String>,
+    storage: Storage,
+    canonical: String,
+) -> Result<Value, LifecycleError> {
     let st = state.clone();
     let (gid, sec, canon, write, own_for_entry) = (id.clone(), section.clone(), canonical.clone(), policy_write.clone(), own.clone());
     let (entry, claim, journal) = blocking(move || {
@@ -335,6 +392,9 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
             crate::app::StartupError::Policy(p) => bad(format!("invalid policy: {}", p.without_source())),
             other => bad(other.to_string()),
         })?;
+        // With a shared catalog every graph starts on demand wherever its
+        // requests arrive (this create's worker is its first).
+        let entry = if st.is_shared() { entry.lazy() } else { entry };
         if crate::config::local_path(&entry.resolved_uri).is_some() && !uri_is_empty(&entry.resolved_uri) {
             return Err(not_empty(&sec.uri));
         }
@@ -398,7 +458,7 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
         if let Ok(mut u) = undo.lock() {
             u.worker_pid = Some(running.pid);
         }
-        let (st, u, sec, gid, canon) = (state.clone(), undo.clone(), section.clone(), id.to_string(), canonical.clone());
+        let u = undo.clone();
         blocking(move || {
             if let Some((p, src)) = &policy_write {
                 if let Some(dir) = p.parent() {
@@ -409,21 +469,16 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
                     u.files.push(p.clone());
                 }
             }
-            let dir = st.config.dir.clone();
-            st.config_store.rewrite(|cfg| {
-                if cfg.graphs.contains_key(&gid) {
-                    return Err(LifecycleError::Conflict(format!("graph {gid:?} already exists in the config file")));
-                }
-                // Inside the lock: what another gateway wrote meanwhile counts too.
-                if cfg.graphs.values().any(|g| uris_overlap(&canonical_uri(&dir, &g.uri), &canon)) {
-                    return Err(LifecycleError::Conflict("the URI overlaps the storage of another graph in the config file".to_string()));
-                }
-                cfg.graphs.insert(gid.clone(), sec);
-                Ok(())
-            })?;
             Ok(())
         })
         .await?;
+        // A shared catalog registers the new worker with the graph, in one transaction.
+        let registration = state.supervisor.shared().and_then(|shared| {
+            let key = entry.state.load().key.clone()?;
+            Some(Registration { gateway: shared.gateway().to_string(), address: entry.socket.display().to_string(), key: key.to_string() })
+        });
+        let record = CatalogEntry { section: section.clone(), canonical_uri: canonical.clone(), policy_source: policy_source.clone() };
+        catalog.publish(&id, &record, registration.as_ref()).await?;
         Ok::<_, LifecycleError>(running)
     }
     .await;
@@ -434,7 +489,7 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
             if let Some(s) = entry.schema_file.take() {
                 let _ = std::fs::remove_file(s);
             }
-            let entry = Arc::new(entry);
+            let entry = Arc::new(entry.with_policy_source(policy_source));
             entry.adopt(running.pid);
             let (st, e2) = (state.clone(), entry.clone());
             if tokio::task::spawn_blocking(move || st.publish(e2, &own)).await.is_err() {
@@ -548,25 +603,17 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
     } else {
         None
     };
-    let store = state.config_store.clone();
+    let catalog = state.catalog()?;
     let e2 = entry.clone();
-    let gid = id.to_string();
-    // Drift check, stopping the worker and removing the entry: one critical section.
-    let rewritten = tokio::task::spawn_blocking(move || {
-        store.rewrite(|cfg| {
-            // After this no worker is adopted for the graph, even one mid-start.
-            if let Some(pid) = e2.mark_removed() {
-                stop_group_blocking(pid);
-            }
-            if cfg.graphs.remove(&gid).is_none() {
-                tracing::warn!(graph = %gid, "graph was not in the config file; removing it from the gateway only");
-            }
-            Ok::<_, LifecycleError>(())
-        })
-    })
-    .await
-    .map_err(|e| LifecycleError::Internal(format!("config task: {e}")))?;
-    if let Err(e) = rewritten {
+    // Removing the entry and stopping the worker: one critical section
+    // (with the file, after its drift check).
+    let during = Box::new(move || {
+        // After this no worker is adopted for the graph, even one mid-start.
+        if let Some(pid) = e2.mark_removed() {
+            stop_group_blocking(pid);
+        }
+    });
+    if let Err(e) = catalog.remove(id, during).await {
         if entry.is_removed() {
             // The worker was stopped but the file could not be written: serve the graph again.
             entry.unmark_removed();
@@ -575,6 +622,19 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
         return Err(e.into());
     }
     state.registry.remove(id);
+    if purge {
+        if let Some(shared) = state.supervisor.shared() {
+            // Another gateway may run the graph's worker: it stops it when its
+            // watch sees the removal (or its lease expires). Never purge under it.
+            let wait = std::time::Duration::from_secs(state.config.config.catalog.as_ref().map_or(10, |c| c.etcd.lease_ttl_s) + 10);
+            if !shared.wait_unregistered(id.as_str(), wait).await {
+                return Err(LifecycleError::Unavailable(format!(
+                    "the graph was removed, but its worker on another gateway did not stop within {wait:?}; its data at {} was not purged",
+                    entry.uri
+                )));
+            }
+        }
+    }
     let mut purged = false;
     if purge && crate::config::local_path(&entry.uri).is_none() {
         let target = purge_object_target(state, &entry)?;

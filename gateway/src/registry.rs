@@ -54,6 +54,9 @@ pub struct WorkerState {
     pub pid: Option<i32>,
     pub error: Option<String>,
     pub restarts: u64,
+    /// Set when the worker is another gateway's (a shared catalog): its
+    /// address, which requests go to instead of this graph's own socket.
+    pub address: Option<Arc<str>>,
 }
 
 pub struct GraphEntry {
@@ -67,6 +70,9 @@ pub struct GraphEntry {
     pub tenant: Option<String>,
     pub protected_branches: Vec<BranchName>,
     pub policy_file: Option<PathBuf>,
+    /// The graph's own policies as text, when a shared catalog holds them
+    /// (instead of `policy_file`): what a reload parses again.
+    pub policy_source: Option<Arc<str>>,
     pub schema_file: Option<PathBuf>,
     pub socket: PathBuf,
     /// Server policies ∪ this graph's policies, sliced by action.
@@ -158,10 +164,11 @@ impl GraphEntry {
             tenant,
             protected_branches,
             policy_file,
+            policy_source: None,
             schema_file,
             socket,
             policies: ArcSwap::from(policies),
-            state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0 }),
+            state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0, address: None }),
             removed: std::sync::atomic::AtomicBool::new(false),
             adoption: std::sync::Mutex::new(()),
             lazy: false,
@@ -180,6 +187,52 @@ impl GraphEntry {
         self.lazy = true;
         self.set_state(|s| s.status = Status::Idle);
         self
+    }
+
+    /// A graph whose policies a shared catalog holds as text.
+    pub fn with_policy_source(mut self, source: Option<String>) -> GraphEntry {
+        self.policy_source = source.map(Arc::from);
+        self
+    }
+
+    /// Whether requests go to another gateway's worker (see [`GraphEntry::follow`]).
+    pub fn is_following(&self) -> bool {
+        self.state.load().address.is_some()
+    }
+
+    /// Sends this graph's requests to another gateway's registered worker
+    /// (a shared catalog). Returns the pid of a worker of our own that is
+    /// still running, which the caller must stop: the registration says it
+    /// is no longer the graph's one writer (our lease expired meanwhile).
+    pub fn follow(&self, address: &str, key: &str) -> Option<i32> {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_removed() {
+            return None;
+        }
+        let own = self.state.load().pid;
+        self.set_state(|s| {
+            s.status = Status::Up;
+            s.key = Some(Arc::from(key));
+            s.address = Some(Arc::from(address));
+            s.pid = None;
+            s.error = None;
+        });
+        own
+    }
+
+    /// Another gateway's worker is no longer registered: the graph is idle,
+    /// and its next request starts (and registers) a worker here.
+    pub fn unfollow(&self) {
+        let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_removed() || self.state.load().address.is_none() {
+            return;
+        }
+        self.wanted.store(false, Ordering::SeqCst);
+        self.set_state(|s| {
+            s.status = Status::Idle;
+            s.key = None;
+            s.address = None;
+        });
     }
 
     /// Counts a request in the graph's in-flight requests, if its worker is
@@ -342,6 +395,7 @@ impl GraphEntry {
             s.status = Status::Up;
             s.pid = Some(pid);
             s.error = None;
+            s.address = None;
         });
         true
     }
@@ -429,6 +483,11 @@ impl Registry {
         let mut v: Vec<_> = self.graphs.iter().map(|e| e.value().clone()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// Whether a create of `id` is in flight on this gateway.
+    pub fn is_pending(&self, id: &GraphId) -> bool {
+        self.pending.lock().map(|p| p.ids.contains(id)).unwrap_or(true)
     }
 
     /// The graph whose storage overlaps `canonical_uri`, published or being created.

@@ -92,6 +92,9 @@ impl BackgroundService for SupervisorService {
         for entry in self.state.registry.list() {
             tokio::spawn(self.state.supervisor.clone().supervise(entry, None));
         }
+        if let Some(c) = &self.state.config.config.catalog {
+            share_catalog(&self.state, &c.etcd).await;
+        }
         // SIGHUP reloads the policies, like POST /policies/reload.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
@@ -126,6 +129,36 @@ impl BackgroundService for SupervisorService {
         }
         self.state.supervisor.begin_shutdown();
     }
+}
+
+/// Connects to the shared catalog (retrying until etcd answers: `/readyz`
+/// says `starting` meanwhile), then serves its graphs: a watch feeds
+/// `catalog_sync`, and the lease that holds this gateway's worker
+/// registrations is kept alive.
+async fn share_catalog(state: &Arc<AppState>, section: &crate::config::EtcdSection) {
+    let shared = loop {
+        match crate::etcd_catalog::EtcdCatalog::connect(section).await {
+            Ok(c) => break Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, endpoints = ?section.endpoints, "cannot reach the shared catalog; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!(gateway = %shared.gateway(), prefix = %section.prefix, "connected to the shared catalog");
+    state.supervisor.share(shared.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(shared.clone().watch(tx));
+    tokio::spawn(crate::catalog_sync::run(state.clone(), shared.clone(), rx));
+    let st = state.clone();
+    tokio::spawn(shared.keep_alive(move || {
+        // Our registrations are gone: our workers may no longer be their graphs' only ones.
+        for e in st.registry.list() {
+            if let Some(pid) = e.state.load().pid {
+                std::thread::spawn(move || crate::supervisor::stop_group_blocking(pid));
+            }
+        }
+    }));
 }
 
 /// Lifts the soft limit on open descriptors to the hard one, as nginx's
@@ -205,5 +238,9 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
     tracing::info!("requests drained; stopping workers");
     crate::audit::flush();
     state.supervisor.stop_all_blocking(&state.registry.list());
+    if let (Some(c), Some(shared)) = (&state.config.config.catalog, state.supervisor.shared()) {
+        // Our registrations go now, not after the lease's TTL.
+        crate::etcd_catalog::revoke_blocking(&c.etcd, shared.lease());
+    }
     Ok(())
 }

@@ -56,6 +56,8 @@ pub struct Supervisor {
     idle_stop: Option<Duration>,
     /// `limits.max_lazy_workers`: room for lazy graphs' workers, and who holds it.
     lazy_room: Option<LazyRoom>,
+    /// The shared catalog (`catalog.etcd`): set once it is connected.
+    shared: std::sync::OnceLock<Arc<crate::etcd_catalog::EtcdCatalog>>,
 }
 
 /// The bound on lazy graphs' running workers: one permit per running
@@ -293,7 +295,19 @@ impl Supervisor {
             backoff_max: backoff_max.max(BACKOFF_START),
             idle_stop: None,
             lazy_room: None,
+            shared: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes every later worker start claim the graph in the shared catalog
+    /// first (`catalog.etcd`): one worker per graph across all gateways.
+    pub fn share(&self, catalog: Arc<crate::etcd_catalog::EtcdCatalog>) {
+        let _ = self.shared.set(catalog);
+    }
+
+    /// The shared catalog, once connected.
+    pub fn shared(&self) -> Option<&Arc<crate::etcd_catalog::EtcdCatalog>> {
+        self.shared.get()
     }
 
     /// Sets `env` in every worker's environment (and every `storage` command's).
@@ -422,7 +436,7 @@ impl Supervisor {
             if gone(&entry) {
                 return;
             }
-            if first.is_none() && entry.status() == Status::Idle {
+            if first.is_none() && (entry.status() == Status::Idle || entry.is_following()) {
                 // A lazy graph starts on demand (a request Cedar allowed).
                 entry.demanded().await;
                 if gone(&entry) {
@@ -450,7 +464,16 @@ impl Supervisor {
                     if gone(&entry) {
                         return;
                     }
-                    self.start_with(&entry, generation, false).await
+                    match self.claim(&entry).await {
+                        Ok(Some(key)) => self.start_keyed(&entry, generation, false, key).await,
+                        Ok(None) => {
+                            // Another gateway's worker serves the graph: wait
+                            // for demand again once it is no longer registered.
+                            slot = None;
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             };
             match result {
@@ -466,6 +489,9 @@ impl Supervisor {
                     let how = match self.run(&entry, running).await {
                         End::Exited(how) => how,
                         End::Idled => {
+                            if let Some(shared) = self.shared() {
+                                shared.release_worker(entry.id.as_str()).await;
+                            }
                             entry.set_state_for(generation, |s| {
                                 s.status = Status::Idle;
                                 s.pid = None;
@@ -509,6 +535,25 @@ impl Supervisor {
         }
     }
 
+    /// The key to start this graph's worker with: a fresh one, or, with a
+    /// shared catalog, the one this gateway registered it under; `None`
+    /// when another gateway's worker is registered (the entry then follows it).
+    async fn claim(&self, entry: &GraphEntry) -> Result<Option<String>, StartFailure> {
+        let Some(shared) = self.shared() else { return Ok(Some(random_key())) };
+        let address = entry.socket.display().to_string();
+        match shared.claim_worker(entry.id.as_str(), &address).await {
+            Ok(crate::etcd_catalog::Claim::Ours(key)) => Ok(Some(key)),
+            Ok(crate::etcd_catalog::Claim::Theirs(reg)) => {
+                tracing::info!(graph = %entry.id, gateway = %reg.gateway, "another gateway runs this graph's worker; proxying to it");
+                if let Some(pid) = entry.follow(&reg.address, &reg.key) {
+                    let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                }
+                Ok(None)
+            }
+            Err(e) => Err(format!("the shared catalog: {e}").into()),
+        }
+    }
+
     /// Starts the worker of a graph `POST /graphs` is creating and waits
     /// until it is ready: on object storage the worker must create the graph
     /// (`--init`, refusing a prefix that filled up since the create checked
@@ -521,6 +566,11 @@ impl Supervisor {
     /// schema) for the supervisor task of `generation`, and waits until it
     /// is ready.
     async fn start_with(&self, entry: &GraphEntry, generation: u64, new_graph: bool) -> Result<Running, StartFailure> {
+        self.start_keyed(entry, generation, new_graph, random_key()).await
+    }
+
+    /// [`Supervisor::start_with`] with the worker key given.
+    async fn start_keyed(&self, entry: &GraphEntry, generation: u64, new_graph: bool, key: String) -> Result<Running, StartFailure> {
         let on_object_store = crate::config::local_path(&entry.resolved_uri).is_none();
         let init_schema = if on_object_store {
             // The gateway cannot look at object storage: at a restart the
@@ -538,7 +588,6 @@ impl Supervisor {
         } else {
             None
         };
-        let key = random_key();
         let mut cmd = Command::new(&self.worker_bin);
         cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri, "--socket"]).arg(&entry.socket).args(&self.worker_args);
         if let Some(s) = &init_schema {

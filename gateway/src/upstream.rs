@@ -82,7 +82,12 @@ pub fn select(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, content_lengt
         let message = format!("the worker of graph {:?} is {}; retry shortly", e.id.as_str(), ws.status.as_str());
         return Err(Refusal { code: ErrorCode::WorkerUnavailable, message, retry_after: true });
     };
-    Ok(Upstream { graph: e.id.clone(), socket: e.socket.display().to_string(), path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use) })
+    // Another gateway's worker (a shared catalog) is reached at its registered address.
+    let socket = match &ws.address {
+        Some(a) => a.to_string(),
+        None => e.socket.display().to_string(),
+    };
+    Ok(Upstream { graph: e.id.clone(), socket, path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use) })
 }
 
 /// [`select`], but a lazy graph that is idle (or starting) is started and

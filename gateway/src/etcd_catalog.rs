@@ -1,0 +1,446 @@
+//! The shared catalog on etcd v3 (`catalog: {etcd: {endpoints, prefix}}`).
+//!
+//! Keys under the prefix `P`:
+//! - `P catalog/graphs/<id>`: a [`CatalogEntry`] (JSON), no lease: the graph.
+//! - `P catalog/reservations/<id>`: a create in flight, under the creating
+//!   gateway's lease, so a gateway that dies mid-create frees the id.
+//! - `P workers/<id>`: the graph's running worker ([`Registration`]), under
+//!   the lease of the gateway that runs it. At most one exists per graph, so
+//!   at most one worker per graph runs in the whole deployment; when that
+//!   gateway dies its lease expires, the key goes, and the next gateway that
+//!   gets a request for the graph starts a worker and registers it.
+//!
+//! Every decision that must be unique is one etcd transaction: a reservation
+//! succeeds only when the id is absent and nothing under `P catalog/` changed
+//! since the caller read it (so the storage-overlap check ran on the state
+//! the transaction commits against); a registration only when no other
+//! exists. Everything else every gateway learns by watching the prefix.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use omnigraph_contract::GraphId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::catalog::{Catalog, CatalogEntry, CatalogError, CatalogEvent, Registration};
+use crate::config::{uris_overlap, EtcdSection};
+
+/// How long a reservation keeps retrying while other creates win the race.
+const RESERVE_PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ReservationValue {
+    canonical_uri: String,
+    gateway: String,
+}
+
+/// Whose worker a graph gets.
+#[derive(Debug)]
+pub enum Claim {
+    /// This gateway registered a worker with this key: start it.
+    Ours(String),
+    /// Another gateway's worker is registered: proxy to it.
+    Theirs(Registration),
+}
+
+pub struct EtcdCatalog {
+    client: Client,
+    prefix: String,
+    /// This gateway process, as registrations name it.
+    gateway: String,
+    ttl: i64,
+    lease: AtomicI64,
+    /// The newest registration seen per graph, with its revision, so a
+    /// stale read never overrides a newer event (see [`EtcdCatalog::observe`]).
+    workers: DashMap<String, (i64, Option<Registration>)>,
+}
+
+fn unavailable(e: etcd_client::Error) -> CatalogError {
+    CatalogError::Unavailable(format!("the catalog (etcd) did not answer: {e}"))
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl EtcdCatalog {
+    /// Connects and takes this gateway's lease.
+    pub async fn connect(section: &EtcdSection) -> Result<EtcdCatalog, CatalogError> {
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(Duration::from_secs(5));
+        let mut client = Client::connect(&section.endpoints, Some(options)).await.map_err(unavailable)?;
+        let ttl = section.lease_ttl_s as i64;
+        let lease = client.lease_grant(ttl, None).await.map_err(unavailable)?.id();
+        Ok(EtcdCatalog {
+            client,
+            prefix: section.prefix.clone(),
+            gateway: random_hex(8),
+            ttl,
+            lease: AtomicI64::new(lease),
+            workers: DashMap::new(),
+        })
+    }
+
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::SeqCst)
+    }
+
+    fn catalog_prefix(&self) -> String {
+        format!("{}catalog/", self.prefix)
+    }
+
+    fn graph_key(&self, id: &str) -> String {
+        format!("{}catalog/graphs/{id}", self.prefix)
+    }
+
+    fn reservation_key(&self, id: &str) -> String {
+        format!("{}catalog/reservations/{id}", self.prefix)
+    }
+
+    fn worker_key(&self, id: &str) -> String {
+        format!("{}workers/{id}", self.prefix)
+    }
+
+    /// Keeps the lease alive until the process ends. When it is lost anyway
+    /// (etcd unreachable for longer than the TTL), every registration made
+    /// under it is gone and another gateway may already run those graphs'
+    /// workers: `on_lost` stops ours, and a new lease is taken for the next claims.
+    pub async fn keep_alive(self: Arc<Self>, on_lost: impl Fn() + Send + 'static) {
+        let every = Duration::from_millis((self.ttl as u64 * 1000 / 3).max(300));
+        let mut renewed = Instant::now();
+        loop {
+            let lease = self.lease();
+            let mut client = self.client.clone();
+            let alive = match client.lease_keep_alive(lease).await {
+                Ok((mut keeper, mut stream)) => loop {
+                    if keeper.keep_alive().await.is_err() {
+                        break true;
+                    }
+                    match stream.message().await {
+                        Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
+                        Ok(Some(_)) => break false,
+                        _ => break true,
+                    }
+                    tokio::time::sleep(every).await;
+                },
+                Err(_) => true,
+            };
+            if alive && renewed.elapsed() < Duration::from_secs(self.ttl as u64) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            tracing::error!(lease, "the gateway's etcd lease expired: stopping the workers it registered; another gateway may take their graphs over");
+            on_lost();
+            loop {
+                match client.lease_grant(self.ttl, None).await {
+                    Ok(r) => {
+                        self.lease.store(r.id(), Ordering::SeqCst);
+                        renewed = Instant::now();
+                        tracing::info!(lease = r.id(), "took a new etcd lease");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd unreachable; retrying the lease");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the lease now (a clean shutdown): this gateway's registrations
+    /// go at once instead of after the TTL.
+    pub async fn revoke(&self) {
+        let _ = self.client.clone().lease_revoke(self.lease()).await;
+    }
+
+    /// Applies a registration seen at `revision` unless a newer one was
+    /// seen already; `apply` runs with the graph's slot locked, so two
+    /// observers (the watch and a claim) apply their views in revision order.
+    pub fn observe(&self, id: &str, revision: i64, registration: Option<Registration>, apply: impl FnOnce(Option<&Registration>)) {
+        let mut slot = self.workers.entry(id.to_string()).or_insert((0, None));
+        if revision < slot.0 {
+            return;
+        }
+        *slot = (revision, registration);
+        apply(slot.1.as_ref());
+    }
+
+    /// Registers a worker for graph `id` at `address`, unless another
+    /// gateway's worker is registered. A registration of this gateway's own
+    /// (a worker that crashed and restarts) is replaced, with a new key.
+    pub async fn claim_worker(&self, id: &str, address: &str) -> Result<Claim, CatalogError> {
+        let key = self.worker_key(id);
+        let lease = self.lease();
+        let mine = Registration { gateway: self.gateway.clone(), address: address.to_string(), key: random_hex(32) };
+        let value = serde_json::to_vec(&mine).map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+        let mut client = self.client.clone();
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let resp = client.txn(txn).await.map_err(unavailable)?;
+        if resp.succeeded() {
+            return Ok(Claim::Ours(mine.key));
+        }
+        let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        }) else {
+            return Err(CatalogError::Unavailable("the worker registration vanished while being read; retry".into()));
+        };
+        if kv.lease() == lease {
+            let txn = Txn::new()
+                .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+                .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
+            if client.txn(txn).await.map_err(unavailable)?.succeeded() {
+                return Ok(Claim::Ours(mine.key));
+            }
+            return Err(CatalogError::Unavailable("the worker registration changed while being renewed; retry".into()));
+        }
+        let theirs: Registration = serde_json::from_slice(kv.value()).map_err(|e| CatalogError::Unavailable(format!("a worker registration does not parse: {e}")))?;
+        Ok(Claim::Theirs(theirs))
+    }
+
+    /// Removes this gateway's registration of graph `id`'s worker, if it holds it.
+    pub async fn release_worker(&self, id: &str) {
+        let key = self.worker_key(id);
+        let txn = Txn::new().when([Compare::lease(key.as_str(), CompareOp::Equal, self.lease())]).and_then([TxnOp::delete(key.as_str(), None)]);
+        if let Err(e) = self.client.clone().txn(txn).await {
+            tracing::warn!(graph = %id, error = %e, "could not remove the worker's registration; it goes with the lease");
+        }
+    }
+
+    /// Graph `id`'s catalog entry as etcd holds it now.
+    pub async fn entry(&self, id: &str) -> Result<Option<CatalogEntry>, CatalogError> {
+        let resp = self.client.clone().get(self.graph_key(id), None).await.map_err(unavailable)?;
+        match resp.kvs().first() {
+            Some(kv) => serde_json::from_slice(kv.value()).map(Some).map_err(|e| CatalogError::Unavailable(format!("the catalog entry of {id:?} does not parse: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits until no worker is registered for graph `id` (its gateway
+    /// stopped it, or its lease expired), at most `wait`.
+    pub async fn wait_unregistered(&self, id: &str, wait: Duration) -> bool {
+        let key = self.worker_key(id);
+        let end = Instant::now() + wait;
+        let mut client = self.client.clone();
+        while Instant::now() < end {
+            if let Ok(r) = client.get(key.as_str(), Some(GetOptions::new().with_count_only())).await {
+                if r.count() == 0 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// The whole state under the prefix, as one event, and its revision.
+    async fn snapshot(&self) -> Result<(CatalogEvent, i64), CatalogError> {
+        let resp = self.client.clone().get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let (mut graphs, mut workers) = (Vec::new(), Vec::new());
+        for kv in resp.kvs() {
+            match self.parse(kv.key(), kv.value(), kv.mod_revision(), EventType::Put) {
+                Some(CatalogEvent::Published { id, entry }) => graphs.push((id, entry)),
+                Some(CatalogEvent::Worker { id, revision, registration: Some(r) }) => workers.push((id, revision, r)),
+                _ => {}
+            }
+        }
+        Ok((CatalogEvent::Snapshot { graphs, workers, revision }, revision))
+    }
+
+    /// One key change as an event; `None` for keys that are not events
+    /// (reservations) or do not parse (logged).
+    fn parse(&self, key: &[u8], value: &[u8], revision: i64, kind: EventType) -> Option<CatalogEvent> {
+        let key = std::str::from_utf8(key).ok()?.strip_prefix(self.prefix.as_str())?;
+        if let Some(id) = key.strip_prefix("catalog/graphs/") {
+            return match kind {
+                EventType::Delete => Some(CatalogEvent::Removed { id: id.to_string() }),
+                EventType::Put => match serde_json::from_slice::<CatalogEntry>(value) {
+                    Ok(entry) => Some(CatalogEvent::Published { id: id.to_string(), entry }),
+                    Err(e) => {
+                        tracing::error!(graph = %id, error = %e, "a catalog entry in etcd does not parse; ignoring it");
+                        None
+                    }
+                },
+            };
+        }
+        let id = key.strip_prefix("workers/")?;
+        let registration = match kind {
+            EventType::Delete => None,
+            EventType::Put => Some(serde_json::from_slice::<Registration>(value).map_err(|e| tracing::error!(graph = %id, error = %e, "a worker registration does not parse")).ok()?),
+        };
+        Some(CatalogEvent::Worker { id: id.to_string(), revision, registration })
+    }
+
+    /// Streams the catalog into `tx`: first a snapshot, then every change.
+    /// When the watch breaks (etcd restarted, history compacted), a new
+    /// snapshot is sent before the changes after it, so the receiver can
+    /// always converge on etcd's state.
+    pub async fn watch(self: Arc<Self>, tx: mpsc::Sender<CatalogEvent>) {
+        loop {
+            let (snapshot, revision) = match self.snapshot().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catalog snapshot failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if tx.send(snapshot).await.is_err() {
+                return;
+            }
+            let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+            let mut client = self.client.clone();
+            let (_watcher, mut stream) = match client.watch(self.prefix.as_str(), Some(options)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catalog watch failed; starting over");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            tracing::warn!(reason = resp.cancel_reason(), "catalog watch cancelled; resynchronising");
+                            break;
+                        }
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            if let Some(e) = self.parse(kv.key(), kv.value(), kv.mod_revision(), ev.event_type()) {
+                                if tx.send(e).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::warn!("catalog watch ended; resynchronising");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Catalog for EtcdCatalog {
+    async fn list(&self) -> Result<Vec<(String, CatalogEntry)>, CatalogError> {
+        match self.snapshot().await?.0 {
+            CatalogEvent::Snapshot { graphs, .. } => Ok(graphs),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    async fn reserve(&self, id: &GraphId, canonical_uri: &str) -> Result<(), CatalogError> {
+        let (prefix, graph, reservation) = (self.catalog_prefix(), self.graph_key(id.as_str()), self.reservation_key(id.as_str()));
+        let value = serde_json::to_vec(&ReservationValue { canonical_uri: canonical_uri.to_string(), gateway: self.gateway.clone() })
+            .map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+        let mut client = self.client.clone();
+        let end = Instant::now() + RESERVE_PATIENCE;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+            let revision = resp.header().map_or(0, |h| h.revision());
+            for kv in resp.kvs() {
+                let key = kv.key_str().unwrap_or_default();
+                let (other, uri) = if let Some(other) = key.strip_prefix(graph.trim_end_matches(id.as_str())) {
+                    (other, serde_json::from_slice::<CatalogEntry>(kv.value()).map(|e| e.canonical_uri).unwrap_or_default())
+                } else if let Some(other) = key.strip_prefix(reservation.trim_end_matches(id.as_str())) {
+                    (other, serde_json::from_slice::<ReservationValue>(kv.value()).map(|r| r.canonical_uri).unwrap_or_default())
+                } else {
+                    continue;
+                };
+                if other == id.as_str() {
+                    return Err(CatalogError::Conflict(format!("graph {:?} already exists", id.as_str())));
+                }
+                if !uri.is_empty() && uris_overlap(&uri, canonical_uri) {
+                    return Err(CatalogError::Conflict("the URI overlaps the storage of another graph (the same folder, or one inside the other)".into()));
+                }
+            }
+            // Nothing under catalog/ changed since the read: the checks above hold.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(prefix.as_str(), CompareOp::Less, revision + 1).with_prefix(), Compare::version(graph.as_str(), CompareOp::Equal, 0), Compare::version(reservation.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(reservation.as_str(), value.clone(), Some(PutOptions::new().with_lease(self.lease())))]);
+            if client.txn(txn).await.map_err(unavailable)?.succeeded() {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(CatalogError::Unavailable("the catalog is too busy to reserve the graph; retry".into()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    async fn release(&self, id: &GraphId) {
+        let key = self.reservation_key(id.as_str());
+        let txn = Txn::new().when([Compare::lease(key.as_str(), CompareOp::Equal, self.lease())]).and_then([TxnOp::delete(key.as_str(), None)]);
+        let _ = self.client.clone().txn(txn).await;
+    }
+
+    async fn publish(&self, id: &GraphId, entry: &CatalogEntry, worker: Option<&Registration>) -> Result<(), CatalogError> {
+        let (graph, reservation) = (self.graph_key(id.as_str()), self.reservation_key(id.as_str()));
+        let lease = self.lease();
+        let value = serde_json::to_vec(entry).map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+        let mut ops = vec![TxnOp::put(graph.as_str(), value, None), TxnOp::delete(reservation.as_str(), None)];
+        if let Some(w) = worker {
+            let reg = serde_json::to_vec(w).map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+            ops.push(TxnOp::put(self.worker_key(id.as_str()), reg, Some(PutOptions::new().with_lease(lease))));
+        }
+        let txn = Txn::new()
+            .when([Compare::lease(reservation.as_str(), CompareOp::Equal, lease), Compare::version(graph.as_str(), CompareOp::Equal, 0)])
+            .and_then(ops);
+        if self.client.clone().txn(txn).await.map_err(unavailable)?.succeeded() {
+            Ok(())
+        } else {
+            Err(CatalogError::Unavailable("the reservation was lost (this gateway's etcd lease expired during the create); retry".into()))
+        }
+    }
+
+    async fn remove(&self, id: &GraphId, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError> {
+        let graph = self.graph_key(id.as_str());
+        let txn = Txn::new().when([Compare::version(graph.as_str(), CompareOp::Greater, 0)]).and_then([TxnOp::delete(graph.as_str(), None)]);
+        if !self.client.clone().txn(txn).await.map_err(unavailable)?.succeeded() {
+            return Err(CatalogError::NotFound(format!("graph {:?} does not exist", id.as_str())));
+        }
+        // `during` stops a worker: blocking work, off the async threads.
+        let _ = tokio::task::spawn_blocking(during).await;
+        self.release_worker(id.as_str()).await;
+        Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+/// Revokes a lease from outside the runtime that made it (a clean shutdown,
+/// after Pingora's runtimes have ended): a short-lived client of its own.
+pub fn revoke_blocking(section: &EtcdSection, lease: i64) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    rt.block_on(async {
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(2));
+        if let Ok(mut c) = Client::connect(&section.endpoints, Some(options)).await {
+            let _ = c.lease_revoke(lease).await;
+        }
+    });
+}
