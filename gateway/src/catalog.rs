@@ -90,8 +90,10 @@ pub trait Catalog: Send + Sync {
     /// worker's registration where workers are shared.
     async fn publish(&self, id: &GraphId, entry: &CatalogEntry, worker: Option<&Registration>) -> Result<(), CatalogError>;
     /// Removes a graph; `during` runs inside the same critical section, once
-    /// the removal is certain to be written (it stops the local worker).
-    async fn remove(&self, id: &GraphId, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError>;
+    /// the removal is certain to be written (it stops the local worker). The
+    /// id and `canonical_uri` stay reserved until [`Catalog::release`], so a
+    /// purge that follows never races a create of the same storage.
+    async fn remove(&self, id: &GraphId, canonical_uri: &str, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError>;
     /// Whether other gateways share this catalog (and its events must be watched).
     fn is_shared(&self) -> bool;
 }
@@ -161,7 +163,7 @@ impl Catalog for YamlCatalog {
         .await
     }
 
-    async fn remove(&self, id: &GraphId, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError> {
+    async fn remove(&self, id: &GraphId, _canonical_uri: &str, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError> {
         let (store, gid) = (self.store.clone(), id.to_string());
         blocking(move || {
             store

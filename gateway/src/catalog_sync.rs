@@ -28,7 +28,7 @@ pub async fn run(state: Arc<AppState>, catalog: Arc<EtcdCatalog>, mut events: to
                 for id in ready {
                     deferred.remove(&id);
                     match catalog.entry(&id).await {
-                        Ok(Some(entry)) => add(&state, &id, entry, &mut deferred).await,
+                        Ok(Some(entry)) => add(&state, &catalog, &id, entry, &mut deferred).await,
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(graph = %id, error = %e, "could not read a catalog entry; retrying");
@@ -43,10 +43,13 @@ pub async fn run(state: Arc<AppState>, catalog: Arc<EtcdCatalog>, mut events: to
             CatalogEvent::Snapshot { graphs, workers, revision } => {
                 let present: HashSet<String> = graphs.iter().map(|(id, _)| id.clone()).collect();
                 for (id, entry) in graphs {
-                    add(&state, &id, entry, &mut deferred).await;
+                    add(&state, &catalog, &id, entry, &mut deferred).await;
                 }
                 for gone in state.registry.list().into_iter().filter(|e| !present.contains(e.id.as_str()) && !state.registry.is_pending(&e.id)) {
-                    remove(&state, &catalog, &gone.id).await;
+                    // A graph this gateway published after the snapshot was read is not gone.
+                    if matches!(catalog.entry(gone.id.as_str()).await, Ok(None)) {
+                        remove(&state, &catalog, &gone.id).await;
+                    }
                 }
                 let registered: HashSet<String> = workers.iter().map(|(id, _, _)| id.clone()).collect();
                 for (id, revision, registration) in workers {
@@ -58,7 +61,7 @@ pub async fn run(state: Arc<AppState>, catalog: Arc<EtcdCatalog>, mut events: to
                 }
                 state.catalog_synced.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            CatalogEvent::Published { id, entry } => add(&state, &id, entry, &mut deferred).await,
+            CatalogEvent::Published { id, entry } => add(&state, &catalog, &id, entry, &mut deferred).await,
             CatalogEvent::Removed { id } => {
                 if let Ok(gid) = GraphId::parse(&id) {
                     remove(&state, &catalog, &gid).await;
@@ -71,13 +74,26 @@ pub async fn run(state: Arc<AppState>, catalog: Arc<EtcdCatalog>, mut events: to
 
 /// Serves a graph another gateway published: lazily, with its policies
 /// from the catalog, exactly as the publishing gateway decides them.
-async fn add(state: &Arc<AppState>, id: &str, entry: CatalogEntry, deferred: &mut HashSet<String>) {
+/// Whether the served graph `known` is the one the catalog entry describes.
+fn describes(known: &crate::registry::GraphEntry, entry: &CatalogEntry) -> bool {
+    known.uri == entry.section.uri
+        && known.tenant == entry.section.tenant
+        && known.policy_source.as_deref() == entry.policy_source.as_deref()
+        && known.protected_branches.iter().map(|b| b.as_str()).eq(entry.section.protected_branches.iter().map(String::as_str))
+}
+
+async fn add(state: &Arc<AppState>, catalog: &Arc<EtcdCatalog>, id: &str, entry: CatalogEntry, deferred: &mut HashSet<String>) {
     let Ok(gid) = GraphId::parse(id) else {
         tracing::error!(graph = %id, "a catalog entry has an invalid graph id; ignoring it");
         return;
     };
-    if state.registry.get(&gid).is_some() {
-        return;
+    if let Some(known) = state.registry.get(&gid) {
+        if describes(&known, &entry) {
+            return;
+        }
+        // Deleted and created again while this gateway's watch was down:
+        // the old graph (its storage, its policies) goes first.
+        remove(state, catalog, &gid).await;
     }
     if state.registry.is_pending(&gid) {
         // Our own create (which publishes it itself), or one that lost the race.
@@ -116,6 +132,7 @@ async fn remove(state: &Arc<AppState>, catalog: &Arc<EtcdCatalog>, id: &GraphId)
     }
     state.registry.remove(id);
     catalog.release_worker(id.as_str()).await;
+    catalog.forget(id.as_str());
     tracing::info!(graph = %id, "graph removed by the shared catalog");
 }
 
@@ -128,7 +145,16 @@ async fn worker(state: &Arc<AppState>, catalog: &Arc<EtcdCatalog>, id: &str, rev
     catalog.observe(id, revision, registration, |current| match current {
         Some(r) if r.gateway != catalog.gateway() => stop = entry.follow(&r.address, &r.key),
         Some(_) => {}
-        None => entry.unfollow(),
+        None => {
+            // Our own registration never goes while our worker runs (an idle
+            // stop clears the pid first): its lease expired, so the worker
+            // may no longer be the graph's only one.
+            let ws = entry.state.load();
+            if ws.address.is_none() && !entry.is_removed() {
+                stop = ws.pid;
+            }
+            entry.unfollow();
+        }
     });
     if let Some(pid) = stop {
         tracing::warn!(graph = %id, pid, "another gateway now holds this graph's worker registration: stopping ours");

@@ -39,13 +39,12 @@ struct ReservationValue {
     gateway: String,
 }
 
-/// Whose worker a graph gets.
-#[derive(Debug)]
+/// Whose worker a graph gets (not `Debug`: it holds a worker key).
 pub enum Claim {
     /// This gateway registered a worker with this key: start it.
     Ours(String),
-    /// Another gateway's worker is registered: proxy to it.
-    Theirs(Registration),
+    /// Another gateway's worker is registered (as of this revision): proxy to it.
+    Theirs(Registration, i64),
 }
 
 pub struct EtcdCatalog {
@@ -74,7 +73,13 @@ fn random_hex(bytes: usize) -> String {
 impl EtcdCatalog {
     /// Connects and takes this gateway's lease.
     pub async fn connect(section: &EtcdSection) -> Result<EtcdCatalog, CatalogError> {
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(Duration::from_secs(5));
+        // HTTP/2 pings: a silently dropped connection fails its streams
+        // (the lease keep-alive, the watch) instead of hanging them.
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
         let mut client = Client::connect(&section.endpoints, Some(options)).await.map_err(unavailable)?;
         let ttl = section.lease_ttl_s as i64;
         let lease = client.lease_grant(ttl, None).await.map_err(unavailable)?.id();
@@ -113,40 +118,67 @@ impl EtcdCatalog {
     }
 
     /// Keeps the lease alive until the process ends. When it is lost anyway
-    /// (etcd unreachable for longer than the TTL), every registration made
-    /// under it is gone and another gateway may already run those graphs'
-    /// workers: `on_lost` stops ours, and a new lease is taken for the next claims.
-    pub async fn keep_alive(self: Arc<Self>, on_lost: impl Fn() + Send + 'static) {
-        let every = Duration::from_millis((self.ttl as u64 * 1000 / 3).max(300));
-        let mut renewed = Instant::now();
+    /// (etcd unreachable, or it says the lease is gone), every registration
+    /// made under it is gone or about to be, and another gateway may run
+    /// those graphs' workers: `on_lost` stops ours, then a new lease is taken
+    /// for the next claims. The gateway's own deadline runs from when a
+    /// renewal was *sent*, and it gives up at three quarters of the TTL, so
+    /// it stops its workers before etcd can hand their graphs to anyone else.
+    pub async fn keep_alive(self: Arc<Self>, on_lost: Arc<dyn Fn() + Send + Sync>) {
+        let ttl = Duration::from_secs(self.ttl as u64);
+        let every = (ttl / 4).max(Duration::from_millis(250));
+        let give_up = ttl * 3 / 4;
+        let mut client = self.client.clone();
+        let mut stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> = None;
+        let mut confirmed = Instant::now();
         loop {
             let lease = self.lease();
-            let mut client = self.client.clone();
-            let alive = match client.lease_keep_alive(lease).await {
-                Ok((mut keeper, mut stream)) => loop {
-                    if keeper.keep_alive().await.is_err() {
-                        break true;
-                    }
-                    match stream.message().await {
-                        Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
-                        Ok(Some(_)) => break false,
-                        _ => break true,
-                    }
-                    tokio::time::sleep(every).await;
-                },
-                Err(_) => true,
+            let sent = Instant::now();
+            let renewed = async {
+                if stream.is_none() {
+                    stream = Some(client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?);
+                }
+                let (keeper, answers) = stream.as_mut().ok_or_else(|| "no keep-alive stream".to_string())?;
+                keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                match answers.message().await.map_err(|e| e.to_string())? {
+                    Some(r) => Ok::<i64, String>(r.ttl()),
+                    None => Err("the keep-alive stream ended".into()),
+                }
             };
-            if alive && renewed.elapsed() < Duration::from_secs(self.ttl as u64) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            let lost = match tokio::time::timeout(every, renewed).await {
+                Ok(Ok(ttl_left)) if ttl_left > 0 => {
+                    confirmed = sent;
+                    false
+                }
+                // etcd answered: the lease is gone.
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) if e.contains("not found") => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(lease, error = %e, "etcd lease keep-alive failed; retrying");
+                    stream = None;
+                    confirmed.elapsed() >= give_up
+                }
+                Err(_) => {
+                    stream = None;
+                    confirmed.elapsed() >= give_up
+                }
+            };
+            if !lost {
+                tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
                 continue;
             }
-            tracing::error!(lease, "the gateway's etcd lease expired: stopping the workers it registered; another gateway may take their graphs over");
-            on_lost();
+            tracing::error!(lease, "the gateway's etcd lease is lost: stopping the workers it registered; another gateway may take their graphs over");
+            // Blocking (it waits for the workers to exit), and finished before
+            // the lease is revoked: no other gateway may start one meanwhile.
+            let stop = on_lost.clone();
+            let _ = tokio::task::spawn_blocking(move || stop()).await;
+            stream = None;
+            let _ = client.lease_revoke(lease).await;
             loop {
                 match client.lease_grant(self.ttl, None).await {
                     Ok(r) => {
                         self.lease.store(r.id(), Ordering::SeqCst);
-                        renewed = Instant::now();
+                        confirmed = Instant::now();
                         tracing::info!(lease = r.id(), "took a new etcd lease");
                         break;
                     }
@@ -168,41 +200,57 @@ impl EtcdCatalog {
     /// Applies a registration seen at `revision` unless a newer one was
     /// seen already; `apply` runs with the graph's slot locked, so two
     /// observers (the watch and a claim) apply their views in revision order.
-    pub fn observe(&self, id: &str, revision: i64, registration: Option<Registration>, apply: impl FnOnce(Option<&Registration>)) {
+    /// Whether it was applied.
+    pub fn observe(&self, id: &str, revision: i64, registration: Option<Registration>, apply: impl FnOnce(Option<&Registration>)) -> bool {
         let mut slot = self.workers.entry(id.to_string()).or_insert((0, None));
         if revision < slot.0 {
-            return;
+            return false;
         }
         *slot = (revision, registration);
         apply(slot.1.as_ref());
+        true
+    }
+
+    /// Forgets what was seen of a removed graph's registrations.
+    pub fn forget(&self, id: &str) {
+        self.workers.remove(id);
     }
 
     /// Registers a worker for graph `id` at `address`, unless another
-    /// gateway's worker is registered. A registration of this gateway's own
-    /// (a worker that crashed and restarts) is replaced, with a new key.
+    /// gateway's worker is registered or the graph is no longer in the
+    /// catalog (`NotFound`: a delete this gateway has not seen yet). A
+    /// registration of this gateway's own (a worker that crashed and
+    /// restarts) is replaced, with a new key.
     pub async fn claim_worker(&self, id: &str, address: &str) -> Result<Claim, CatalogError> {
         let key = self.worker_key(id);
+        let graph = self.graph_key(id);
+        let gone = || CatalogError::NotFound(format!("graph {id:?} is no longer in the catalog"));
         let lease = self.lease();
         let mine = Registration { gateway: self.gateway.clone(), address: address.to_string(), key: random_hex(32) };
         let value = serde_json::to_vec(&mine).map_err(|e| CatalogError::Unavailable(e.to_string()))?;
         let mut client = self.client.clone();
         let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0), Compare::version(graph.as_str(), CompareOp::Greater, 0)])
             .and_then([TxnOp::put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease)))])
-            .or_else([TxnOp::get(key.as_str(), None)]);
+            .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(graph.as_str(), Some(GetOptions::new().with_count_only()))]);
         let resp = client.txn(txn).await.map_err(unavailable)?;
         if resp.succeeded() {
             return Ok(Claim::Ours(mine.key));
         }
-        let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
             _ => None,
-        }) else {
+        });
+        let (registered, graph_count) = (gets.next(), gets.next().map_or(0, |g| g.count()));
+        if graph_count == 0 {
+            return Err(gone());
+        }
+        let Some(kv) = registered.and_then(|g| g.kvs().first().cloned()) else {
             return Err(CatalogError::Unavailable("the worker registration vanished while being read; retry".into()));
         };
         if kv.lease() == lease {
             let txn = Txn::new()
-                .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+                .when([Compare::lease(key.as_str(), CompareOp::Equal, lease), Compare::version(graph.as_str(), CompareOp::Greater, 0)])
                 .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
             if client.txn(txn).await.map_err(unavailable)?.succeeded() {
                 return Ok(Claim::Ours(mine.key));
@@ -210,7 +258,7 @@ impl EtcdCatalog {
             return Err(CatalogError::Unavailable("the worker registration changed while being renewed; retry".into()));
         }
         let theirs: Registration = serde_json::from_slice(kv.value()).map_err(|e| CatalogError::Unavailable(format!("a worker registration does not parse: {e}")))?;
-        Ok(Claim::Theirs(theirs))
+        Ok(Claim::Theirs(theirs, kv.mod_revision()))
     }
 
     /// Removes this gateway's registration of graph `id`'s worker, if it holds it.
@@ -409,16 +457,30 @@ impl Catalog for EtcdCatalog {
         let txn = Txn::new()
             .when([Compare::lease(reservation.as_str(), CompareOp::Equal, lease), Compare::version(graph.as_str(), CompareOp::Equal, 0)])
             .and_then(ops);
-        if self.client.clone().txn(txn).await.map_err(unavailable)?.succeeded() {
-            Ok(())
-        } else {
-            Err(CatalogError::Unavailable("the reservation was lost (this gateway's etcd lease expired during the create); retry".into()))
+        match self.client.clone().txn(txn).await {
+            Ok(r) if r.succeeded() => Ok(()),
+            Ok(_) => Err(CatalogError::Unavailable("the reservation was lost (this gateway's etcd lease expired during the create); retry".into())),
+            Err(e) => {
+                // The transaction may have committed with its answer lost: the
+                // caller's undo would then delete a published graph's data.
+                match self.entry(id.as_str()).await {
+                    Ok(Some(found)) if found == *entry => Ok(()),
+                    _ => Err(unavailable(e)),
+                }
+            }
         }
     }
 
-    async fn remove(&self, id: &GraphId, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError> {
-        let graph = self.graph_key(id.as_str());
-        let txn = Txn::new().when([Compare::version(graph.as_str(), CompareOp::Greater, 0)]).and_then([TxnOp::delete(graph.as_str(), None)]);
+    async fn remove(&self, id: &GraphId, canonical_uri: &str, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError> {
+        let (graph, reservation) = (self.graph_key(id.as_str()), self.reservation_key(id.as_str()));
+        // The graph becomes a reservation of this gateway's: no create on any
+        // gateway takes the id or the storage until the caller's purge (if
+        // any) is over and it calls `release`.
+        let hold = serde_json::to_vec(&ReservationValue { canonical_uri: canonical_uri.to_string(), gateway: self.gateway.clone() })
+            .map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::version(graph.as_str(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::delete(graph.as_str(), None), TxnOp::put(reservation.as_str(), hold, Some(PutOptions::new().with_lease(self.lease())))]);
         if !self.client.clone().txn(txn).await.map_err(unavailable)?.succeeded() {
             return Err(CatalogError::NotFound(format!("graph {:?} does not exist", id.as_str())));
         }

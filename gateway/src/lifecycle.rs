@@ -357,10 +357,16 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
         ReserveError::Full(n) => bad(format!("the gateway already serves limits.max_graphs ({n}) graphs")),
     })?;
     // Across gateways sharing a catalog: exactly one create of an id wins.
-    catalog.reserve(&id, &canonical).await.map_err(|e| match e {
-        CatalogError::Conflict(m) if m.contains("overlaps") => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", req.uri)),
-        other => other.into(),
-    })?;
+    if let Err(e) = catalog.reserve(&id, &canonical).await {
+        if matches!(e, CatalogError::Unavailable(_)) {
+            // It may have been written with its answer lost.
+            catalog.release(&id).await;
+        }
+        return Err(match e {
+            CatalogError::Conflict(m) if m.contains("overlaps") => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", req.uri)),
+            other => other.into(),
+        });
+    }
     let result = create_reserved(state, &catalog, id.clone(), req, section, own, policy_write, policy_source, storage, canonical).await;
     if result.is_err() {
         catalog.release(&id).await;
@@ -613,7 +619,7 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
             stop_group_blocking(pid);
         }
     });
-    if let Err(e) = catalog.remove(id, during).await {
+    if let Err(e) = catalog.remove(id, &entry.canonical_uri, during).await {
         if entry.is_removed() {
             // The worker was stopped but the file could not be written: serve the graph again.
             entry.unmark_removed();
@@ -622,6 +628,14 @@ pub async fn delete(state: &Arc<AppState>, id: &GraphId, purge: bool) -> Result<
         return Err(e.into());
     }
     state.registry.remove(id);
+    // The catalog holds the id and storage until the purge is over.
+    let result = purge_removed(state, id, &entry, purge, claim).await;
+    catalog.release(id).await;
+    result
+}
+
+/// The rest of a `DELETE` once the graph is out of the catalog: the purge, if asked.
+async fn purge_removed(state: &Arc<AppState>, id: &GraphId, entry: &Arc<GraphEntry>, purge: bool, claim: Option<UriClaim>) -> Result<Value, LifecycleError> {
     if purge {
         if let Some(shared) = state.supervisor.shared() {
             // Another gateway may run the graph's worker: it stops it when its

@@ -151,14 +151,11 @@ async fn share_catalog(state: &Arc<AppState>, section: &crate::config::EtcdSecti
     tokio::spawn(shared.clone().watch(tx));
     tokio::spawn(crate::catalog_sync::run(state.clone(), shared.clone(), rx));
     let st = state.clone();
-    tokio::spawn(shared.keep_alive(move || {
+    tokio::spawn(shared.keep_alive(Arc::new(move || {
         // Our registrations are gone: our workers may no longer be their graphs' only ones.
-        for e in st.registry.list() {
-            if let Some(pid) = e.state.load().pid {
-                std::thread::spawn(move || crate::supervisor::stop_group_blocking(pid));
-            }
-        }
-    }));
+        let running: Vec<i32> = st.registry.list().iter().filter_map(|e| e.state.load().pid).collect();
+        crate::supervisor::stop_groups_blocking(&running);
+    })));
 }
 
 /// Lifts the soft limit on open descriptors to the hard one, as nginx's

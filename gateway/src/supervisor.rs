@@ -483,20 +483,24 @@ impl Supervisor {
                         tracing::info!(graph = %entry.id, pid = running.pid, "graph removed while its worker started; stopping the worker");
                         let pid = running.pid;
                         let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                        if let Some(shared) = self.shared() {
+                            shared.release_worker(entry.id.as_str()).await;
+                        }
                         return;
                     }
                     tracing::info!(graph = %entry.id, pid = running.pid, "worker is up");
                     let how = match self.run(&entry, running).await {
                         End::Exited(how) => how,
                         End::Idled => {
-                            if let Some(shared) = self.shared() {
-                                shared.release_worker(entry.id.as_str()).await;
-                            }
                             entry.set_state_for(generation, |s| {
                                 s.status = Status::Idle;
                                 s.pid = None;
                                 s.key = None;
                             });
+                            // Only now, with no pid left in the entry, may another gateway take it.
+                            if let Some(shared) = self.shared() {
+                                shared.release_worker(entry.id.as_str()).await;
+                            }
                             slot = None;
                             backoff = BACKOFF_START;
                             continue;
@@ -504,6 +508,11 @@ impl Supervisor {
                     };
                     if gone(&entry) {
                         return;
+                    }
+                    if entry.is_following() {
+                        // Stopped because another gateway holds the graph now: follow it.
+                        slot = None;
+                        continue;
                     }
                     tracing::warn!(graph = %entry.id, exit = %how, "worker exited; restarting with backoff");
                     self.metrics.worker_restarts.with_label_values(&[entry.id.as_str()]).inc();
@@ -516,6 +525,10 @@ impl Supervisor {
                     backoff = Backoff::after_exit(backoff, started.elapsed());
                 }
                 Err(e) => {
+                    if let Some(shared) = self.shared() {
+                        // Never leave other gateways following a worker that is not there.
+                        shared.release_worker(entry.id.as_str()).await;
+                    }
                     tracing::error!(graph = %entry.id, error = %e, retry_in = ?backoff, "worker failed to start");
                     entry.set_state_for(generation, |s| {
                         s.status = Status::Failed;
@@ -541,17 +554,26 @@ impl Supervisor {
     async fn claim(&self, entry: &GraphEntry) -> Result<Option<String>, StartFailure> {
         let Some(shared) = self.shared() else { return Ok(Some(random_key())) };
         let address = entry.socket.display().to_string();
-        match shared.claim_worker(entry.id.as_str(), &address).await {
-            Ok(crate::etcd_catalog::Claim::Ours(key)) => Ok(Some(key)),
-            Ok(crate::etcd_catalog::Claim::Theirs(reg)) => {
-                tracing::info!(graph = %entry.id, gateway = %reg.gateway, "another gateway runs this graph's worker; proxying to it");
-                if let Some(pid) = entry.follow(&reg.address, &reg.key) {
-                    let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+        for _ in 0..3 {
+            match shared.claim_worker(entry.id.as_str(), &address).await {
+                Ok(crate::etcd_catalog::Claim::Ours(key)) => return Ok(Some(key)),
+                Ok(crate::etcd_catalog::Claim::Theirs(reg, revision)) => {
+                    // In revision order with the watch: a registration the
+                    // watch has already seen go is not followed (claim again).
+                    let mut own = None;
+                    let applied = shared.observe(entry.id.as_str(), revision, Some(reg.clone()), |_| own = entry.follow(&reg.address, &reg.key));
+                    if let Some(pid) = own {
+                        let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                    }
+                    if applied {
+                        tracing::info!(graph = %entry.id, gateway = %reg.gateway, "another gateway runs this graph's worker; proxying to it");
+                        return Ok(None);
+                    }
                 }
-                Ok(None)
+                Err(e) => return Err(format!("the shared catalog: {e}").into()),
             }
-            Err(e) => Err(format!("the shared catalog: {e}").into()),
         }
+        Err("the graph's worker registration kept changing; retrying".to_string().into())
     }
 
     /// Starts the worker of a graph `POST /graphs` is creating and waits
@@ -652,16 +674,7 @@ impl Supervisor {
     pub fn stop_all_blocking(&self, entries: &[Arc<GraphEntry>]) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let pids: Vec<i32> = entries.iter().filter_map(|e| e.state.load().pid).collect();
-        // Signal all first, so they drain in parallel, then wait for each.
-        for pid in &pids {
-            // SAFETY: plain syscall on a process group we created.
-            unsafe {
-                libc::killpg(*pid, libc::SIGTERM);
-            }
-        }
-        for pid in pids {
-            stop_group_blocking(pid);
-        }
+        stop_groups_blocking(&pids);
     }
 
     pub fn begin_shutdown(&self) {
@@ -685,6 +698,20 @@ impl Backoff {
         } else {
             current
         }
+    }
+}
+
+/// Stops several workers' process groups: all are signalled first, so they
+/// drain in parallel, then each is waited for (SIGKILL past the timeout).
+pub fn stop_groups_blocking(pids: &[i32]) {
+    for pid in pids {
+        // SAFETY: plain syscall on a process group we created.
+        unsafe {
+            libc::killpg(*pid, libc::SIGTERM);
+        }
+    }
+    for pid in pids {
+        stop_group_blocking(*pid);
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 const ROOT: (&str, &str) = ("authorization", "Bearer tok-root");
 const TEAM: (&str, &str) = ("authorization", "Bearer tok-team");
-const LEASE_TTL_S: u64 = 2;
+const LEASE_TTL_S: u64 = 3;
 
 /// One config folder, two gateway configs (their own runtime folders) on one
 /// etcd prefix: the same data root and policy folder, as two gateways on one host.
@@ -240,4 +240,26 @@ fn a_shared_catalog_refuses_graphs_in_the_file_and_waits_for_etcd() {
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.body["code"], "worker_unavailable");
     drop(proc);
+}
+
+#[test]
+fn a_gateway_cut_off_from_etcd_stops_its_workers_and_claims_them_again_after() {
+    let etcd = EtcdServer::start();
+    let p = pair(&etcd, "");
+    let a = p.env.start();
+    assert_eq!(post_with(&a.url("/graphs"), &create_body("alpha"), &[ROOT]).status, 201);
+    assert_eq!(upsert(&a, "alpha", "ann").status, 200);
+    assert!(a.worker_pid("alpha").is_some());
+    // etcd stops answering (a silent partition): past three quarters of the
+    // lease the gateway can no longer be sure it is alpha's only writer, so
+    // it stops the worker before etcd could give the graph to anyone else.
+    etcd.proc.signal(libc::SIGSTOP);
+    let stopped = eventually(Duration::from_secs(LEASE_TTL_S * 4 + 10), || a.worker_pid("alpha").is_none());
+    etcd.proc.signal(libc::SIGCONT);
+    assert!(stopped, "the worker of a gateway that lost its lease is stopped");
+    // etcd is back: a new lease, and the next request claims and starts the worker again.
+    let r = read_eventually(&a, "alpha", "ann", Duration::from_secs(LEASE_TTL_S * 5 + 20));
+    assert_eq!((r.status, rows(&r)), (200, 1), "{:?}", r.body);
+    assert!(a.worker_pid("alpha").is_some());
+    assert_eq!(etcd.keys("/og-test/workers/").len(), 1);
 }
