@@ -71,6 +71,7 @@ bench: test-deps
 	$(CARGO) bench -p omnigraph-benches --bench maintenance
 	$(CARGO) bench -p omnigraph-benches --bench lazy_graphs
 	$(CARGO) bench -p omnigraph-benches --bench object_store
+	$(CARGO) bench -p omnigraph-benches --bench shared_catalog
 	$(CARGO) bench -p omnigraph-benches --bench soak
 
 clean-data:

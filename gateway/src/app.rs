@@ -187,7 +187,8 @@ impl AppState {
         )
         .with_idle_stop(std::time::Duration::from_secs(config.config.server.idle_stop_s))
         .with_env(object_store.worker_env())
-        .with_lazy_bound(limits.max_lazy_workers));
+        .with_lazy_bound(limits.max_lazy_workers)
+        .with_worker_host(config.config.catalog.as_ref().and_then(|c| c.etcd.worker_host)));
         let config_store = Arc::new(ConfigStore::new(&config.path, &config.bytes));
         let state = AppState {
             config_store: config_store.clone(),

@@ -150,7 +150,7 @@ async fn worker(state: &Arc<AppState>, catalog: &Arc<EtcdCatalog>, id: &str, rev
             // stop clears the pid first): its lease expired, so the worker
             // may no longer be the graph's only one.
             let ws = entry.state.load();
-            if ws.address.is_none() && !entry.is_removed() {
+            if !ws.remote && !entry.is_removed() {
                 stop = ws.pid;
             }
             entry.unfollow();

@@ -54,6 +54,11 @@ pub struct EtcdSection {
     /// workers a dead gateway ran stay unreachable before another takes them over.
     #[serde(default = "default_lease_ttl_s")]
     pub lease_ttl_s: u64,
+    /// The IP address this gateway's workers listen on, over TCP, for
+    /// gateways on other hosts to reach them (this host's private address).
+    /// Absent: Unix sockets, for gateways sharing one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_host: Option<std::net::IpAddr>,
 }
 
 fn default_etcd_prefix() -> String {
@@ -83,6 +88,9 @@ impl EtcdSection {
         }
         if !(2..=300).contains(&self.lease_ttl_s) {
             return Err("catalog.etcd.lease_ttl_s must be between 2 and 300".into());
+        }
+        if self.worker_host.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
+            return Err("catalog.etcd.worker_host must be one address of this host that the other gateways can reach, not 0.0.0.0".into());
         }
         Ok(())
     }
@@ -688,7 +696,7 @@ mod tests {
 
     #[test]
     fn an_etcd_catalog_section_is_checked() {
-        let ok = EtcdSection { endpoints: vec!["http://127.0.0.1:2379".into()], prefix: "/omnigraph/".into(), lease_ttl_s: 10 };
+        let ok = EtcdSection { endpoints: vec!["http://127.0.0.1:2379".into()], prefix: "/omnigraph/".into(), lease_ttl_s: 10, worker_host: None };
         assert_eq!(ok.check(), Ok(()));
         let with = |f: &dyn Fn(&mut EtcdSection)| {
             let mut s = ok.clone();
@@ -706,6 +714,8 @@ mod tests {
         }
         assert!(with(&|s| s.lease_ttl_s = 1).is_err());
         assert!(with(&|s| s.lease_ttl_s = 301).is_err());
+        assert!(with(&|s| s.worker_host = Some("0.0.0.0".parse().unwrap())).is_err());
+        assert_eq!(with(&|s| s.worker_host = Some("10.0.0.5".parse().unwrap())), Ok(()));
         let cfg: Config = serde_yaml_ng::from_str("server: { bind: 127.0.0.1:1, policy: { file: p.cedar } }\ncatalog: { etcd: { endpoints: [\"http://127.0.0.1:2379\"] } }\n").unwrap();
         let etcd = cfg.catalog.unwrap().etcd;
         assert_eq!((etcd.prefix.as_str(), etcd.lease_ttl_s), ("/omnigraph/", 10), "the defaults");

@@ -220,7 +220,7 @@ impl EtcdCatalog {
     /// gateway's worker is registered or the graph is no longer in the
     /// catalog (`NotFound`: a delete this gateway has not seen yet). A
     /// registration of this gateway's own (a worker that crashed and
-    /// restarts) is replaced, with a new key.
+    /// restarts) is kept, with its key.
     pub async fn claim_worker(&self, id: &str, address: &str) -> Result<Claim, CatalogError> {
         let key = self.worker_key(id);
         let graph = self.graph_key(id);
@@ -231,7 +231,7 @@ impl EtcdCatalog {
         let mut client = self.client.clone();
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0), Compare::version(graph.as_str(), CompareOp::Greater, 0)])
-            .and_then([TxnOp::put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease)))])
+            .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))])
             .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(graph.as_str(), Some(GetOptions::new().with_count_only()))]);
         let resp = client.txn(txn).await.map_err(unavailable)?;
         if resp.succeeded() {
@@ -248,17 +248,30 @@ impl EtcdCatalog {
         let Some(kv) = registered.and_then(|g| g.kvs().first().cloned()) else {
             return Err(CatalogError::Unavailable("the worker registration vanished while being read; retry".into()));
         };
+        let registered: Registration = serde_json::from_slice(kv.value()).map_err(|e| CatalogError::Unavailable(format!("a worker registration does not parse: {e}")))?;
         if kv.lease() == lease {
-            let txn = Txn::new()
-                .when([Compare::lease(key.as_str(), CompareOp::Equal, lease), Compare::version(graph.as_str(), CompareOp::Greater, 0)])
-                .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
-            if client.txn(txn).await.map_err(unavailable)?.succeeded() {
-                return Ok(Claim::Ours(mine.key));
-            }
-            return Err(CatalogError::Unavailable("the worker registration changed while being renewed; retry".into()));
+            // Ours (a worker that crashed and restarts): the same key, so the
+            // other gateways' requests are accepted by the new worker at once.
+            return Ok(Claim::Ours(registered.key));
         }
-        let theirs: Registration = serde_json::from_slice(kv.value()).map_err(|e| CatalogError::Unavailable(format!("a worker registration does not parse: {e}")))?;
-        Ok(Claim::Theirs(theirs, kv.mod_revision()))
+        Ok(Claim::Theirs(registered, kv.mod_revision()))
+    }
+
+    /// Completes this gateway's registration of graph `id`'s worker with the
+    /// address it listens on (a TCP worker's port is known only once it runs).
+    pub async fn set_address(&self, id: &str, address: &str, key: &str) -> Result<(), CatalogError> {
+        let wkey = self.worker_key(id);
+        let lease = self.lease();
+        let reg = Registration { gateway: self.gateway.clone(), address: address.to_string(), key: key.to_string() };
+        let value = serde_json::to_vec(&reg).map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::lease(wkey.as_str(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(wkey.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
+        if self.client.clone().txn(txn).await.map_err(unavailable)?.succeeded() {
+            Ok(())
+        } else {
+            Err(CatalogError::Unavailable("this gateway no longer holds the worker's registration (its lease expired)".into()))
+        }
     }
 
     /// Removes this gateway's registration of graph `id`'s worker, if it holds it.

@@ -480,8 +480,9 @@ async fn create_reserved(
         .await?;
         // A shared catalog registers the new worker with the graph, in one transaction.
         let registration = state.supervisor.shared().and_then(|shared| {
-            let key = entry.state.load().key.clone()?;
-            Some(Registration { gateway: shared.gateway().to_string(), address: entry.socket.display().to_string(), key: key.to_string() })
+            let ws = entry.state.load();
+            let address = ws.address.as_deref().map(str::to_string).unwrap_or_else(|| entry.socket.display().to_string());
+            Some(Registration { gateway: shared.gateway().to_string(), address, key: ws.key.as_deref()?.to_string() })
         });
         let record = CatalogEntry { section: section.clone(), canonical_uri: canonical.clone(), policy_source: policy_source.clone() };
         catalog.publish(&id, &record, registration.as_ref()).await?;

@@ -91,6 +91,31 @@ impl Answer {
 }
 
 impl Gateway {
+    /// Chooses the worker again for a request whose remote worker could not
+    /// be reached: waits (at most `server.start_wait_ms`) until the graph's
+    /// registration changed (the watch saw it move or go), then selects as
+    /// the first time, starting a worker here if the graph is now idle.
+    async fn choose_again(&self, ctx: &mut Ctx) -> Result<()> {
+        let unreachable = || Error::explain(pingora::ErrorType::ConnectRefused, "the graph's worker is not answering");
+        let Some(old) = ctx.upstream.take() else { return Err(unreachable()) };
+        let Some(Route::Proxy(p)) = ctx.route.as_ref() else { return Err(unreachable()) };
+        let entry = self.state.registry.get(&old.graph);
+        let wait = std::time::Duration::from_millis(self.state.config.config.server.start_wait_ms);
+        let (address, key) = (old.socket.clone(), old.key.clone());
+        drop(old);
+        if let Some(e) = &entry {
+            if !e.moved_from(&address, &key, wait).await {
+                return Err(unreachable());
+            }
+        }
+        let mut up = upstream::select_waking(p, entry.as_ref(), None, &self.state.config.config.limits, wait).await.map_err(|_| unreachable())?;
+        // Once: a request is never bounced between gateways.
+        up.moved = true;
+        up.remote = false;
+        ctx.upstream = Some(up);
+        Ok(())
+    }
+
     /// Route: parse, validate and re-encode the request line.
     fn route(&self, session: &Session) -> std::result::Result<Route, Answer> {
         let req = session.req_header();
@@ -318,8 +343,22 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.upstream.as_ref().is_some_and(|u| u.moved) {
+            self.choose_again(ctx).await?;
+        }
         let up = ctx.upstream.as_mut().ok_or_else(|| Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
         upstream::peer(up)
+    }
+
+    /// Another gateway's worker could not be reached (nothing was sent):
+    /// it may have just stopped as idle, crashed, or died with its gateway.
+    /// Tried again once, after the graph's registration changed.
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(up) = ctx.upstream.as_mut().filter(|u| u.remote && !u.moved) {
+            up.moved = true;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {

@@ -54,9 +54,12 @@ pub struct WorkerState {
     pub pid: Option<i32>,
     pub error: Option<String>,
     pub restarts: u64,
-    /// Set when the worker is another gateway's (a shared catalog): its
-    /// address, which requests go to instead of this graph's own socket.
+    /// Where requests go instead of the graph's own socket: another
+    /// gateway's worker (a shared catalog), or this gateway's own worker on
+    /// TCP (`catalog.etcd.worker_host`): `http://host:port` or a socket path.
     pub address: Option<Arc<str>>,
+    /// The worker is another gateway's: this gateway proxies to it.
+    pub remote: bool,
 }
 
 pub struct GraphEntry {
@@ -168,7 +171,7 @@ impl GraphEntry {
             schema_file,
             socket,
             policies: ArcSwap::from(policies),
-            state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0, address: None }),
+            state: ArcSwap::from_pointee(WorkerState { status: Status::Starting, key: None, pid: None, error: None, restarts: 0, address: None, remote: false }),
             removed: std::sync::atomic::AtomicBool::new(false),
             adoption: std::sync::Mutex::new(()),
             lazy: false,
@@ -197,7 +200,7 @@ impl GraphEntry {
 
     /// Whether requests go to another gateway's worker (see [`GraphEntry::follow`]).
     pub fn is_following(&self) -> bool {
-        self.state.load().address.is_some()
+        self.state.load().remote
     }
 
     /// Sends this graph's requests to another gateway's registered worker
@@ -210,21 +213,44 @@ impl GraphEntry {
             return None;
         }
         let own = self.state.load().pid;
+        // An empty address: the other gateway claimed the graph and is
+        // starting its worker (a TCP port is known only once it listens).
+        let up = !address.is_empty();
         self.set_state(|s| {
-            s.status = Status::Up;
-            s.key = Some(Arc::from(key));
-            s.address = Some(Arc::from(address));
+            s.status = if up { Status::Up } else { Status::Starting };
+            s.key = up.then(|| Arc::from(key));
+            s.address = up.then(|| Arc::from(address));
+            s.remote = true;
             s.pid = None;
             s.error = None;
         });
         own
     }
 
+    /// Waits (at most `wait`) until requests would no longer go to the
+    /// remote worker at `address` with `key`: its registration moved, went,
+    /// or names a restarted worker (a new key at the same socket).
+    pub async fn moved_from(&self, address: &str, key: &str, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_START_WAIT);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let ws = self.state.load();
+            if !ws.remote || ws.address.as_deref() != Some(address) || ws.key.as_deref() != Some(key) || self.is_removed() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Another gateway's worker is no longer registered: the graph is idle,
     /// and its next request starts (and registers) a worker here.
     pub fn unfollow(&self) {
         let _g = self.adoption.lock().unwrap_or_else(|p| p.into_inner());
-        if self.is_removed() || self.state.load().address.is_none() {
+        if self.is_removed() || !self.state.load().remote {
             return;
         }
         self.wanted.store(false, Ordering::SeqCst);
@@ -232,6 +258,7 @@ impl GraphEntry {
             s.status = Status::Idle;
             s.key = None;
             s.address = None;
+            s.remote = false;
         });
     }
 
@@ -395,7 +422,7 @@ impl GraphEntry {
             s.status = Status::Up;
             s.pid = Some(pid);
             s.error = None;
-            s.address = None;
+            s.remote = false;
         });
         true
     }

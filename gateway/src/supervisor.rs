@@ -58,6 +58,8 @@ pub struct Supervisor {
     lazy_room: Option<LazyRoom>,
     /// The shared catalog (`catalog.etcd`): set once it is connected.
     shared: std::sync::OnceLock<Arc<crate::etcd_catalog::EtcdCatalog>>,
+    /// Workers listen on TCP at this address instead of a Unix socket.
+    worker_host: Option<std::net::IpAddr>,
 }
 
 /// The bound on lazy graphs' running workers: one permit per running
@@ -150,6 +152,8 @@ impl From<&str> for StartFailure {
 /// A started worker: its pid (also its process group) and its exit.
 pub struct Running {
     pub pid: i32,
+    /// Where it listens when on TCP (`http://host:port`, as it announced).
+    pub address: Option<String>,
     exited: oneshot::Receiver<String>,
 }
 
@@ -296,7 +300,15 @@ impl Supervisor {
             idle_stop: None,
             lazy_room: None,
             shared: std::sync::OnceLock::new(),
+            worker_host: None,
         }
+    }
+
+    /// Starts workers on TCP at `ip` (a port the kernel picks) instead of a
+    /// Unix socket: `catalog.etcd.worker_host`, for gateways on several hosts.
+    pub fn with_worker_host(mut self, ip: Option<std::net::IpAddr>) -> Supervisor {
+        self.worker_host = ip;
+        self
     }
 
     /// Makes every later worker start claim the graph in the shared catalog
@@ -476,6 +488,10 @@ impl Supervisor {
                     }
                 }
             };
+            let result = match result {
+                Ok(running) => self.announce(&entry, running).await,
+                other => other,
+            };
             match result {
                 Ok(running) => {
                     if !entry.adopt_for(generation, running.pid) {
@@ -553,7 +569,9 @@ impl Supervisor {
     /// when another gateway's worker is registered (the entry then follows it).
     async fn claim(&self, entry: &GraphEntry) -> Result<Option<String>, StartFailure> {
         let Some(shared) = self.shared() else { return Ok(Some(random_key())) };
-        let address = entry.socket.display().to_string();
+        // On TCP the port is known once the worker listens: registered empty
+        // now (others wait), with its address once it is up (`announce`).
+        let address = if self.worker_host.is_some() { String::new() } else { entry.socket.display().to_string() };
         for _ in 0..3 {
             match shared.claim_worker(entry.id.as_str(), &address).await {
                 Ok(crate::etcd_catalog::Claim::Ours(key)) => return Ok(Some(key)),
@@ -574,6 +592,21 @@ impl Supervisor {
             }
         }
         Err("the graph's worker registration kept changing; retrying".to_string().into())
+    }
+
+    /// Publishes a TCP worker's address in its registration (a shared
+    /// catalog); a worker whose registration is no longer ours is stopped.
+    async fn announce(&self, entry: &GraphEntry, running: Running) -> Result<Running, StartFailure> {
+        let (Some(shared), Some(address)) = (self.shared(), running.address.as_deref()) else { return Ok(running) };
+        let key = entry.state.load().key.clone().map(|k| k.to_string()).unwrap_or_default();
+        match shared.set_address(entry.id.as_str(), address, &key).await {
+            Ok(()) => Ok(running),
+            Err(e) => {
+                let pid = running.pid;
+                let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                Err(format!("could not register the worker's address: {e}").into())
+            }
+        }
     }
 
     /// Starts the worker of a graph `POST /graphs` is creating and waits
@@ -611,7 +644,13 @@ impl Supervisor {
             None
         };
         let mut cmd = Command::new(&self.worker_bin);
-        cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri, "--socket"]).arg(&entry.socket).args(&self.worker_args);
+        cmd.args(["serve", "--graph-id", entry.id.as_str(), "--uri", &entry.resolved_uri]);
+        match self.worker_host {
+            // Reachable by the other gateways of a shared catalog (port chosen by the kernel).
+            Some(ip) => cmd.arg("--listen").arg(std::net::SocketAddr::new(ip, 0).to_string()),
+            None => cmd.arg("--socket").arg(&entry.socket),
+        };
+        cmd.args(&self.worker_args);
         if let Some(s) = &init_schema {
             cmd.arg(if on_object_store && !new_graph { "--init-if-empty" } else { "--init" }).arg("--schema").arg(s);
         }
@@ -637,7 +676,7 @@ impl Supervisor {
             });
         }
         let (spawned_tx, spawned_rx) = oneshot::channel::<i32>();
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<i32, StartFailure>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(i32, String), StartFailure>>();
         let (exit_tx, exit_rx) = oneshot::channel::<String>();
         let graph = entry.id.to_string();
         std::thread::Builder::new()
@@ -657,7 +696,7 @@ impl Supervisor {
             return Err("the graph was removed while its worker started; the worker was stopped".into());
         }
         let pid = match tokio::time::timeout(self.ready_timeout, ready_rx).await {
-            Ok(Ok(Ok(pid))) => pid,
+            Ok(Ok(Ok(ready))) => ready,
             Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(_)) => return Err("the worker thread ended before the worker was ready".into()),
             Err(_) => {
@@ -666,8 +705,14 @@ impl Supervisor {
                 return Err(format!("the worker was not ready within {:?}; it was stopped", self.ready_timeout).into());
             }
         };
-        entry.set_state_for(generation, |s| s.key = Some(Arc::from(key.as_str())));
-        Ok(Running { pid, exited: exit_rx })
+        let (pid, announced) = pid;
+        let address = announced.starts_with("http://").then_some(announced);
+        entry.set_state_for(generation, |s| {
+            s.key = Some(Arc::from(key.as_str()));
+            s.address = address.as_deref().map(Arc::from);
+            s.remote = false;
+        });
+        Ok(Running { pid, address, exited: exit_rx })
     }
 
     /// Stops every worker (gateway shutdown), after requests have drained.
@@ -739,7 +784,7 @@ fn alive(pid: i32) -> bool {
 
 /// Runs on the worker's own thread: spawn, forward output into our log,
 /// report readiness (the worker's "listening on" line) and exit.
-fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, ready: oneshot::Sender<Result<i32, StartFailure>>, exited: oneshot::Sender<String>) {
+fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, ready: oneshot::Sender<Result<(i32, String), StartFailure>>, exited: oneshot::Sender<String>) {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -767,9 +812,9 @@ fn run_child(mut cmd: Command, graph: String, spawned: oneshot::Sender<i32>, rea
     let mut ready = Some(ready);
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains("listening on") {
+            if let Some((_, announced)) = line.split_once("listening on ") {
                 if let Some(r) = ready.take() {
-                    let _ = r.send(Ok(pid));
+                    let _ = r.send(Ok((pid, announced.trim().to_string())));
                 }
             }
             tracing::info!(target: "omnigraph::worker", graph = %graph, "{line}");

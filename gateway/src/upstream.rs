@@ -35,6 +35,12 @@ pub struct Upstream {
     /// Counts the request in its graph's in-flight requests while it lives
     /// (what keeps an idle stop from cutting it off).
     pub in_use: Option<InUse>,
+    /// Another gateway's worker (a shared catalog): one that cannot be
+    /// reached may have just stopped or moved, so the request waits for the
+    /// registration to change and is sent again, once (`moved`).
+    pub remote: bool,
+    /// Set when connecting to a remote worker failed: choose again.
+    pub moved: bool,
 }
 
 /// Why a request cannot be proxied, as the answer to give.
@@ -87,7 +93,7 @@ pub fn select(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, content_lengt
         Some(a) => a.to_string(),
         None => e.socket.display().to_string(),
     };
-    Ok(Upstream { graph: e.id.clone(), socket, path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use) })
+    Ok(Upstream { graph: e.id.clone(), socket, path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use), remote: ws.remote, moved: false })
 }
 
 /// [`select`], but a lazy graph that is idle (or starting) is started and
@@ -112,9 +118,14 @@ pub async fn select_waking(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, 
     }
 }
 
-/// The worker's Unix socket as a Pingora peer.
+/// The worker as a Pingora peer: its Unix socket, or, for a worker a
+/// shared catalog registered at `http://host:port` (gateways on several
+/// hosts), that TCP address.
 pub fn peer(up: &mut Upstream) -> pingora::Result<Box<HttpPeer>> {
-    let mut peer = HttpPeer::new_uds(&up.socket, false, String::new())?;
+    let mut peer = match up.socket.strip_prefix("http://") {
+        Some(host_port) => HttpPeer::new(host_port, false, String::new()),
+        None => HttpPeer::new_uds(&up.socket, false, String::new())?,
+    };
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.read_timeout = Some(READ_TIMEOUT);
     up.sent = Some(Instant::now());
@@ -148,7 +159,7 @@ mod tests {
     use omnigraph_contract::AuthSource;
 
     fn upstream() -> Upstream {
-        Upstream { graph: GraphId::parse("g").unwrap(), socket: "/s".into(), path: "/read?branch=dev".into(), key: Arc::from("k3y"), sent: None, in_use: None }
+        Upstream { graph: GraphId::parse("g").unwrap(), socket: "/s".into(), path: "/read?branch=dev".into(), key: Arc::from("k3y"), sent: None, in_use: None, remote: false, moved: false }
     }
 
     fn actor(id: &str) -> ResolvedActor {

@@ -59,6 +59,16 @@ impl EtcdServer {
         format!("catalog:\n  etcd:\n    endpoints: [\"{}\"]\n    prefix: {prefix}\n    lease_ttl_s: {lease_ttl_s}\n", self.endpoint)
     }
 
+    /// The value of `key`, through etcd's v3 JSON gateway.
+    pub fn value(&self, key: &str) -> Option<String> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({"key": b64.encode(key.as_bytes())});
+        let r = try_call("POST", &format!("{}/v3/kv/range", self.endpoint), Some(body.to_string().as_bytes()), &[]).expect("etcd range");
+        let v = r.body["kvs"].as_array()?.first()?["value"].as_str()?.to_string();
+        Some(String::from_utf8_lossy(&b64.decode(v).unwrap_or_default()).into_owned())
+    }
+
     /// The keys under `prefix`, through etcd's v3 JSON gateway (base64 keys).
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         use base64::Engine;

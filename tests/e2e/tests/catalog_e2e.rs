@@ -150,8 +150,10 @@ fn racing_creates_across_two_gateways_give_one_graph_per_id_and_a_killed_gateway
     drop(a);
     let a2 = p.env.start();
     assert_eq!(listed(&a2), all);
-    assert_eq!(rows(&read_key(&a2, &from_a[0], "kim", ROOT)), 1, "proxied to the worker the other gateway registered");
-    assert!(a2.worker_pid(&from_a[0]).is_none(), "one worker per graph: the restarted gateway did not start a second");
+    assert_eq!(rows(&read_key(&a2, &from_a[0], "kim", ROOT)), 1, "served by the restarted gateway too");
+    // Through B's worker, or (if it stopped as idle meanwhile) a new one under A: never both.
+    let running = [a2.worker_pid(&from_a[0]), b.worker_pid(&from_a[0])];
+    assert_eq!(running.iter().flatten().count(), 1, "one worker per graph: {running:?}");
 }
 
 #[test]
@@ -167,6 +169,13 @@ fn one_worker_per_graph_serves_both_gateways_and_moves_when_idle() {
     assert!(a.worker_pid("alpha").is_some(), "the creating gateway runs the worker");
     assert!(b.worker_pid("alpha").is_none(), "the other gateway proxies to it instead of starting a second");
     assert_eq!(etcd.keys("/og-test/workers/").len(), 1);
+    // A's worker crashes and A restarts it, under the same registration and
+    // key: B's requests reach the new worker without waiting for the watch.
+    let pid = a.worker_pid("alpha").expect("worker");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(20), || a.worker_pid("alpha").is_some_and(|p| p != pid)));
+    let r = read_eventually(&b, "alpha", "ann", Duration::from_secs(5));
+    assert_eq!((r.status, rows(&r)), (200, 1), "{:?}", r.body);
 
     // Idle for idle_stop_s: the worker stops and its registration goes;
     // the next request, through B, starts it under B.
@@ -262,4 +271,35 @@ fn a_gateway_cut_off_from_etcd_stops_its_workers_and_claims_them_again_after() {
     assert_eq!((r.status, rows(&r)), (200, 1), "{:?}", r.body);
     assert!(a.worker_pid("alpha").is_some());
     assert_eq!(etcd.keys("/og-test/workers/").len(), 1);
+}
+
+#[test]
+fn workers_on_tcp_serve_gateways_that_share_no_socket_folder() {
+    let etcd = EtcdServer::start();
+    // catalog.etcd.worker_host: workers listen on TCP, as for gateways on several hosts.
+    let catalog = format!("{}    worker_host: 127.0.0.1\n", etcd.catalog_yaml("/og-test/", LEASE_TTL_S));
+    let env = ConfigDir::with("", &catalog, &[ROOT_TOKEN], "  {}\n");
+    let b_cfg = write_file(env.path(), "omnigraph-b.yaml", &env.yaml().replace("runtime_dir: run\n", "runtime_dir: run-b\n"));
+    let a = env.start();
+    let b = Gateway::start(&b_cfg);
+    assert_eq!(post_with(&a.url("/graphs"), &create_body("alpha"), &[ROOT]).status, 201);
+    let reg: Value = serde_json::from_str(&etcd.value("/og-test/workers/alpha").expect("registered")).expect("json");
+    let address = reg["address"].as_str().expect("address").to_string();
+    assert!(address.starts_with("http://127.0.0.1:"), "a TCP address is registered: {address}");
+    // Through the other gateway: proxied over TCP to A's worker, with its key.
+    assert!(eventually(Duration::from_secs(10), || listed(&b).contains("alpha")));
+    assert_eq!(upsert(&b, "alpha", "ann").status, 200);
+    assert_eq!(rows(&read_key(&a, "alpha", "ann", ROOT)), 1);
+    assert!(b.worker_pid("alpha").is_none());
+    // The port is guarded by the worker key: a caller without it gets 401.
+    let direct = post(&format!("{address}/read"), &json!({"match": {"type": "Person", "key": "ann"}}));
+    assert_eq!(direct.status, 401, "{:?}", direct.body);
+    // A worker restarted after a crash registers its new port (and key); B follows it.
+    let pid = a.worker_pid("alpha").expect("worker");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(20), || etcd.value("/og-test/workers/alpha").is_some_and(|v| !v.contains(&address) && v.contains("http://127.0.0.1:"))));
+    // B follows the move: its next request reaches the worker at the new port
+    // (one refused at the old port would wait for the new registration and be sent again).
+    let r = read_eventually(&b, "alpha", "ann", Duration::from_secs(5));
+    assert_eq!((r.status, rows(&r)), (200, 1), "{:?}", r.body);
 }
