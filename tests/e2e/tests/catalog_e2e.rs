@@ -135,11 +135,20 @@ fn racing_creates_across_two_gateways_give_one_graph_per_id_and_a_killed_gateway
     }
 
     // kill -9 of gateway A: its workers die with it, and no graph is lost.
+    let owned_by_a: Vec<String> = from_a.iter().filter(|id| a.worker_pid(id).is_some()).cloned().collect();
+    assert!(!owned_by_a.is_empty(), "A runs workers of the graphs just written");
     let a_pid = a.proc.pid();
     a.proc.signal(libc::SIGKILL);
     assert!(eventually(Duration::from_secs(10), || children_of(a_pid).is_empty() && try_call("GET", &a.url("/healthz"), None, &[]).is_err()));
     assert_eq!(listed(&b), all, "the surviving gateway still lists every graph");
-    // After A's lease expires, B starts (and registers) the workers of A's graphs on their next requests.
+    // A request through B to a graph whose worker died with A waits for A's
+    // lease to expire, and B then starts (and registers) the worker: the
+    // very first request is answered, not refused.
+    let t = Instant::now();
+    let r = read_key(&b, &owned_by_a[0], "kim", ROOT);
+    assert_eq!((r.status, rows(&r)), (200, 1), "{:?}", r.body);
+    println!("first request to {} after the kill answered in {:?} (lease_ttl_s {LEASE_TTL_S})", owned_by_a[0], t.elapsed());
+    assert!(b.worker_pid(&owned_by_a[0]).is_some());
     for id in &from_a {
         let r = read_eventually(&b, id, "kim", Duration::from_secs(LEASE_TTL_S * 5 + 20));
         assert_eq!(r.status, 200, "{id} is served by the surviving gateway: {:?}", r.body);
