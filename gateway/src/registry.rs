@@ -608,6 +608,40 @@ mod tests {
         Arc::new(e.lazy())
     }
 
+    #[tokio::test]
+    async fn following_another_gateways_worker() {
+        let e = entry("g");
+        // Registered but still starting (a TCP port not yet known): requests wait.
+        assert_eq!(e.follow("", "k1"), None);
+        assert_eq!((e.status(), e.is_following(), e.state.load().key.clone()), (Status::Starting, true, None));
+        // Its address: requests go there, with its key.
+        e.follow("http://10.0.0.7:4000", "k1");
+        let ws = e.state.load_full();
+        assert_eq!((ws.status, ws.address.as_deref(), ws.key.as_deref()), (Status::Up, Some("http://10.0.0.7:4000"), Some("k1")));
+        // Not moved while the registration is the same; moved once the key (a restart) or address changes.
+        assert!(!e.moved_from("http://10.0.0.7:4000", "k1", Duration::from_millis(30)).await);
+        let waiting = {
+            let e = e.clone();
+            tokio::spawn(async move { e.moved_from("http://10.0.0.7:4000", "k1", Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        e.follow("http://10.0.0.7:4001", "k1");
+        assert!(waiting.await.unwrap(), "woken by the new registration");
+        // The registration goes: the graph is idle, its next request starts a worker here.
+        e.unfollow();
+        let ws = e.state.load_full();
+        assert_eq!((ws.status, ws.remote, ws.address.clone(), ws.key.clone()), (Status::Idle, false, None, None));
+        // A worker of our own is never "unfollowed" away, and following reports it to be stopped.
+        assert!(e.adopt(42));
+        e.unfollow();
+        assert_eq!(e.status(), Status::Up);
+        assert_eq!(e.follow("/run/b/g.sock", "k2"), Some(42), "our own worker is no longer the graph's one writer");
+        // A removed graph follows nothing.
+        e.mark_removed();
+        e.follow("/x", "k3");
+        assert_eq!(e.status(), Status::Stopping);
+    }
+
     #[test]
     fn after_a_failed_removal_only_the_new_supervision_may_adopt_or_change_state() {
         let e = entry("g");
