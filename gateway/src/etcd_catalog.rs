@@ -252,6 +252,17 @@ impl EtcdCatalog {
         if kv.lease() == lease {
             // Ours (a worker that crashed and restarts): the same key, so the
             // other gateways' requests are accepted by the new worker at once.
+            // A TCP worker's old port is withdrawn until the new one is known.
+            if registered.address != address {
+                let reg = Registration { gateway: self.gateway.clone(), address: address.to_string(), key: registered.key.clone() };
+                let value = serde_json::to_vec(&reg).map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+                let txn = Txn::new()
+                    .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
+                if !client.txn(txn).await.map_err(unavailable)?.succeeded() {
+                    return Err(CatalogError::Unavailable("the worker registration changed while being renewed; retry".into()));
+                }
+            }
             return Ok(Claim::Ours(registered.key));
         }
         Ok(Claim::Theirs(registered, kv.mod_revision()))
@@ -274,12 +285,24 @@ impl EtcdCatalog {
         }
     }
 
-    /// Removes this gateway's registration of graph `id`'s worker, if it holds it.
+    /// Removes this gateway's registration of graph `id`'s worker, if it
+    /// holds it. Retried (other gateways follow it until it goes) until it
+    /// succeeds or the lease it was made under is gone anyway.
     pub async fn release_worker(&self, id: &str) {
         let key = self.worker_key(id);
-        let txn = Txn::new().when([Compare::lease(key.as_str(), CompareOp::Equal, self.lease())]).and_then([TxnOp::delete(key.as_str(), None)]);
-        if let Err(e) = self.client.clone().txn(txn).await {
-            tracing::warn!(graph = %id, error = %e, "could not remove the worker's registration; it goes with the lease");
+        let lease = self.lease();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let txn = Txn::new().when([Compare::lease(key.as_str(), CompareOp::Equal, lease)]).and_then([TxnOp::delete(key.as_str(), None)]);
+            match self.client.clone().txn(txn).await {
+                Ok(_) => return,
+                Err(e) if self.lease() == lease => {
+                    tracing::warn!(graph = %id, error = %e, "could not remove the worker's registration; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(_) => return,
+            }
         }
     }
 

@@ -95,23 +95,30 @@ impl Gateway {
     /// be reached: waits (at most `server.start_wait_ms`) until the graph's
     /// registration changed (the watch saw it move or go), then selects as
     /// the first time, starting a worker here if the graph is now idle.
+    /// The pause grows (100 ms, doubling, at most 1 s) and ends early when
+    /// the registration changes; the tries end at `server.start_wait_ms`.
     async fn choose_again(&self, ctx: &mut Ctx) -> Result<()> {
-        let unreachable = || Error::explain(pingora::ErrorType::ConnectRefused, "the graph's worker is not answering");
-        let Some(old) = ctx.upstream.take() else { return Err(unreachable()) };
-        let Some(Route::Proxy(p)) = ctx.route.as_ref() else { return Err(unreachable()) };
-        let entry = self.state.registry.get(&old.graph);
+        // An upstream error: `fail_to_proxy` answers 503 `worker_unavailable` with `Retry-After`.
+        let unreachable = || Error::explain(pingora::ErrorType::ConnectRefused, "the graph's worker is not answering").into_up();
+        let Some(Route::Proxy(p)) = ctx.route.clone() else { return Err(unreachable()) };
+        let Some(old) = ctx.upstream.as_mut() else { return Err(unreachable()) };
+        old.choose_again = false;
+        // Not counted as a request in flight on this graph while it waits.
+        old.in_use = None;
+        let (graph, address, key, refused, first) = (old.graph.clone(), old.socket.clone(), old.key.clone(), old.refused, old.first_refused);
+        let entry = self.state.registry.get(&graph);
         let wait = std::time::Duration::from_millis(self.state.config.config.server.start_wait_ms);
-        let (address, key) = (old.socket.clone(), old.key.clone());
-        drop(old);
+        let left = first.map_or(wait, |t| wait.saturating_sub(t.elapsed()));
+        let pause = (std::time::Duration::from_millis(100) * 2u32.saturating_pow(refused.saturating_sub(1).min(4))).min(std::time::Duration::from_secs(1)).min(left);
         if let Some(e) = &entry {
-            if !e.moved_from(&address, &key, wait).await {
-                return Err(unreachable());
-            }
+            e.moved_from(&address, &key, pause).await;
         }
-        let mut up = upstream::select_waking(p, entry.as_ref(), None, &self.state.config.config.limits, wait).await.map_err(|_| unreachable())?;
-        // Once: a request is never bounced between gateways.
-        up.moved = true;
-        up.remote = false;
+        let left = first.map_or(wait, |t| wait.saturating_sub(t.elapsed()));
+        let mut up = upstream::select_waking(&p, entry.as_ref(), None, &self.state.config.config.limits, left).await.map_err(|r| {
+            tracing::info!(graph = %graph, refused, reason = %r.message, "the graph's worker is still not reachable");
+            unreachable()
+        })?;
+        (up.refused, up.first_refused) = (refused, first);
         ctx.upstream = Some(up);
         Ok(())
     }
@@ -343,7 +350,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if ctx.upstream.as_ref().is_some_and(|u| u.moved) {
+        if ctx.upstream.as_ref().is_some_and(|u| u.choose_again) {
             self.choose_again(ctx).await?;
         }
         let up = ctx.upstream.as_mut().ok_or_else(|| Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
@@ -351,12 +358,19 @@ impl ProxyHttp for Gateway {
     }
 
     /// Another gateway's worker could not be reached (nothing was sent):
-    /// it may have just stopped as idle, crashed, or died with its gateway.
-    /// Tried again once, after the graph's registration changed.
+    /// it may have just stopped as idle, be restarting after a crash, or
+    /// have died with its gateway (its lease then expires and a worker is
+    /// started here). Tried again, choosing the worker anew each time, until
+    /// `server.start_wait_ms` after the first refusal.
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-        if let Some(up) = ctx.upstream.as_mut().filter(|u| u.remote && !u.moved) {
-            up.moved = true;
-            e.set_retry(true);
+        let wait = std::time::Duration::from_millis(self.state.config.config.server.start_wait_ms);
+        if let Some(up) = ctx.upstream.as_mut().filter(|u| u.remote) {
+            let first = *up.first_refused.get_or_insert_with(Instant::now);
+            up.refused += 1;
+            if first.elapsed() < wait {
+                up.choose_again = true;
+                e.set_retry(true);
+            }
         }
         e
     }

@@ -228,8 +228,8 @@ impl GraphEntry {
     }
 
     /// Waits (at most `wait`) until requests would no longer go to the
-    /// remote worker at `address` with `key`: its registration moved, went,
-    /// or names a restarted worker (a new key at the same socket).
+    /// remote worker at `address` with `key`: its registration moved or went;
+    /// `false` when it did not within `wait`.
     pub async fn moved_from(&self, address: &str, key: &str, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_START_WAIT);
         loop {

@@ -196,6 +196,9 @@ pub fn run(config: Loaded, insecure_no_auth: bool) -> Result<(), StartupError> {
         pid_file: state.runtime_dir.join("gateway.pid").display().to_string(),
         upgrade_sock: state.runtime_dir.join("upgrade.sock").display().to_string(),
         threads: state.config.config.server.threads.max(1),
+        // A request to another gateway's worker that refuses the connection
+        // is tried again until `server.start_wait_ms` (proxy.rs); this only caps the count.
+        max_retries: 64,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

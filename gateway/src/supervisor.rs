@@ -152,6 +152,8 @@ impl From<&str> for StartFailure {
 /// A started worker: its pid (also its process group) and its exit.
 pub struct Running {
     pub pid: i32,
+    /// The key it was started with.
+    key: String,
     /// Where it listens when on TCP (`http://host:port`, as it announced).
     pub address: Option<String>,
     exited: oneshot::Receiver<String>,
@@ -477,7 +479,10 @@ impl Supervisor {
                         return;
                     }
                     match self.claim(&entry).await {
-                        Ok(Some(key)) => self.start_keyed(&entry, generation, false, key).await,
+                        Ok(Some(key)) => match self.start_keyed(&entry, generation, false, key).await {
+                            Ok(running) => self.announce(&entry, running).await,
+                            failed => failed,
+                        },
                         Ok(None) => {
                             // Another gateway's worker serves the graph: wait
                             // for demand again once it is no longer registered.
@@ -488,12 +493,15 @@ impl Supervisor {
                     }
                 }
             };
-            let result = match result {
-                Ok(running) => self.announce(&entry, running).await,
-                other => other,
-            };
             match result {
                 Ok(running) => {
+                    if entry.is_following() && !gone(&entry) {
+                        // Our lease was lost while it started: another gateway holds the graph.
+                        let pid = running.pid;
+                        let _ = tokio::task::spawn_blocking(move || stop_group_blocking(pid)).await;
+                        slot = None;
+                        continue;
+                    }
                     if !entry.adopt_for(generation, running.pid) {
                         // Removed while this worker was starting: it must not outlive the graph.
                         tracing::info!(graph = %entry.id, pid = running.pid, "graph removed while its worker started; stopping the worker");
@@ -544,6 +552,11 @@ impl Supervisor {
                     if let Some(shared) = self.shared() {
                         // Never leave other gateways following a worker that is not there.
                         shared.release_worker(entry.id.as_str()).await;
+                    }
+                    if entry.is_following() {
+                        // Another gateway's worker serves the graph meanwhile.
+                        slot = None;
+                        continue;
                     }
                     tracing::error!(graph = %entry.id, error = %e, retry_in = ?backoff, "worker failed to start");
                     entry.set_state_for(generation, |s| {
@@ -598,8 +611,7 @@ impl Supervisor {
     /// catalog); a worker whose registration is no longer ours is stopped.
     async fn announce(&self, entry: &GraphEntry, running: Running) -> Result<Running, StartFailure> {
         let (Some(shared), Some(address)) = (self.shared(), running.address.as_deref()) else { return Ok(running) };
-        let key = entry.state.load().key.clone().map(|k| k.to_string()).unwrap_or_default();
-        match shared.set_address(entry.id.as_str(), address, &key).await {
+        match shared.set_address(entry.id.as_str(), address, &running.key).await {
             Ok(()) => Ok(running),
             Err(e) => {
                 let pid = running.pid;
@@ -712,7 +724,7 @@ impl Supervisor {
             s.address = address.as_deref().map(Arc::from);
             s.remote = false;
         });
-        Ok(Running { pid, address, exited: exit_rx })
+        Ok(Running { pid, key, address, exited: exit_rx })
     }
 
     /// Stops every worker (gateway shutdown), after requests have drained.

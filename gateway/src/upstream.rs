@@ -35,12 +35,15 @@ pub struct Upstream {
     /// Counts the request in its graph's in-flight requests while it lives
     /// (what keeps an idle stop from cutting it off).
     pub in_use: Option<InUse>,
-    /// Another gateway's worker (a shared catalog): one that cannot be
-    /// reached may have just stopped or moved, so the request waits for the
-    /// registration to change and is sent again, once (`moved`).
+    /// Another gateway's worker (a shared catalog): one that refuses the
+    /// connection (nothing was sent) may have just stopped, restarted or
+    /// died with its gateway, so the request is tried again (see `proxy.rs`).
     pub remote: bool,
-    /// Set when connecting to a remote worker failed: choose again.
-    pub moved: bool,
+    /// Connecting to the remote worker failed: choose the worker again before the next try.
+    pub choose_again: bool,
+    /// Failed connections to remote workers so far, and when the first was.
+    pub refused: u32,
+    pub first_refused: Option<Instant>,
 }
 
 /// Why a request cannot be proxied, as the answer to give.
@@ -93,7 +96,7 @@ pub fn select(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, content_lengt
         Some(a) => a.to_string(),
         None => e.socket.display().to_string(),
     };
-    Ok(Upstream { graph: e.id.clone(), socket, path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use), remote: ws.remote, moved: false })
+    Ok(Upstream { graph: e.id.clone(), socket, path: route.worker_path.clone(), key, sent: None, in_use: Some(in_use), remote: ws.remote, choose_again: false, refused: 0, first_refused: None })
 }
 
 /// [`select`], but a lazy graph that is idle (or starting) is started and
@@ -123,7 +126,13 @@ pub async fn select_waking(route: &ProxyRoute, entry: Option<&Arc<GraphEntry>>, 
 /// hosts), that TCP address.
 pub fn peer(up: &mut Upstream) -> pingora::Result<Box<HttpPeer>> {
     let mut peer = match up.socket.strip_prefix("http://") {
-        Some(host_port) => HttpPeer::new(host_port, false, String::new()),
+        Some(host_port) => {
+            // Parsed here: Pingora's own resolution panics on a bad address.
+            let addr: std::net::SocketAddr = host_port
+                .parse()
+                .map_err(|_| pingora::Error::explain(pingora::ErrorType::ConnectError, "the worker's registered address is not host:port").into_up())?;
+            HttpPeer::new(addr, false, String::new())
+        }
         None => HttpPeer::new_uds(&up.socket, false, String::new())?,
     };
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
@@ -159,7 +168,7 @@ mod tests {
     use omnigraph_contract::AuthSource;
 
     fn upstream() -> Upstream {
-        Upstream { graph: GraphId::parse("g").unwrap(), socket: "/s".into(), path: "/read?branch=dev".into(), key: Arc::from("k3y"), sent: None, in_use: None, remote: false, moved: false }
+        Upstream { graph: GraphId::parse("g").unwrap(), socket: "/s".into(), path: "/read?branch=dev".into(), key: Arc::from("k3y"), sent: None, in_use: None, remote: false, choose_again: false, refused: 0, first_refused: None }
     }
 
     fn actor(id: &str) -> ResolvedActor {
