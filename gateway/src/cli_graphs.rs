@@ -129,7 +129,12 @@ pub fn run(cmd: GraphsCommand) -> anyhow::Result<ExitCode> {
         GraphsCommand::Orphans { config } => {
             let loaded = Loaded::load(&config)?;
             let runtime = loaded.resolve(&loaded.config.server.runtime_dir);
-            let found = crate::lifecycle::orphans(&runtime, &loaded.config.graphs);
+            let catalog = match &loaded.config.catalog {
+                // The graphs are in etcd: an orphan is a journaled create it does not have.
+                Some(c) => crate::etcd_catalog::list_blocking(&c.etcd)?,
+                None => loaded.config.graphs.clone(),
+            };
+            let found = crate::lifecycle::orphans(&runtime, &catalog);
             if found.is_empty() {
                 println!("no orphans: every create recorded in {} finished or was undone", crate::lifecycle::pending_dir(&runtime).display());
             }

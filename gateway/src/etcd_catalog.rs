@@ -542,3 +542,15 @@ pub fn revoke_blocking(section: &EtcdSection, lease: i64) {
         }
     });
 }
+
+/// The catalog's graphs, for a command run outside the gateway
+/// (`graphs orphans`): a short-lived client, and its lease revoked at once.
+pub fn list_blocking(section: &EtcdSection) -> Result<std::collections::BTreeMap<String, crate::config::GraphSection>, CatalogError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+    rt.block_on(async {
+        let catalog = EtcdCatalog::connect(section).await?;
+        let listed = catalog.list().await;
+        catalog.revoke().await;
+        Ok(listed?.into_iter().map(|(id, e)| (id, e.section)).collect())
+    })
+}

@@ -238,6 +238,15 @@ fn policies_and_deletes_in_the_catalog_are_the_same_on_every_gateway() {
     assert!(etcd.keys("/og-test/").iter().all(|k| !k.ends_with("/beta")), "nothing about beta is left in etcd: {:?}", etcd.keys("/og-test/"));
     // And the id is free again, on either gateway.
     assert_eq!(post_with(&a.url("/graphs"), &create_body("beta"), &[ROOT]).status, 201);
+    // `graphs orphans` compares the journal with the graphs in etcd, not the file's empty `graphs:`.
+    let out = std::process::Command::new(bin("omnigraph-gateway")).args(["graphs", "orphans", "--config"]).arg(&p.env.cfg).output().expect("run");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no orphans"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::create_dir_all(p.env.path().join("run/pending")).unwrap();
+    write_file(p.env.path(), "run/pending/half.json", r#"{"graph_id":"half","uri":"/nowhere/half","started_at_unix":1}"#);
+    write_file(p.env.path(), "run/pending/beta.json", r#"{"graph_id":"beta","uri":"/x/beta","started_at_unix":1}"#);
+    let out = std::process::Command::new(bin("omnigraph-gateway")).args(["graphs", "orphans", "--config"]).arg(&p.env.cfg).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("half") && !text.contains("beta"), "only the create etcd does not have: {text}");
 }
 
 #[test]
