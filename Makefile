@@ -52,9 +52,11 @@ run-worker: build
 # The end-to-end tests drive the real binaries under target/debug, so build them first.
 # Incremental compilation is off for the test build: CI builds once, and its
 # cache is the bulk of target/ (disk) and a source of stale-state compiler panics.
+# `--tests` runs every unit and integration test; the crates have no doctests,
+# so rustdoc (which loads all of Lance's metadata once more) is not run.
 test: test-deps
 	CARGO_INCREMENTAL=0 $(CARGO) build --workspace --bins
-	set -o pipefail; CARGO_INCREMENTAL=0 $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
+	set -o pipefail; CARGO_INCREMENTAL=0 $(CARGO) test --workspace --no-fail-fast --tests 2>&1 | tee target/test.log
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	     END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 

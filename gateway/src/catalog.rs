@@ -94,6 +94,10 @@ pub trait Catalog: Send + Sync {
     /// id and `canonical_uri` stay reserved until [`Catalog::release`], so a
     /// purge that follows never races a create of the same storage.
     async fn remove(&self, id: &GraphId, canonical_uri: &str, during: Box<dyn FnOnce() + Send>) -> Result<(), CatalogError>;
+    /// Streams the catalog's changes into `events` until the receiver is
+    /// dropped: first a [`CatalogEvent::Snapshot`], then every change any
+    /// gateway makes. The file has one writer, this gateway, so it sends nothing.
+    async fn watch(self: Arc<Self>, events: tokio::sync::mpsc::Sender<CatalogEvent>);
     /// Whether other gateways share this catalog (and its events must be watched).
     fn is_shared(&self) -> bool;
 }
@@ -178,6 +182,8 @@ impl Catalog for YamlCatalog {
         })
         .await
     }
+
+    async fn watch(self: Arc<Self>, _events: tokio::sync::mpsc::Sender<CatalogEvent>) {}
 
     fn is_shared(&self) -> bool {
         false

@@ -371,11 +371,10 @@ impl EtcdCatalog {
         Some(CatalogEvent::Worker { id: id.to_string(), revision, registration })
     }
 
-    /// Streams the catalog into `tx`: first a snapshot, then every change.
-    /// When the watch breaks (etcd restarted, history compacted), a new
-    /// snapshot is sent before the changes after it, so the receiver can
-    /// always converge on etcd's state.
-    pub async fn watch(self: Arc<Self>, tx: mpsc::Sender<CatalogEvent>) {
+    /// [`Catalog::watch`]. When the watch breaks (etcd restarted, history
+    /// compacted), a new snapshot is sent before the changes after it, so
+    /// the receiver always converges on etcd's state.
+    async fn stream(self: Arc<Self>, tx: mpsc::Sender<CatalogEvent>) {
         loop {
             let (snapshot, revision) = match self.snapshot().await {
                 Ok(s) => s,
@@ -524,6 +523,10 @@ impl Catalog for EtcdCatalog {
         let _ = tokio::task::spawn_blocking(during).await;
         self.release_worker(id.as_str()).await;
         Ok(())
+    }
+
+    async fn watch(self: Arc<Self>, events: mpsc::Sender<CatalogEvent>) {
+        self.stream(events).await
     }
 
     fn is_shared(&self) -> bool {

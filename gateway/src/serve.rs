@@ -148,7 +148,7 @@ async fn share_catalog(state: &Arc<AppState>, section: &crate::config::EtcdSecti
     tracing::info!(gateway = %shared.gateway(), prefix = %section.prefix, "connected to the shared catalog");
     state.supervisor.share(shared.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(shared.clone().watch(tx));
+    tokio::spawn(crate::catalog::Catalog::watch(shared.clone(), tx));
     tokio::spawn(crate::catalog_sync::run(state.clone(), shared.clone(), rx));
     let st = state.clone();
     tokio::spawn(shared.keep_alive(Arc::new(move || {
