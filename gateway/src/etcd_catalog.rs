@@ -306,6 +306,23 @@ impl EtcdCatalog {
         }
     }
 
+    /// Records that this gateway used graph `id` through another gateway's
+    /// worker (`P used/<id>`, under this gateway's lease), so that gateway
+    /// does not stop the worker as idle.
+    pub async fn mark_used(&self, id: &str) {
+        let key = format!("{}used/{id}", self.prefix);
+        let _ = self.client.clone().put(key, self.gateway.as_bytes(), Some(PutOptions::new().with_lease(self.lease()))).await;
+    }
+
+    /// The revision of the newest use mark of graph `id` (0: none).
+    pub async fn used_revision(&self, id: &str) -> i64 {
+        let key = format!("{}used/{id}", self.prefix);
+        match self.client.clone().get(key, None).await {
+            Ok(r) => r.kvs().first().map_or(0, |kv| kv.mod_revision()),
+            Err(_) => 0,
+        }
+    }
+
     /// Graph `id`'s catalog entry as etcd holds it now.
     pub async fn entry(&self, id: &str) -> Result<Option<CatalogEntry>, CatalogError> {
         let resp = self.client.clone().get(self.graph_key(id), None).await.map_err(unavailable)?;

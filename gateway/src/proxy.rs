@@ -91,6 +91,18 @@ impl Answer {
 }
 
 impl Gateway {
+    /// Reports a request to another gateway's worker as use of it, at most
+    /// a few times per `server.idle_stop_s`, so that gateway keeps it running.
+    fn mark_use(&self, entry: Option<&Arc<crate::registry::GraphEntry>>) {
+        let (Some(e), Some(shared)) = (entry, self.state.supervisor.shared()) else { return };
+        let idle = self.state.config.config.server.idle_stop_s;
+        if idle == 0 || !e.due_use_mark(std::time::Duration::from_millis(idle * 1000 / 4).max(std::time::Duration::from_millis(250))) {
+            return;
+        }
+        let (shared, id) = (shared.clone(), e.id.clone());
+        tokio::spawn(async move { shared.mark_used(id.as_str()).await });
+    }
+
     /// Chooses the worker again for a request whose remote worker could not
     /// be reached: waits (at most `server.start_wait_ms`) until the graph's
     /// registration changed (the watch saw it move or go), then selects as
@@ -271,6 +283,9 @@ impl Gateway {
                 let wait = std::time::Duration::from_millis(self.state.config.config.server.start_wait_ms);
                 match upstream::select_waking(&p, entry.as_ref(), content_length(session), limits, wait).await {
                     Ok(up) => {
+                        if up.remote {
+                            self.mark_use(entry.as_ref());
+                        }
                         ctx.upstream = Some(up);
                         Ok(false)
                     }

@@ -101,6 +101,9 @@ pub struct GraphEntry {
     in_flight: AtomicUsize,
     /// When the last proxied request ended, ms since [`epoch`].
     last_used_ms: AtomicU64,
+    /// When this gateway last told the shared catalog that it used the graph
+    /// through another gateway's worker (see [`GraphEntry::due_use_mark`]).
+    last_marked_ms: AtomicU64,
     /// Asks this lazy graph's supervisor to stop its worker now if no
     /// request is in flight (`limits.max_lazy_workers` makes room).
     pub evict: tokio::sync::Notify,
@@ -180,6 +183,7 @@ impl GraphEntry {
             changed: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(now_ms()),
+            last_marked_ms: AtomicU64::new(0),
             evict: tokio::sync::Notify::new(),
             supervision: AtomicU64::new(0),
         }
@@ -273,6 +277,20 @@ impl GraphEntry {
         let guard = InUse { entry: self.clone() };
         std::sync::atomic::fence(Ordering::SeqCst);
         (self.state.load().status == Status::Up).then_some(guard)
+    }
+
+    /// Counts as use now (another gateway used the worker: see `catalog`).
+    pub fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a request through this gateway to another gateway's worker
+    /// should be reported as use (at most once per `every`), so that the
+    /// gateway running the worker does not stop it as idle. Claims the mark.
+    pub fn due_use_mark(&self, every: Duration) -> bool {
+        let now = now_ms();
+        let last = self.last_marked_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every.as_millis() as u64 && self.last_marked_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Requests proxied to the worker right now.

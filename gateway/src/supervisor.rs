@@ -390,6 +390,8 @@ impl Supervisor {
         if !entry.lazy {
             return End::Exited(exited.await.unwrap_or_else(|_| "unknown".into()));
         }
+        // The newest use mark from other gateways already counted (shared catalog).
+        let mut seen_mark = 0i64;
         // Checked a few times per idle period, at most once a second.
         let every = self.idle_stop.map(|idle| (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
         loop {
@@ -403,6 +405,18 @@ impl Supervisor {
             };
             // An eviction stops a worker with no request in flight, however recently used.
             let idle = if evicted { Duration::ZERO } else { self.idle_stop.unwrap_or(Duration::MAX) };
+            if let (Some(shared), false) = (self.shared(), evicted) {
+                // Requests through other gateways use this worker too: a newer
+                // use mark from any of them counts as use here.
+                if entry.idle_for() >= idle {
+                    let marked = shared.used_revision(entry.id.as_str()).await;
+                    if marked > seen_mark {
+                        seen_mark = marked;
+                        entry.touch();
+                        continue;
+                    }
+                }
+            }
             if !entry.try_idle(idle) {
                 continue;
             }

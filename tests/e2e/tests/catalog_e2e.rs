@@ -189,6 +189,16 @@ fn one_worker_per_graph_serves_both_gateways_and_moves_when_idle() {
     let r = read_eventually(&b, "alpha", "ann", Duration::from_secs(5));
     assert_eq!((r.status, rows(&r)), (200, 1), "{:?}", r.body);
 
+    // Used only through B for longer than idle_stop_s: B reports the use,
+    // so A keeps the worker running.
+    let pid = a.worker_pid("alpha").expect("worker");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(read_key(&b, "alpha", "ann", ROOT).status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(a.worker_pid("alpha"), Some(pid), "a worker used through another gateway is not idle");
+
     // Idle for idle_stop_s: the worker stops and its registration goes;
     // the next request, through B, starts it under B.
     assert!(eventually(Duration::from_secs(20), || a.worker_pid("alpha").is_none() && etcd.keys("/og-test/workers/").is_empty()), "the idle worker stops and is unregistered");
