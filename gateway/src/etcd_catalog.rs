@@ -532,7 +532,11 @@ impl Catalog for EtcdCatalog {
             .map_err(|e| CatalogError::Unavailable(e.to_string()))?;
         let txn = Txn::new()
             .when([Compare::version(graph.as_str(), CompareOp::Greater, 0)])
-            .and_then([TxnOp::delete(graph.as_str(), None), TxnOp::put(reservation.as_str(), hold, Some(PutOptions::new().with_lease(self.lease())))]);
+            .and_then([
+                TxnOp::delete(graph.as_str(), None),
+                TxnOp::delete(format!("{}used/{id}", self.prefix), None),
+                TxnOp::put(reservation.as_str(), hold, Some(PutOptions::new().with_lease(self.lease()))),
+            ]);
         if !self.client.clone().txn(txn).await.map_err(unavailable)?.succeeded() {
             return Err(CatalogError::NotFound(format!("graph {:?} does not exist", id.as_str())));
         }
