@@ -15,9 +15,13 @@ use crate::config_store::{ConfigStore, RewriteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// The id is taken, or the storage overlaps another graph's.
+    /// The id is taken.
     #[error("{0}")]
     Conflict(String),
+    /// The storage equals, contains or lies inside another graph's (or a
+    /// reservation's); which one is not said.
+    #[error("the URI overlaps the storage of another graph (the same folder, or one inside the other)")]
+    Overlap,
     /// The id is not in the catalog.
     #[error("{0}")]
     NotFound(String),

@@ -452,6 +452,7 @@ impl Catalog for EtcdCatalog {
 
     async fn reserve(&self, id: &GraphId, canonical_uri: &str) -> Result<(), CatalogError> {
         let (prefix, graph, reservation) = (self.catalog_prefix(), self.graph_key(id.as_str()), self.reservation_key(id.as_str()));
+        let (graphs, reservations) = (format!("{prefix}graphs/"), format!("{prefix}reservations/"));
         let value = serde_json::to_vec(&ReservationValue { canonical_uri: canonical_uri.to_string(), gateway: self.gateway.clone() })
             .map_err(|e| CatalogError::Unavailable(e.to_string()))?;
         let mut client = self.client.clone();
@@ -462,9 +463,9 @@ impl Catalog for EtcdCatalog {
             let revision = resp.header().map_or(0, |h| h.revision());
             for kv in resp.kvs() {
                 let key = kv.key_str().unwrap_or_default();
-                let (other, uri) = if let Some(other) = key.strip_prefix(graph.trim_end_matches(id.as_str())) {
+                let (other, uri) = if let Some(other) = key.strip_prefix(graphs.as_str()) {
                     (other, serde_json::from_slice::<CatalogEntry>(kv.value()).map(|e| e.canonical_uri).unwrap_or_default())
-                } else if let Some(other) = key.strip_prefix(reservation.trim_end_matches(id.as_str())) {
+                } else if let Some(other) = key.strip_prefix(reservations.as_str()) {
                     (other, serde_json::from_slice::<ReservationValue>(kv.value()).map(|r| r.canonical_uri).unwrap_or_default())
                 } else {
                     continue;
@@ -473,7 +474,7 @@ impl Catalog for EtcdCatalog {
                     return Err(CatalogError::Conflict(format!("graph {:?} already exists", id.as_str())));
                 }
                 if !uri.is_empty() && uris_overlap(&uri, canonical_uri) {
-                    return Err(CatalogError::Conflict("the URI overlaps the storage of another graph (the same folder, or one inside the other)".into()));
+                    return Err(CatalogError::Overlap);
                 }
             }
             // Nothing under catalog/ changed since the read: the checks above hold.

@@ -75,6 +75,7 @@ impl From<CatalogError> for LifecycleError {
     fn from(e: CatalogError) -> LifecycleError {
         match e {
             CatalogError::Conflict(m) => LifecycleError::Conflict(m),
+            e @ CatalogError::Overlap => LifecycleError::Conflict(e.to_string()),
             CatalogError::NotFound(m) => LifecycleError::NotFound(m),
             CatalogError::Drift(m) => LifecycleError::Drift(m),
             CatalogError::Io(m) => LifecycleError::Internal(m),
@@ -348,26 +349,27 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
     let _in_flight = create_turn(state).await?;
     let st = state.clone();
     let v = blocking(move || validate(&st, body)).await?;
-    let Validated { id, req, section, own, policy_write, policy_source, storage, canonical } = v;
+    let id = v.id.clone();
     let catalog = state.catalog()?;
-    let _reservation = state.registry.reserve(&id, &canonical, state.config.config.limits.max_graphs).map_err(|e| match e {
+    // Which graph is not said: the caller may not be allowed to know it exists.
+    let overlaps = || LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", v.req.uri));
+    let _reservation = state.registry.reserve(&id, &v.canonical, state.config.config.limits.max_graphs).map_err(|e| match e {
         ReserveError::Id => LifecycleError::Conflict(format!("graph {:?} already exists", id.as_str())),
-        // Which graph is not said: the caller may not be allowed to know it exists.
-        ReserveError::Uri(_) => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", req.uri)),
+        ReserveError::Uri(_) => overlaps(),
         ReserveError::Full(n) => bad(format!("the gateway already serves limits.max_graphs ({n}) graphs")),
     })?;
     // Across gateways sharing a catalog: exactly one create of an id wins.
-    if let Err(e) = catalog.reserve(&id, &canonical).await {
+    if let Err(e) = catalog.reserve(&id, &v.canonical).await {
         if matches!(e, CatalogError::Unavailable(_)) {
             // It may have been written with its answer lost.
             catalog.release(&id).await;
         }
         return Err(match e {
-            CatalogError::Conflict(m) if m.contains("overlaps") => LifecycleError::Conflict(format!("the URI {:?} overlaps the storage of another graph (the same folder, or one inside the other)", req.uri)),
+            CatalogError::Overlap => overlaps(),
             other => other.into(),
         });
     }
-    let result = create_reserved(state, &catalog, id.clone(), req, section, own, policy_write, policy_source, storage, canonical).await;
+    let result = create_reserved(state, &catalog, v).await;
     if result.is_err() {
         catalog.release(&id).await;
     }
@@ -375,19 +377,8 @@ pub async fn create(state: &Arc<AppState>, body: Value) -> Result<Value, Lifecyc
 }
 
 /// [`create`] once the id and URI are reserved, locally and in the catalog.
-#[allow(clippy::too_many_arguments)]
-async fn create_reserved(
-    state: &Arc<AppState>,
-    catalog: &Arc<dyn crate::catalog::Catalog>,
-    id: GraphId,
-    req: CreateRequest,
-    section: GraphSection,
-    own: Vec<cedar_policy::Policy>,
-    policy_write: Option<(PathBuf, String)>,
-    policy_source: Option<String>,
-    storage: Storage,
-    canonical: String,
-) -> Result<Value, LifecycleError> {
+async fn create_reserved(state: &Arc<AppState>, catalog: &Arc<dyn crate::catalog::Catalog>, v: Validated) -> Result<Value, LifecycleError> {
+    let Validated { id, req, section, own, policy_write, policy_source, storage, canonical } = v;
     let st = state.clone();
     let (gid, sec, canon, write, own_for_entry) = (id.clone(), section.clone(), canonical.clone(), policy_write.clone(), own.clone());
     let (entry, claim, journal) = blocking(move || {
